@@ -1,0 +1,258 @@
+"""The warm Python worker process: runs Python tasks and parses DAG files for the daemon.
+
+The daemon never imports user code; these processes do. Each is started once by
+`executors.workers` (`python -u -m executors.pyworker`) in its own session and then serves one
+request at a time, so a Python task does not pay interpreter start-up. Requests arrive on fd 0
+and replies leave on fd 3 (not stdout: user code prints), as length-prefixed orjson frames
+(4-byte big-endian length, then the JSON body).
+
+Requests:
+- ``{"op": "run", ...}`` call a task's callable with its arguments and Airflow-style context;
+  fd 1 and fd 2 point at the task's log for the duration (so subprocesses log too).
+- ``{"op": "parse", "path": ...}`` import a DAG file fresh and return its DagSpecs as JSON.
+
+The process survives a failing task; if it dies, the daemon replaces it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import struct
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+
+REQUEST_FD = 0
+REPLY_FD = 3
+_HEADER = struct.Struct(">I")
+HEADER_SIZE = _HEADER.size
+#: a frame bigger than this is a protocol error, not a message (protects against garbage)
+MAX_FRAME = 1 << 30
+
+
+def encode_frame(message: Any) -> bytes:
+    """One frame: length prefix + orjson body. Raises TypeError if `message` is not JSON-able."""
+    body = orjson.dumps(message)
+    return _HEADER.pack(len(body)) + body
+
+
+def frame_length(header: bytes) -> int:
+    (length,) = _HEADER.unpack(header)
+    if length > MAX_FRAME:
+        raise ValueError(f"frame of {length} bytes is too large: the worker protocol is out of sync")
+    return int(length)
+
+
+def _read_exact(fd: int, count: int) -> bytes | None:
+    chunks: list[bytes] = []
+    while count:
+        data = os.read(fd, count)
+        if not data:
+            return None
+        chunks.append(data)
+        count -= len(data)
+    return b"".join(chunks)
+
+
+def read_frame(fd: int) -> Any | None:
+    """Blocking read of one frame; None at end of input (the daemon went away)."""
+    header = _read_exact(fd, HEADER_SIZE)
+    if header is None:
+        return None
+    body = _read_exact(fd, frame_length(header))
+    if body is None:
+        return None
+    return orjson.loads(body)
+
+
+def write_frame(fd: int, message: Any) -> None:
+    data = memoryview(encode_frame(message))
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+# --- running a task ------------------------------------------------------------------------------
+
+
+def error_summary(exc: BaseException) -> str:
+    """The last line(s) of a traceback: what users see as the task's error."""
+    text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return text or type(exc).__name__
+
+
+def call_arguments(
+    func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], context: Mapping[str, Any]
+) -> dict[str, Any]:
+    """kwargs plus Airflow-style context injection.
+
+    A parameter named like a context key (ds, ts, run_id, params, conf, ...) that the arguments do
+    not already fill gets that value; a `**kwargs` parameter receives the whole context.
+    """
+    try:
+        parameters = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return dict(kwargs)
+    positional = [
+        name
+        for name, p in parameters.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    filled = set(positional[: len(args)]) | set(kwargs)
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    result = dict(kwargs)
+    for name, value in context.items():
+        if name in filled:
+            continue
+        parameter = parameters.get(name)
+        named = parameter is not None and parameter.kind in (
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            inspect.Parameter.KEYWORD_ONLY,
+        )
+        if named or (takes_all and parameter is None):
+            result[name] = value
+    return result
+
+
+@contextmanager
+def output_to(log_fd: int) -> Iterator[None]:
+    """Point fd 1 and fd 2 (and so sys.stdout, sys.stderr, subprocesses) at the log, then restore."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    try:
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+@contextmanager
+def environment(overlay: Mapping[str, str]) -> Iterator[None]:
+    """Add the task's environment variables for its duration, then put the old values back."""
+    previous = {name: os.environ.get(name) for name in overlay}
+    os.environ.update(overlay)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def run_task(message: Mapping[str, Any]) -> dict[str, Any]:
+    """Call one task's callable; the reply says ok + value, or the error message."""
+    task_id = message["task_id"]
+    try:
+        log_fd = os.open(message["log_path"], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        return {"ok": False, "error": f"cannot open the task log {message['log_path']!r}: {exc.strerror}"}
+    try:
+        with output_to(log_fd), environment(message.get("env") or {}):
+            return _call(message, task_id)
+    finally:
+        os.close(log_fd)
+
+
+def _call(message: Mapping[str, Any], task_id: str) -> dict[str, Any]:
+    try:
+        from orchestrator.authoring.loader import find_callable
+
+        func = find_callable(message["dag_file"], message["dag_id"], task_id)
+        args = list(message.get("args") or [])
+        kwargs = call_arguments(func, args, dict(message.get("kwargs") or {}), message.get("context") or {})
+        value = func(*args, **kwargs)
+    except BaseException as exc:
+        traceback.print_exc()
+        return {"ok": False, "error": error_summary(exc)}
+    if not message.get("do_xcom_push", True):
+        return {"ok": True, "has_value": False}
+    try:
+        raw = orjson.dumps(value)
+    except TypeError as exc:
+        error = f"return value of {task_id} is not JSON serialisable: {exc}"
+        print(error, file=sys.stderr)
+        return {"ok": False, "error": error}
+    return {"ok": True, "has_value": True, "value": orjson.Fragment(raw)}
+
+
+# --- parsing a DAG file --------------------------------------------------------------------------
+
+
+def parse_file(message: Mapping[str, Any]) -> dict[str, Any]:
+    """Import a DAG file (fresh) and return its DagSpecs as dicts, or the import error text."""
+    try:
+        from orchestrator.authoring.loader import DagFileError, load_dag_specs
+        from orchestrator.core.serialization import spec_to_dict
+    except BaseException:
+        return {"ok": False, "error": "the DAG loader could not be imported:\n" + traceback.format_exc()}
+    try:
+        specs = load_dag_specs(message["path"])
+        return {"ok": True, "dags": [spec_to_dict(spec) for spec in specs]}
+    except DagFileError as exc:
+        return {"ok": False, "error": str(exc)}
+    except BaseException:
+        return {"ok": False, "error": traceback.format_exc()}
+
+
+HANDLERS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
+    "run": run_task,
+    "parse": parse_file,
+    "ping": lambda message: {"ok": True, "pid": os.getpid()},
+}
+
+
+def _warm_up() -> None:
+    """Import what every request needs now, so the first task does not pay for it."""
+    for module in ("orchestrator", "orchestrator.authoring.loader", "orchestrator.core.serialization"):
+        try:
+            __import__(module)
+        except ImportError:
+            pass
+
+
+def main() -> int:
+    try:
+        os.fstat(REPLY_FD)
+    except OSError:
+        print("executors.pyworker is started by the orchestrator daemon, not by hand", file=sys.stderr)
+        return 2
+    os.set_inheritable(REPLY_FD, False)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="[%(asctime)s] {%(filename)s:%(lineno)d} %(levelname)s - %(message)s",
+    )
+    _warm_up()
+    write_frame(REPLY_FD, {"op": "ready", "pid": os.getpid()})
+    while True:
+        message = read_frame(REQUEST_FD)
+        if message is None:
+            return 0
+        handler = HANDLERS.get(message.get("op"))
+        if handler is None:
+            reply: dict[str, Any] = {"ok": False, "error": f"unknown worker request {message.get('op')!r}"}
+        else:
+            reply = handler(message)
+        reply["id"] = message.get("id")
+        write_frame(REPLY_FD, reply)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+"""The REST API: Airflow's stable REST API v1 shapes, served by aiohttp from the state store.
+
+`create_app(store, engine, logs_dir)` builds the application; the daemon runs it, and the CLI
+and the UI read it. Routes live in small modules by resource (dags, runs, task_instances).
+"""
+
+from orchestrator.api.app import EngineApi, create_app
+
+__all__ = ["EngineApi", "create_app"]

@@ -1,0 +1,93 @@
+"""Routes about DAGs: list, get, pause/unpause, their tasks, and DAG files that failed to import."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from orchestrator.api.errors import BadRequest, NotFound
+from orchestrator.api.keys import STORE
+from orchestrator.api.params import bool_param, json_object, json_response, pagination
+from orchestrator.api.serializers import dag_to_json, downstream_ids, import_error_to_json, task_to_json
+from orchestrator.core.records import DagRecord
+from orchestrator.ports import StateStore
+
+
+async def get_dag_or_404(store: StateStore, dag_id: str) -> DagRecord:
+    dag = await store.get_dag(dag_id)
+    if dag is None:
+        raise NotFound(
+            f"DAG {dag_id!r} not found: check the id with `orchestrator dags list` (GET /api/v1/dags) "
+            "and whether its file failed to import (`orchestrator dags errors`)",
+            title="DAG not found",
+        )
+    return dag
+
+
+async def list_dags(request: web.Request) -> web.Response:
+    limit, offset = pagination(request)
+    only_active = bool_param(request, "only_active", True)
+    dags, total = await request.app[STORE].list_dags(limit, offset, only_active=only_active)
+    return json_response({"dags": [dag_to_json(dag) for dag in dags], "total_entries": total})
+
+
+async def get_dag(request: web.Request) -> web.Response:
+    dag = await get_dag_or_404(request.app[STORE], request.match_info["dag_id"])
+    return json_response(dag_to_json(dag))
+
+
+async def patch_dag(request: web.Request) -> web.Response:
+    """Airflow's PATCH /dags/{dag_id}: only `is_paused` can be changed."""
+    store = request.app[STORE]
+    dag_id = request.match_info["dag_id"]
+    await get_dag_or_404(store, dag_id)
+    update_mask = request.query.get("update_mask")
+    if update_mask is not None and update_mask.strip() not in ("", "is_paused"):
+        raise BadRequest(f"update_mask={update_mask!r} is not supported: only is_paused can be updated")
+    body = await json_object(request, frozenset({"is_paused"}))
+    if "is_paused" not in body:
+        raise BadRequest('the request body must set is_paused, e.g. {"is_paused": true}')
+    if not isinstance(body["is_paused"], bool):
+        raise BadRequest(f"is_paused must be true or false, got {body['is_paused']!r}")
+    updated = await store.set_dag_paused(dag_id, body["is_paused"])
+    if updated is None:  # deleted between the two statements
+        updated = await get_dag_or_404(store, dag_id)
+    return json_response(dag_to_json(updated))
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    from orchestrator.core.serialization import spec_from_dict
+
+    dag = await get_dag_or_404(request.app[STORE], request.match_info["dag_id"])
+    spec = spec_from_dict(dag.spec)
+    downstream = downstream_ids(spec)
+    tasks = [
+        task_to_json(task, downstream[task.task_id]) for task in sorted(spec.tasks, key=lambda t: t.task_id)
+    ]
+    return json_response({"tasks": tasks, "total_entries": len(tasks)})
+
+
+async def list_import_errors(request: web.Request) -> web.Response:
+    limit, offset = pagination(request)
+    errors = await request.app[STORE].list_import_errors()
+    page = [import_error_to_json(index, error) for index, error in enumerate(errors, start=1)]
+    return json_response({"import_errors": page[offset : offset + limit], "total_entries": len(errors)})
+
+
+async def get_import_error(request: web.Request) -> web.Response:
+    raw = request.match_info["import_error_id"]
+    errors = await request.app[STORE].list_import_errors()
+    if not raw.isdigit() or not 1 <= int(raw) <= len(errors):
+        raise NotFound(
+            f"import error {raw!r} not found: list the current ones with GET /api/v1/importErrors",
+            title="Import error not found",
+        )
+    return json_response(import_error_to_json(int(raw), errors[int(raw) - 1]))
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/api/v1/dags", list_dags)
+    router.add_get("/api/v1/dags/{dag_id}", get_dag)
+    router.add_patch("/api/v1/dags/{dag_id}", patch_dag)
+    router.add_get("/api/v1/dags/{dag_id}/tasks", list_tasks)
+    router.add_get("/api/v1/importErrors", list_import_errors)
+    router.add_get("/api/v1/importErrors/{import_error_id}", get_import_error)

@@ -1,0 +1,21 @@
+"""Typed keys of what `create_app` stores on the aiohttp application for the routes to use.
+
+They live apart from app.py so route modules can import them without importing the app.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from orchestrator.ports import StateStore
+
+if TYPE_CHECKING:
+    from orchestrator.api.app import EngineApi
+
+STORE = web.AppKey("store", StateStore)
+ENGINE: web.AppKey[EngineApi] = web.AppKey("engine", Any)  # type: ignore[arg-type]
+LOGS_DIR = web.AppKey("logs_dir", Path)
+UNIXNAME = web.AppKey("unixname", str)

@@ -1,0 +1,113 @@
+"""Routes about DAG runs: trigger one (POST dagRuns), list a DAG's runs, get one run."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from orchestrator.api.dags import get_dag_or_404
+from orchestrator.api.errors import BadRequest, Conflict, NotFound
+from orchestrator.api.keys import ENGINE, STORE
+from orchestrator.api.params import json_object, json_response, list_param, pagination, parse_datetime
+from orchestrator.api.serializers import run_to_json
+from orchestrator.core.records import RunRecord
+from orchestrator.core.states import RunState
+from orchestrator.ports import StateStore
+
+#: Airflow's allowed run id characters; also keeps ids safe as log directory names.
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.~:+-]+$")
+MAX_RUN_ID_LENGTH = 250
+
+_TRIGGER_FIELDS = frozenset({"dag_run_id", "conf", "logical_date", "execution_date", "note"})
+
+
+async def get_run_or_404(store: StateStore, dag_id: str, run_id: str) -> RunRecord:
+    run = await store.get_run(dag_id, run_id)
+    if run is None:
+        await get_dag_or_404(store, dag_id)
+        raise NotFound(
+            f"DAG run {run_id!r} of DAG {dag_id!r} not found: list the runs with "
+            f"`orchestrator runs {dag_id}` (GET /api/v1/dags/{dag_id}/dagRuns)",
+            title="DAGRun not found",
+        )
+    return run
+
+
+def _trigger_arguments(body: dict[str, Any]) -> tuple[str | None, dict[str, Any], datetime | None]:
+    run_id = body.get("dag_run_id")
+    if run_id is not None:
+        if not isinstance(run_id, str) or not RUN_ID_PATTERN.match(run_id):
+            raise BadRequest(
+                f"dag_run_id {run_id!r} is invalid: use only letters, digits and _ . ~ : + -"
+                f" (pattern {RUN_ID_PATTERN.pattern})"
+            )
+        if len(run_id) > MAX_RUN_ID_LENGTH:
+            raise BadRequest(f"dag_run_id is longer than {MAX_RUN_ID_LENGTH} characters")
+    conf = body.get("conf")
+    if conf is None:
+        conf = {}
+    elif not isinstance(conf, dict):
+        raise BadRequest(f'conf must be a JSON object, got {type(conf).__name__}: e.g. {{"key": "value"}}')
+    note = body.get("note")
+    if note is not None and not isinstance(note, str):
+        raise BadRequest("note must be a string")
+    logical_date = None
+    if body.get("logical_date") is not None:
+        logical_date = parse_datetime(body["logical_date"], "logical_date")
+    if body.get("execution_date") is not None:
+        execution_date = parse_datetime(body["execution_date"], "execution_date")
+        if logical_date is not None and logical_date != execution_date:
+            raise BadRequest("logical_date and execution_date differ: send only logical_date")
+        logical_date = execution_date
+    return run_id, conf, logical_date
+
+
+async def trigger_run(request: web.Request) -> web.Response:
+    """Airflow's POST /dags/{dag_id}/dagRuns: 200 with the new run, 409 if the run id is taken."""
+    dag_id = request.match_info["dag_id"]
+    body = await json_object(request, _TRIGGER_FIELDS)
+    run_id, conf, logical_date = _trigger_arguments(body)
+    run, created = await request.app[ENGINE].trigger_run(
+        dag_id, run_id=run_id, conf=conf, logical_date=logical_date, run_type="manual"
+    )
+    if not created:
+        raise Conflict(
+            f"DAGRun with DAG ID: {dag_id!r} and DAGRun ID: {run.run_id!r} already exists: "
+            "pick another dag_run_id, or leave it out to get a generated one"
+        )
+    return json_response(run_to_json(run))
+
+
+def _states(request: web.Request) -> list[RunState] | None:
+    names = list_param(request, "state")
+    if not names:
+        return None
+    valid = [state.value for state in RunState]
+    for name in names:
+        if name not in valid:
+            raise BadRequest(f"state {name!r} is not a DAG run state; use one of: {', '.join(valid)}")
+    return [RunState(name) for name in names]
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    dag_id = request.match_info["dag_id"]
+    limit, offset = pagination(request)
+    states = _states(request)
+    await get_dag_or_404(store, dag_id)
+    runs, total = await store.list_runs(dag_id, limit, offset, states)
+    return json_response({"dag_runs": [run_to_json(run) for run in runs], "total_entries": total})
+
+
+async def get_run(request: web.Request) -> web.Response:
+    run = await get_run_or_404(request.app[STORE], request.match_info["dag_id"], request.match_info["run_id"])
+    return json_response(run_to_json(run))
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_post("/api/v1/dags/{dag_id}/dagRuns", trigger_run)
+    router.add_get("/api/v1/dags/{dag_id}/dagRuns", list_runs)
+    router.add_get("/api/v1/dags/{dag_id}/dagRuns/{run_id}", get_run)

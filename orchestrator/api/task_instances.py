@@ -1,0 +1,138 @@
+"""Routes about the task instances of a run, and the log of each try.
+
+Logs are served straight from the files the executors append to (Airflow's layout under the
+logs folder, `orchestrator.logpaths`), so a running task's log can be read while it grows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from aiohttp import web
+
+from orchestrator.api.errors import BadRequest, NotFound
+from orchestrator.api.keys import LOGS_DIR, STORE, UNIXNAME
+from orchestrator.api.params import int_path_param, json_response, list_param, pagination
+from orchestrator.api.runs import get_run_or_404
+from orchestrator.api.serializers import task_instance_to_json
+from orchestrator.core.records import RunRecord, TaskInstanceRecord, TaskKey
+from orchestrator.core.states import TaskState
+from orchestrator.logpaths import task_log_path
+
+_RUN = "/api/v1/dags/{dag_id}/dagRuns/{run_id}"
+
+
+async def _run(request: web.Request) -> RunRecord:
+    return await get_run_or_404(
+        request.app[STORE], request.match_info["dag_id"], request.match_info["run_id"]
+    )
+
+
+async def _task_instance(request: web.Request, run: RunRecord, map_index: int) -> TaskInstanceRecord:
+    task_id = request.match_info["task_id"]
+    ti = await request.app[STORE].get_task_instance(TaskKey(run.pk, task_id, map_index))
+    if ti is None:
+        mapped = f" (map_index {map_index})" if map_index >= 0 else ""
+        raise NotFound(
+            f"task instance {task_id!r}{mapped} not found in run {run.run_id!r} of DAG {run.dag_id!r}: "
+            f"list them with `orchestrator tasks {run.dag_id} {run.run_id}`",
+            title="Task instance not found",
+        )
+    return ti
+
+
+def _map_index_query(request: web.Request) -> int:
+    raw = request.query.get("map_index", "")
+    if raw == "":
+        return -1
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"query parameter map_index={raw!r} is not an integer") from None
+    if value < -1:
+        raise BadRequest(f"query parameter map_index={value} must be -1 (unmapped) or more")
+    return value
+
+
+def _state_filter(request: web.Request) -> set[TaskState] | None:
+    names = list_param(request, "state")
+    if not names:
+        return None
+    # Airflow lists the `none` state as null; accept both spellings.
+    valid = {state.value for state in TaskState}
+    states: set[TaskState] = set()
+    for name in names:
+        name = "none" if name in ("null", "None") else name
+        if name not in valid:
+            raise BadRequest(
+                f"state {name!r} is not a task instance state; use one of: {', '.join(sorted(valid))}"
+            )
+        states.add(TaskState(name))
+    return states
+
+
+async def list_task_instances(request: web.Request) -> web.Response:
+    limit, offset = pagination(request)
+    states = _state_filter(request)
+    run = await _run(request)
+    tis = await request.app[STORE].list_task_instances(run.pk)
+    if states is not None:
+        tis = [ti for ti in tis if ti.state in states]
+    unixname = request.app[UNIXNAME]
+    page = [task_instance_to_json(ti, run, unixname) for ti in tis[offset : offset + limit]]
+    return json_response({"task_instances": page, "total_entries": len(tis)})
+
+
+async def get_task_instance(request: web.Request) -> web.Response:
+    run = await _run(request)
+    ti = await _task_instance(request, run, -1)
+    return json_response(task_instance_to_json(ti, run, request.app[UNIXNAME]))
+
+
+async def get_mapped_task_instance(request: web.Request) -> web.Response:
+    map_index = int_path_param(request, "map_index", -1)
+    run = await _run(request)
+    ti = await _task_instance(request, run, map_index)
+    return json_response(task_instance_to_json(ti, run, request.app[UNIXNAME]))
+
+
+def _read_log(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+async def get_log(request: web.Request) -> web.Response:
+    """One try's log: text/plain, or Airflow's {"content", "continuation_token"} for Accept: JSON."""
+    try_number = int_path_param(request, "try_number", 1)
+    map_index = _map_index_query(request)
+    run = await _run(request)
+    ti = await _task_instance(request, run, map_index)
+    path = task_log_path(request.app[LOGS_DIR], run.dag_id, run.run_id, ti.task_id, ti.map_index, try_number)
+    content = await asyncio.to_thread(_read_log, path)
+    if content is None:
+        if try_number > ti.try_number:
+            why = (
+                f"task {ti.task_id!r} has made {ti.try_number} tries so far (state {ti.state.value})"
+                if ti.try_number
+                else f"task {ti.task_id!r} has not started yet (state {ti.state.value})"
+            )
+        else:
+            why = f"the log file {path} is missing (deleted, or kept on another machine)"
+        raise NotFound(
+            f"no log for try {try_number} of task {ti.task_id!r} in run {run.run_id!r}: {why}",
+            title="Log not found",
+        )
+    text = content.decode("utf-8", errors="replace")
+    if "application/json" in request.headers.get("Accept", ""):
+        return json_response({"content": text, "continuation_token": None})
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get(f"{_RUN}/taskInstances", list_task_instances)
+    router.add_get(f"{_RUN}/taskInstances/{{task_id}}", get_task_instance)
+    router.add_get(f"{_RUN}/taskInstances/{{task_id}}/{{map_index}}", get_mapped_task_instance)
+    router.add_get(f"{_RUN}/taskInstances/{{task_id}}/logs/{{try_number}}", get_log)

@@ -1,0 +1,387 @@
+"""The `orchestrator` command: run the daemon, migrate its database, and talk to its REST API.
+
+Client commands (dags, trigger, runs, tasks, logs) only speak HTTP to a running daemon — never
+to the database — so they work from anywhere the API is reachable and see exactly what the UI
+sees. They use the stdlib's urllib and import nothing heavy: the command must start fast.
+
+Exit codes: 0 success, 1 the API refused (its "detail" is printed), 2 the daemon is unreachable
+(or the command line is wrong, argparse's convention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config import Config, load_config
+from orchestrator.errors import ConfigError
+
+HTTP_TIMEOUT = 30.0
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
+class CliError(Exception):
+    """A failure the command reports on stderr and exits with `exit_code`."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# --- HTTP --------------------------------------------------------------------------------
+
+
+class ApiClient:
+    """A tiny synchronous client of the daemon's REST API."""
+
+    def __init__(self, base_url: str, timeout: float = HTTP_TIMEOUT) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        host = urllib.parse.urlsplit(self.base_url).hostname or ""
+        # A proxy from the environment must not sit between the CLI and a daemon on this machine.
+        handlers = [urllib.request.ProxyHandler({})] if host in _LOOPBACK else []
+        self._opener = urllib.request.build_opener(*handlers)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        query: Mapping[str, Any] | None = None,
+        accept: str = "application/json",
+    ) -> bytes:
+        url = self.base_url + path
+        if query:
+            url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(url, data=data, method=method, headers={"Accept": accept})
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with self._opener.open(req, timeout=self.timeout) as response:
+                payload: bytes = response.read()
+                return payload
+        except urllib.error.HTTPError as exc:
+            raise CliError(_error_detail(exc), exit_code=1) from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+            message = f"cannot reach the orchestrator at {self.base_url}: is `orchestrator run` running?"
+            raise CliError(f"{message} ({_reason(exc)})", exit_code=2) from None
+
+    def get_json(self, path: str, **query: Any) -> Any:
+        return json.loads(self.request("GET", path, query=query))
+
+
+def _reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", exc)
+    return str(getattr(reason, "strerror", None) or reason)
+
+
+def _error_detail(exc: urllib.error.HTTPError) -> str:
+    raw = exc.read()
+    try:
+        problem = json.loads(raw)
+        detail = problem.get("detail") if isinstance(problem, dict) else None
+    except ValueError:
+        detail = None
+    return str(detail or raw.decode(errors="replace").strip() or f"HTTP {exc.code} {exc.reason}")
+
+
+def quote(segment: str) -> str:
+    return urllib.parse.quote(segment, safe="")
+
+
+# --- base URL ----------------------------------------------------------------------------
+
+
+def resolve_base_url(url: str | None, config_path: Path | None, environ: Mapping[str, str]) -> str:
+    """--url, else $ORCHESTRATOR_URL, else <state_dir>/api.url, else http://{api.host}:{api.port}."""
+    if url:
+        return url
+    if environ.get("ORCHESTRATOR_URL"):
+        return environ["ORCHESTRATOR_URL"]
+    config = load_config(config_path, environ)
+    url_file = config.daemon.state_dir / "api.url"
+    try:
+        written = url_file.read_text().strip()
+    except OSError:
+        written = ""
+    if written:
+        return written
+    host = config.api.host
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{config.api.port}"
+
+
+# --- output ------------------------------------------------------------------------------
+
+
+def render_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """Aligned columns with a header; None shows as empty."""
+    cells = [[_cell(row.get(column)) for column in columns] for row in rows]
+    widths = [max([len(column), *(len(line[i]) for line in cells)]) for i, column in enumerate(columns)]
+    lines = ["  ".join(column.ljust(widths[i]) for i, column in enumerate(columns)).rstrip()]
+    lines.append("  ".join("-" * width for width in widths))
+    lines.extend("  ".join(value.ljust(widths[i]) for i, value in enumerate(line)).rstrip() for line in cells)
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return str(value)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def _print(
+    args: argparse.Namespace, data: Any, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
+) -> None:
+    if args.output == "json":
+        _print_json(data)
+    elif rows:
+        print(render_table(rows, columns))
+    else:
+        print("(none)")
+
+
+# --- client commands ---------------------------------------------------------------------
+
+
+def cmd_dags_list(args: argparse.Namespace, client: ApiClient) -> int:
+    data = client.get_json("/api/v1/dags", limit=1000, only_active="true")
+    rows = [
+        {
+            **dag,
+            "schedule": (dag.get("schedule_interval") or {}).get("value"),
+            "tags": ",".join(tag["name"] for tag in dag.get("tags") or []),
+        }
+        for dag in data["dags"]
+    ]
+    _print(args, data, rows, ["dag_id", "is_paused", "schedule", "tags", "fileloc"])
+    return 0
+
+
+def cmd_dags_errors(args: argparse.Namespace, client: ApiClient) -> int:
+    data = client.get_json("/api/v1/importErrors", limit=1000)
+    if args.output == "json":
+        _print_json(data)
+    elif not data["import_errors"]:
+        print("no import errors")
+    else:
+        for error in data["import_errors"]:
+            print(f"{error['filename']} ({error['timestamp']}):")
+            print("    " + error["stack_trace"].rstrip().replace("\n", "\n    "))
+    return 0
+
+
+def cmd_trigger(args: argparse.Namespace, client: ApiClient) -> int:
+    body: dict[str, Any] = {}
+    if args.conf is not None:
+        try:
+            body["conf"] = json.loads(args.conf)
+        except ValueError as exc:
+            raise CliError(f"--conf is not valid JSON: {exc}") from None
+        if not isinstance(body["conf"], dict):
+            raise CliError('--conf must be a JSON object, e.g. --conf \'{"key": "value"}\'')
+    if args.run_id is not None:
+        body["dag_run_id"] = args.run_id
+    if args.logical_date is not None:
+        body["logical_date"] = args.logical_date
+    run = json.loads(client.request("POST", f"/api/v1/dags/{quote(args.dag_id)}/dagRuns", body=body))
+    if args.output == "json":
+        _print_json(run)
+    else:
+        print(f"triggered {run['dag_id']} run {run['dag_run_id']} (state {run['state']})")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace, client: ApiClient) -> int:
+    data = client.get_json(f"/api/v1/dags/{quote(args.dag_id)}/dagRuns", limit=args.limit)
+    columns = ["dag_run_id", "state", "run_type", "logical_date", "start_date", "end_date"]
+    _print(args, data, data["dag_runs"], columns)
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace, client: ApiClient) -> int:
+    path = f"/api/v1/dags/{quote(args.dag_id)}/dagRuns/{quote(args.run_id)}/taskInstances"
+    data = client.get_json(path, limit=1000)
+    rows = [{**ti, "state": ti["state"] or "none"} for ti in data["task_instances"]]
+    columns = [
+        "task_id",
+        "map_index",
+        "state",
+        "try_number",
+        "operator",
+        "start_date",
+        "end_date",
+        "duration",
+    ]
+    _print(args, data, rows, columns)
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace, client: ApiClient) -> int:
+    ti_path = (
+        f"/api/v1/dags/{quote(args.dag_id)}/dagRuns/{quote(args.run_id)}/taskInstances/{quote(args.task_id)}"
+    )
+    try_number = args.try_number
+    if try_number is None:
+        ti = client.get_json(ti_path)
+        try_number = ti["try_number"]
+        if try_number < 1:
+            raise CliError(
+                f"task {args.task_id!r} has not started yet (state {ti['state'] or 'none'}): no log"
+            )
+    accept = "application/json" if args.output == "json" else "text/plain"
+    content = client.request("GET", f"{ti_path}/logs/{try_number}", accept=accept)
+    if args.output == "json":
+        _print_json(json.loads(content))
+    else:
+        sys.stdout.write(content.decode(errors="replace"))
+        sys.stdout.flush()
+    return 0
+
+
+# --- daemon commands ---------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from orchestrator.daemon import run_daemon
+
+    return run_daemon(_config(args))
+
+
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    from orchestrator.daemon import migrate_database
+
+    applied = migrate_database(_config(args))
+    if applied:
+        print("applied migrations: " + ", ".join(str(version) for version in applied))
+    else:
+        print("the database is up to date: no migrations to apply")
+    return 0
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config, os.environ)
+
+
+# --- the parser --------------------------------------------------------------------------
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("orchestrator")
+    except metadata.PackageNotFoundError:
+        return "0.1.0 (not installed)"
+
+
+ClientCommand = Callable[[argparse.Namespace, ApiClient], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orchestrator",
+        description="An event-driven workflow orchestrator: Airflow's scheduler, executors and REST API "
+        "in one daemon.",
+    )
+    parser.add_argument("--version", action="version", version=f"orchestrator {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    config_opt = argparse.ArgumentParser(add_help=False)
+    config_opt.add_argument(
+        "--config", type=Path, default=None, help="the TOML config file (default: ./config.toml if it exists)"
+    )
+    client_opts = argparse.ArgumentParser(add_help=False, parents=[config_opt])
+    client_opts.add_argument(
+        "--url", help="the daemon's API URL (default: $ORCHESTRATOR_URL, state_dir/api.url)"
+    )
+    client_opts.add_argument(
+        "--output", "-o", choices=["table", "json"], default="table", help="output format"
+    )
+
+    run = commands.add_parser("run", parents=[config_opt], help="run the daemon in the foreground")
+    run.set_defaults(handler=cmd_run)
+
+    db = commands.add_parser("db", help="database commands")
+    db_commands = db.add_subparsers(dest="db_command", metavar="COMMAND", required=True)
+    migrate = db_commands.add_parser("migrate", parents=[config_opt], help="apply pending schema migrations")
+    migrate.set_defaults(handler=cmd_db_migrate)
+
+    dags = commands.add_parser("dags", help="list DAGs and DAG files that failed to import")
+    dag_commands = dags.add_subparsers(dest="dags_command", metavar="COMMAND", required=True)
+    dag_commands.add_parser("list", parents=[client_opts], help="list the DAGs").set_defaults(
+        client=cmd_dags_list
+    )
+    dag_commands.add_parser("errors", parents=[client_opts], help="list DAG import errors").set_defaults(
+        client=cmd_dags_errors
+    )
+
+    trigger = commands.add_parser("trigger", parents=[client_opts], help="trigger a DAG run")
+    trigger.add_argument("dag_id")
+    trigger.add_argument("--conf", help='the run conf as a JSON object, e.g. \'{"day": "2026-01-01"}\'')
+    trigger.add_argument("--run-id", help="the run id (default: generated)")
+    trigger.add_argument("--logical-date", help="ISO 8601 logical date (default: now)")
+    trigger.set_defaults(client=cmd_trigger)
+
+    runs = commands.add_parser("runs", parents=[client_opts], help="list a DAG's runs, newest first")
+    runs.add_argument("dag_id")
+    runs.add_argument("--limit", type=int, default=25, help="how many runs (default 25, at most 1000)")
+    runs.set_defaults(client=cmd_runs)
+
+    tasks = commands.add_parser("tasks", parents=[client_opts], help="list the task instances of a run")
+    tasks.add_argument("dag_id")
+    tasks.add_argument("run_id")
+    tasks.set_defaults(client=cmd_tasks)
+
+    logs = commands.add_parser("logs", parents=[client_opts], help="print the log of one try of a task")
+    logs.add_argument("dag_id")
+    logs.add_argument("run_id")
+    logs.add_argument("task_id")
+    logs.add_argument("--try", dest="try_number", type=int, help="the try number (default: the latest)")
+    logs.set_defaults(client=cmd_logs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `orchestrator` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        if hasattr(args, "client"):
+            client_command: ClientCommand = args.client
+            client = ApiClient(resolve_base_url(args.url, args.config, os.environ))
+            return client_command(args, client)
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,378 @@
+"""The daemon's configuration: one TOML file plus `ORCHESTRATOR_<SECTION>__<KEY>` overrides.
+
+Configuration is read once, at start, into frozen values that are passed to whoever needs
+them (nothing reads the environment or the file later). Every mistake a person can make
+in the file or the environment — a typo in a key, a wrong type, a value out of range —
+is a `ConfigError` that names the key, where it came from, and what would be valid, so the
+daemon refuses to start instead of silently running with a default.
+
+Relative paths in the file are relative to the file's directory (so a config file and its
+`dags/` folder can move together); with the built-in defaults, and for paths given in the
+environment, they are relative to the current directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("config.toml")
+
+ENV_PREFIX = "ORCHESTRATOR_"
+
+#: ORCHESTRATOR_* variables that are not configuration: the CLI's daemon URL, test settings,
+#: and the variables the daemon sets in every task's environment (a task may run the CLI).
+NON_CONFIG_ENV: frozenset[str] = frozenset(
+    {
+        "ORCHESTRATOR_URL",
+        "ORCHESTRATOR_DAG_ID",
+        "ORCHESTRATOR_TASK_ID",
+        "ORCHESTRATOR_RUN_ID",
+        "ORCHESTRATOR_LOGICAL_DATE",
+        "ORCHESTRATOR_TRY_NUMBER",
+    }
+)
+NON_CONFIG_ENV_PREFIXES: tuple[str, ...] = ("ORCHESTRATOR_TEST_",)
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """[daemon]: where DAG files and the daemon's own state live, and how it shuts down."""
+
+    dags_folder: Path = Path("dags")
+    state_dir: Path = Path("state")
+    shutdown_grace: float = 30.0
+    #: None: the daemon picks "<hostname>-<pid>" when it starts
+    daemon_id: str | None = None
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """[database]: the PostgreSQL state store. No DSN: an embedded server under state_dir."""
+
+    dsn: str | None = None
+    pool_min_size: int = 2
+    pool_max_size: int = 10
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """[api]: where the REST API listens. Port 0 picks a free port (written to state_dir/api.url)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class LocalExecutorConfig:
+    """[executors.local]: task subprocesses and warm Python workers on this machine."""
+
+    slots: int = 16
+    python_workers: int = 2
+    kill_grace: float = 5.0
+
+
+@dataclass(frozen=True)
+class ExecutorsConfig:
+    """[executors]: one sub-table per executor."""
+
+    local: LocalExecutorConfig = field(default_factory=LocalExecutorConfig)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration. `source` names the file it was read from, or "built-in defaults"."""
+
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    executors: ExecutorsConfig = field(default_factory=ExecutorsConfig)
+    source: str = "built-in defaults"
+
+
+BUILTIN_SOURCE = "built-in defaults"
+
+#: The tables of the configuration, by dotted name (the root is "").
+_TABLES: dict[str, type[Any]] = {
+    "": Config,
+    "daemon": DaemonConfig,
+    "database": DatabaseConfig,
+    "api": ApiConfig,
+    "executors": ExecutorsConfig,
+    "executors.local": LocalExecutorConfig,
+}
+
+_TYPE_NAMES: dict[type[Any], str] = {
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean (true or false)",
+    str: "a string",
+    Path: "a path (a string)",
+}
+
+
+@dataclass(frozen=True)
+class _Key:
+    """One leaf setting: its dotted name, its type and whether it may be unset (None)."""
+
+    dotted: str
+    kind: type[Any]
+    optional: bool
+
+    @property
+    def env_name(self) -> str:
+        return ENV_PREFIX + self.dotted.upper().replace(".", "__")
+
+
+def _leaf_keys() -> dict[str, _Key]:
+    keys: dict[str, _Key] = {}
+
+    def walk(prefix: str, cls: type[Any]) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name == "source" and cls is Config:
+                continue
+            dotted = f"{prefix}.{f.name}" if prefix else f.name
+            if dotted in _TABLES:
+                walk(dotted, _TABLES[dotted])
+                continue
+            hint = hints[f.name]
+            args = typing.get_args(hint)
+            if isinstance(hint, types.UnionType) and type(None) in args:
+                (kind,) = (a for a in args if a is not type(None))
+                keys[dotted] = _Key(dotted, kind, optional=True)
+            else:
+                keys[dotted] = _Key(dotted, hint, optional=False)
+
+    walk("", Config)
+    return keys
+
+
+KEYS: Mapping[str, _Key] = _leaf_keys()
+_KEYS_BY_ENV: Mapping[str, _Key] = {key.env_name: key for key in KEYS.values()}
+
+
+def load_config(path: Path | None, environ: Mapping[str, str], *, cwd: Path | None = None) -> Config:
+    """Read the configuration: `path`, else ./config.toml if it exists, else the built-in defaults;
+    then apply ORCHESTRATOR_* overrides from `environ`. Raises ConfigError with an actionable message."""
+    cwd = (cwd or Path.cwd()).absolute()
+    if path is None:
+        default = cwd / DEFAULT_CONFIG_PATH
+        path = default if default.is_file() else None
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    base_dir = cwd
+    source = BUILTIN_SOURCE
+    if path is not None:
+        path = (cwd / path).absolute()
+        source = str(path)
+        base_dir = path.parent
+        for key, value in _read_file(path).items():
+            values[key] = value
+            origins[key] = f"{key} in {source}"
+    path_bases = {key: base_dir for key in values}
+    for key, value in _read_environ(environ).items():
+        values[key] = value
+        origins[key] = KEYS[key].env_name
+        path_bases[key] = cwd
+    for key, value in values.items():
+        if KEYS[key].kind is Path and value is not None:
+            values[key] = path_bases[key] / value.expanduser()
+    defaults = {key: base_dir / default for key, default in _defaults().items() if KEYS[key].kind is Path}
+    config = _build({**defaults, **values}, source)
+    _check_ranges(config, origins)
+    return config
+
+
+def _defaults() -> dict[str, Any]:
+    return dict(_flatten(Config()))
+
+
+def _flatten(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for f in dataclasses.fields(obj):
+        dotted = f"{prefix}.{f.name}" if prefix else f.name
+        if dotted == "source":
+            continue
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _flatten(value, dotted)
+        else:
+            yield dotted, value
+
+
+def _build(values: Mapping[str, Any], source: str) -> Config:
+    def make(prefix: str, cls: type[Any]) -> Any:
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            dotted = f"{prefix}.{f.name}" if prefix else f.name
+            if dotted in _TABLES:
+                kwargs[f.name] = make(dotted, _TABLES[dotted])
+            elif dotted in values:
+                kwargs[f.name] = values[dotted]
+        return cls(**kwargs)
+
+    config: Config = make("", Config)
+    return dataclasses.replace(config, source=source)
+
+
+# --- the file -------------------------------------------------------------------------
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            document = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {path} does not exist: create it (see config.toml in the orchestrator "
+            "repository for every key) or leave out --config to use ./config.toml or the built-in defaults"
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory: pass the path of a TOML file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}; fix the file at that line") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    values: dict[str, Any] = {}
+    _collect(document, "", path, values)
+    return values
+
+
+def _collect(table: Mapping[str, Any], prefix: str, path: Path, out: dict[str, Any]) -> None:
+    for name, value in table.items():
+        dotted = f"{prefix}.{name}" if prefix else name
+        if dotted in _TABLES:
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"{dotted} in {path} must be a table ([{dotted}]), got {_show(value)}: "
+                    f"put its keys under a [{dotted}] header"
+                )
+            _collect(value, dotted, path, out)
+            continue
+        key = KEYS.get(dotted)
+        if key is None:
+            raise ConfigError(f"unknown key {dotted!r} in {path}{_suggest(dotted, _all_names())}")
+        out[dotted] = _check_toml_type(key, value, f"{dotted} in {path}")
+
+
+def _all_names() -> list[str]:
+    return [*KEYS, *(t for t in _TABLES if t)]
+
+
+def _check_toml_type(key: _Key, value: Any, where: str) -> Any:
+    kind = key.kind
+    ok = (
+        (kind is bool and isinstance(value, bool))
+        or (kind is int and isinstance(value, int) and not isinstance(value, bool))
+        or (kind is float and isinstance(value, int | float) and not isinstance(value, bool))
+        or (kind in (str, Path) and isinstance(value, str))
+    )
+    if not ok:
+        raise ConfigError(f"{where} must be {_TYPE_NAMES[kind]}, got {_show(value)}")
+    if kind is float:
+        return float(value)
+    if kind is Path:
+        return Path(value)
+    return value
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    return repr(value)
+
+
+def _suggest(name: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return f": did you mean {close[0]!r}?" if close else f": valid keys are {', '.join(sorted(KEYS))}"
+
+
+# --- the environment ------------------------------------------------------------------
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+def _read_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or _is_non_config(name):
+            continue
+        key = _KEYS_BY_ENV.get(name)
+        if key is None:
+            close = difflib.get_close_matches(name, list(_KEYS_BY_ENV), n=1, cutoff=0.6)
+            hint = f": did you mean {close[0]}?" if close else f": valid names are {', '.join(_KEYS_BY_ENV)}"
+            raise ConfigError(f"environment variable {name} matches no configuration key{hint}")
+        values[key.dotted] = _convert_env(key, name, environ[name])
+    return values
+
+
+def _is_non_config(name: str) -> bool:
+    return name in NON_CONFIG_ENV or name.startswith(NON_CONFIG_ENV_PREFIXES)
+
+
+def _convert_env(key: _Key, name: str, raw: str) -> Any:
+    text = raw.strip()
+    if key.optional and text == "":
+        return None
+    kind = key.kind
+    try:
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not {_TYPE_NAMES[kind]}") from None
+    if kind is bool:
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ConfigError(f"{name}={raw!r} is not a boolean: use true or false")
+    if kind is Path:
+        return Path(text)
+    return raw
+
+
+# --- ranges ---------------------------------------------------------------------------
+
+
+def _check_ranges(config: Config, origins: Mapping[str, str]) -> None:
+    def where(dotted: str) -> str:
+        return origins.get(dotted, dotted)
+
+    def at_least(dotted: str, value: float, minimum: float) -> None:
+        if value < minimum:
+            raise ConfigError(f"{where(dotted)} must be at least {minimum:g}, got {value:g}")
+
+    if not 0 <= config.api.port <= 65535:
+        raise ConfigError(
+            f"{where('api.port')} must be between 0 and 65535 (0 picks a free port), got {config.api.port}"
+        )
+    if not config.api.host.strip():
+        raise ConfigError(f"{where('api.host')} must not be empty: use 127.0.0.1 or 0.0.0.0")
+    at_least("daemon.shutdown_grace", config.daemon.shutdown_grace, 0)
+    if config.daemon.daemon_id is not None and not config.daemon.daemon_id.strip():
+        raise ConfigError(f"{where('daemon.daemon_id')} must not be empty: leave it out for <hostname>-<pid>")
+    at_least("database.pool_min_size", config.database.pool_min_size, 1)
+    at_least("database.pool_max_size", config.database.pool_max_size, 1)
+    if config.database.pool_min_size > config.database.pool_max_size:
+        raise ConfigError(
+            f"{where('database.pool_min_size')} ({config.database.pool_min_size}) must not exceed "
+            f"{where('database.pool_max_size')} ({config.database.pool_max_size})"
+        )
+    local = config.executors.local
+    at_least("executors.local.slots", local.slots, 1)
+    at_least("executors.local.python_workers", local.python_workers, 1)
+    at_least("executors.local.kill_grace", local.kill_grace, 0)

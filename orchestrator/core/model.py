@@ -1,0 +1,100 @@
+"""The serialized DAG: what the daemon knows of a DAG file once it has been parsed.
+
+The daemon never imports user code. DAG files are imported in a worker process
+(`executors.workers`), turned into these frozen values by
+`orchestrator.authoring.serialize`, and sent back as JSON. Python callables stay
+in the workers; the daemon keeps only `dag_file` + `task_id` to find them again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal, NewType
+
+DagId = NewType("DagId", str)
+TaskId = NewType("TaskId", str)
+RunId = NewType("RunId", str)
+
+TaskKind = Literal["bash", "python"]
+
+
+class TriggerRule(StrEnum):
+    """Airflow's trigger rules: when a task may run, given its direct upstream states."""
+
+    ALL_SUCCESS = "all_success"
+    ALL_FAILED = "all_failed"
+    ALL_DONE = "all_done"
+    ALL_DONE_MIN_ONE_SUCCESS = "all_done_min_one_success"
+    ALL_SKIPPED = "all_skipped"
+    ONE_SUCCESS = "one_success"
+    ONE_FAILED = "one_failed"
+    ONE_DONE = "one_done"
+    NONE_FAILED = "none_failed"
+    NONE_FAILED_MIN_ONE_SUCCESS = "none_failed_min_one_success"
+    NONE_SKIPPED = "none_skipped"
+    ALWAYS = "always"
+
+
+@dataclass(frozen=True, slots=True)
+class XComRef:
+    """A reference to another task's XCom, resolved when the consuming task is launched.
+
+    Serialized inside op_args/op_kwargs as ``{"__xcom__": {"task_id": ..., "key": ...}}``.
+    """
+
+    task_id: str
+    key: str = "return_value"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """One task of a DAG, as the scheduler sees it. Durations are seconds."""
+
+    task_id: str
+    kind: TaskKind
+    upstream: tuple[str, ...] = ()
+    trigger_rule: TriggerRule = TriggerRule.ALL_SUCCESS
+    retries: int = 0
+    retry_delay: float = 300.0
+    retry_exponential_backoff: bool = False
+    max_retry_delay: float | None = None
+    execution_timeout: float | None = None
+    #: bash tasks: the Jinja template of the command
+    bash_command: str | None = None
+    #: extra environment for the task process (values are Jinja templates)
+    env: dict[str, str] = field(default_factory=dict)
+    #: with env given: also inherit the daemon's environment (Airflow's append_env)
+    append_env: bool = False
+    cwd: str | None = None
+    #: python tasks: JSON-able arguments; strings are Jinja templates, XComRef dicts are resolved
+    op_args: tuple[Any, ...] = ()
+    op_kwargs: dict[str, Any] = field(default_factory=dict)
+    do_xcom_push: bool = True
+
+    @property
+    def max_tries(self) -> int:
+        """Airflow's max_tries: how many tries after the first one are allowed."""
+        return self.retries
+
+
+@dataclass(frozen=True, slots=True)
+class DagSpec:
+    """One DAG: its settings and its tasks in a topological order."""
+
+    dag_id: str
+    fileloc: str
+    tasks: tuple[TaskSpec, ...]
+    schedule: str | None = None
+    description: str | None = None
+    max_active_runs: int = 16
+    max_active_tasks: int = 16
+    params: dict[str, Any] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    is_paused_upon_creation: bool = False
+
+    def task(self, task_id: str) -> TaskSpec:
+        for spec in self.tasks:
+            if spec.task_id == task_id:
+                return spec
+        raise KeyError(f"DAG {self.dag_id!r} has no task {task_id!r}")

@@ -1,0 +1,157 @@
+"""Rows of the state store as frozen values, and the change set that one commit writes.
+
+The engine holds the live copy of every active run in memory, changes it through
+the pure state machine, and writes whole rows back in a `ChangeSet`. One change set
+is one transaction; the engine's writer may merge several change sets into one
+transaction (group commit), so a later row for the same key replaces an earlier one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from orchestrator.core.states import RunState, TaskState
+
+
+class TaskKey(NamedTuple):
+    """Identity of a task instance within the store: run primary key, task id, map index."""
+
+    run_pk: int
+    task_id: str
+    map_index: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class DagRecord:
+    """A DAG as the store lists it (GET /api/v1/dags)."""
+
+    dag_id: str
+    fileloc: str
+    is_paused: bool
+    is_active: bool
+    schedule: str | None
+    description: str | None
+    max_active_runs: int
+    max_active_tasks: int
+    tags: tuple[str, ...]
+    last_parsed_time: datetime | None
+    #: the whole DagSpec as JSON (orchestrator.authoring.serialize.spec_to_dict)
+    spec: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ImportErrorRecord:
+    """A DAG file that could not be loaded, and why."""
+
+    filename: str
+    message: str
+    timestamp: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """What a trigger asks for; the store makes it unique on (dag_id, run_id)."""
+
+    dag_id: str
+    run_id: str
+    run_type: str  # "manual", "scheduled", "backfill", "webhook", "api"
+    conf: dict[str, Any]
+    logical_date: datetime
+    data_interval_start: datetime
+    data_interval_end: datetime
+    queued_at: datetime
+    external_trigger: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class NewTaskInstance:
+    """A task instance created with its run, in state `none`."""
+
+    task_id: str
+    operator: str
+    max_tries: int
+    map_index: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One DAG run."""
+
+    pk: int
+    dag_id: str
+    run_id: str
+    state: RunState
+    run_type: str
+    conf: dict[str, Any]
+    logical_date: datetime
+    data_interval_start: datetime
+    data_interval_end: datetime
+    queued_at: datetime
+    start_date: datetime | None = None
+    end_date: datetime | None = None
+    external_trigger: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInstanceRecord:
+    """One task instance. `try_number` counts tries started so far (0 before the first)."""
+
+    run_pk: int
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int
+    state: TaskState
+    try_number: int
+    max_tries: int
+    operator: str
+    queued_at: datetime | None = None
+    start_date: datetime | None = None
+    end_date: datetime | None = None
+    duration: float | None = None
+    #: when an up_for_retry instance may be queued again
+    next_retry_at: datetime | None = None
+    #: what the executor knows it by: "pid:1234", later "pod:ns/name"
+    external_id: str | None = None
+    #: the daemon that owns the running work (see the daemon table)
+    daemon_id: str | None = None
+    hostname: str | None = None
+    exit_code: int | None = None
+    #: deferrals (not used by the engine yet; the columns exist from day one)
+    trigger_classpath: str | None = None
+    trigger_kwargs: dict[str, Any] | None = None
+    next_wakeup: datetime | None = None
+
+    @property
+    def key(self) -> TaskKey:
+        return TaskKey(self.run_pk, self.task_id, self.map_index)
+
+
+@dataclass(frozen=True, slots=True)
+class XComRecord:
+    """A value a task pushed (JSON-able), keyed like Airflow's XCom."""
+
+    run_pk: int
+    task_id: str
+    map_index: int
+    key: str
+    value: Any
+
+
+@dataclass(slots=True)
+class ChangeSet:
+    """Rows to write in one transaction: whole task-instance and run rows, new XComs."""
+
+    tasks: list[TaskInstanceRecord] = field(default_factory=list)
+    runs: list[RunRecord] = field(default_factory=list)
+    xcoms: list[XComRecord] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.tasks or self.runs or self.xcoms)
+
+    def extend(self, other: ChangeSet) -> None:
+        self.tasks.extend(other.tasks)
+        self.runs.extend(other.runs)
+        self.xcoms.extend(other.xcoms)

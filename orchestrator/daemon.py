@@ -1,0 +1,215 @@
+"""The composition root: builds every part from the configuration and runs them in one process.
+
+Start-up order matters: database (embedded or configured) → migrations → store → executor
+and parser workers → DAG folder parsed → active runs recovered → API listening. Shutdown
+(SIGTERM or SIGINT) is the reverse: the API stops taking runs, running tasks get
+`daemon.shutdown_grace` seconds, everything committed is flushed, workers and (if it is
+ours) the embedded PostgreSQL stop. All long-running parts live in one anyio task group on
+uvloop, so an unexpected failure in one stops the daemon instead of leaving it half alive.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+from aiohttp import web
+
+from orchestrator.api.app import create_app
+from orchestrator.config import Config
+from orchestrator.core.model import DagSpec
+from orchestrator.core.serialization import spec_from_dict
+from orchestrator.dagfolder import DagFolder
+from orchestrator.engine.clock import SystemClock
+from orchestrator.engine.registry import DagRegistry
+from orchestrator.engine.scheduler import Scheduler
+
+log = logging.getLogger("orchestrator.daemon")
+
+HEARTBEAT_INTERVAL = 10.0
+
+
+@dataclass(frozen=True)
+class Paths:
+    state_dir: Path
+    logs_dir: Path
+    api_url_file: Path
+
+    @classmethod
+    def of(cls, config: Config) -> Paths:
+        state_dir = Path(config.daemon.state_dir).resolve()
+        return cls(state_dir, state_dir / "logs", state_dir / "api.url")
+
+
+def configure_logging() -> None:
+    level = os.environ.get("ORCHESTRATOR_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def run_daemon(config: Config) -> int:
+    """`orchestrator run`: serve until SIGTERM/SIGINT. Returns the process exit code."""
+    configure_logging()
+    anyio.run(_serve, config, backend="asyncio", backend_options={"use_uvloop": True})
+    return 0
+
+
+def migrate_database(config: Config) -> list[int]:
+    """`orchestrator db migrate`: apply pending migrations to the configured database."""
+    configure_logging()
+
+    async def _migrate() -> list[int]:
+        from storage.migrate import migrate_dsn
+
+        async with _database(config, stop_embedded=False) as dsn:
+            return await migrate_dsn(dsn)
+
+    return anyio.run(_migrate)
+
+
+@asynccontextmanager
+async def _database(config: Config, *, stop_embedded: bool) -> AsyncIterator[str]:
+    """The configured DSN, or a private PostgreSQL under the state directory."""
+    if config.database.dsn:
+        yield config.database.dsn
+        return
+    from storage.embedded import EmbeddedPostgres
+
+    embedded = EmbeddedPostgres(Paths.of(config).state_dir / "postgres", durable=True)
+    log.info("no database.dsn configured: starting the embedded PostgreSQL in %s", embedded.data_dir)
+    dsn = await anyio.to_thread.run_sync(embedded.ensure_started)
+    try:
+        yield dsn
+    finally:
+        if stop_embedded:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(embedded.stop)
+
+
+async def _serve(config: Config) -> None:
+    from executors.local import LocalExecutor
+    from executors.parser import DagFileParseError
+    from executors.parser import DagFileParser as WorkerDagFileParser
+    from storage.migrate import migrate_dsn
+    from storage.postgres import PostgresStateStore
+
+    paths = Paths.of(config)
+    paths.logs_dir.mkdir(parents=True, exist_ok=True)
+    hostname = socket.gethostname()
+    daemon_id = config.daemon.daemon_id or f"{hostname}-{os.getpid()}"
+    clock = SystemClock()
+
+    async with AsyncExitStack() as stack:
+        dsn = await stack.enter_async_context(_database(config, stop_embedded=True))
+        applied = await migrate_dsn(dsn)
+        if applied:
+            log.info("applied migrations %s", applied)
+        store = await PostgresStateStore.connect(
+            dsn, min_size=config.database.pool_min_size, max_size=config.database.pool_max_size
+        )
+        stack.push_async_callback(store.close)
+        await store.register_daemon(daemon_id, hostname, os.getpid(), clock.now())
+
+        registry = DagRegistry()
+        scheduler = Scheduler(
+            store, clock, registry, paths.logs_dir, daemon_id, hostname, base_env=dict(os.environ)
+        )
+        local = config.executors.local
+        executor = LocalExecutor(
+            scheduler, slots=local.slots, python_workers=local.python_workers, kill_grace=local.kill_grace
+        )
+        scheduler.attach_executor(executor)
+        parser = WorkerDagFileParser()
+        await parser.start()
+        stack.push_async_callback(parser.close)
+        await executor.start()
+        stack.push_async_callback(executor.close)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(scheduler.writer.run)
+            folder = DagFolder(
+                Path(config.daemon.dags_folder), parser, store, registry, clock, parse_error=DagFileParseError
+            )
+            stored = await _stored_specs(store)
+            await folder.load_all(known_files={spec.fileloc for spec in stored.values()})
+            group.start_soon(folder.watch)
+            await scheduler.recover(stored)
+            runner = await _start_api(config, paths, store, scheduler)
+            group.start_soon(_heartbeat, store, daemon_id, clock)
+            log.info("orchestrator daemon %s ready", daemon_id)
+
+            await _wait_for_stop_signal()
+            log.info("shutting down: waiting up to %.0f s for running tasks", config.daemon.shutdown_grace)
+            await scheduler.drain(config.daemon.shutdown_grace)
+            await runner.cleanup()
+            paths.api_url_file.unlink(missing_ok=True)
+            group.cancel_scope.cancel()
+    log.info("orchestrator daemon %s stopped", daemon_id)
+
+
+async def _stored_specs(store: object) -> dict[str, DagSpec]:
+    """Specs of the DAGs the store knows: runs of a DAG whose file is gone can still finish."""
+    from storage.postgres import PostgresStateStore
+
+    assert isinstance(store, PostgresStateStore)
+    specs: dict[str, DagSpec] = {}
+    offset = 0
+    while True:
+        page, total = await store.list_dags(limit=1000, offset=offset, only_active=False)
+        for record in page:
+            try:
+                specs[record.dag_id] = spec_from_dict(record.spec)
+            except Exception as exc:  # a spec written by an older version
+                log.warning(
+                    "stored DAG %s is unreadable (%s); it resumes only once its file loads",
+                    record.dag_id,
+                    exc,
+                )
+        offset += len(page)
+        if not page or offset >= total:
+            return specs
+
+
+async def _start_api(config: Config, paths: Paths, store: object, scheduler: Scheduler) -> web.AppRunner:
+    app = create_app(store, scheduler, paths.logs_dir)  # type: ignore[arg-type]
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.api.host, config.api.port)
+    await site.start()
+    server = site._server
+    port = config.api.port
+    if server is not None and getattr(server, "sockets", None):
+        port = server.sockets[0].getsockname()[1]
+    url = f"http://{config.api.host}:{port}"
+    paths.api_url_file.write_text(url + "\n")
+    log.info("REST API listening on %s", url)
+    return runner
+
+
+async def _heartbeat(store: object, daemon_id: str, clock: SystemClock) -> None:
+    """Record that this daemon is alive (for the survivors of a multi-daemon deployment)."""
+    while True:
+        await anyio.sleep(HEARTBEAT_INTERVAL)  # a timer, not a poll between tasks
+        try:
+            await store.heartbeat(daemon_id, clock.now())  # type: ignore[attr-defined]
+        except Exception as exc:
+            log.warning("heartbeat failed: %s", exc)
+
+
+async def _wait_for_stop_signal() -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s", signal.Signals(signum).name)
+            return

@@ -1,0 +1,111 @@
+-- 0001_initial: the first schema of the state store.
+-- Migrations are append-only: never edit a released file, add the next number instead,
+-- and keep storage/sql/schema.sql equal to the result of applying all of them.
+
+CREATE TABLE schema_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per DAG the daemon has ever parsed; is_active is false once its file no longer defines it.
+CREATE TABLE dag (
+    dag_id text PRIMARY KEY,
+    fileloc text NOT NULL,
+    is_paused boolean NOT NULL DEFAULT false,
+    is_active boolean NOT NULL DEFAULT true,
+    schedule text,
+    description text,
+    max_active_runs integer,
+    max_active_tasks integer,
+    tags text[] NOT NULL DEFAULT '{}',
+    last_parsed_time timestamptz,
+    spec jsonb NOT NULL
+);
+
+-- sync_dag_file / remove_dag_file find a file's DAGs by fileloc.
+CREATE INDEX dag_fileloc_idx ON dag (fileloc);
+
+CREATE TABLE import_error (
+    filename text PRIMARY KEY,
+    message text NOT NULL,
+    "timestamp" timestamptz NOT NULL
+);
+
+CREATE TABLE dag_run (
+    pk bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    dag_id text NOT NULL,
+    run_id text NOT NULL,
+    state text NOT NULL,
+    run_type text NOT NULL,
+    conf jsonb NOT NULL DEFAULT '{}',
+    logical_date timestamptz NOT NULL,
+    data_interval_start timestamptz NOT NULL,
+    data_interval_end timestamptz NOT NULL,
+    queued_at timestamptz NOT NULL,
+    start_date timestamptz,
+    end_date timestamptz,
+    external_trigger boolean NOT NULL DEFAULT true,
+    -- what makes cron ticks, webhooks and API triggers exactly-once
+    CONSTRAINT dag_run_dag_id_run_id_key UNIQUE (dag_id, run_id),
+    CONSTRAINT dag_run_state_check CHECK (state IN ('queued', 'running', 'success', 'failed'))
+);
+
+-- list_runs: a DAG's runs newest first (and their count).
+CREATE INDEX dag_run_dag_id_queued_at_idx ON dag_run (dag_id, queued_at DESC, pk DESC);
+-- load_active_runs: the few unfinished runs among many finished ones, oldest first.
+CREATE INDEX dag_run_active_idx ON dag_run (queued_at, pk) WHERE state IN ('queued', 'running');
+
+CREATE TABLE task_instance (
+    run_pk bigint NOT NULL REFERENCES dag_run (pk) ON DELETE CASCADE,
+    task_id text NOT NULL,
+    map_index integer NOT NULL DEFAULT -1,
+    dag_id text NOT NULL,
+    run_id text NOT NULL,
+    state text NOT NULL,
+    try_number integer NOT NULL DEFAULT 0,
+    max_tries integer NOT NULL DEFAULT 0,
+    operator text NOT NULL,
+    queued_at timestamptz,
+    start_date timestamptz,
+    end_date timestamptz,
+    duration double precision,
+    next_retry_at timestamptz,
+    external_id text,
+    daemon_id text,
+    hostname text,
+    exit_code integer,
+    trigger_classpath text,
+    trigger_kwargs jsonb,
+    next_wakeup timestamptz,
+    PRIMARY KEY (run_pk, task_id, map_index),
+    CONSTRAINT task_instance_state_check CHECK (state IN (
+        'none', 'scheduled', 'queued', 'running', 'success', 'failed', 'up_for_retry',
+        'deferred', 'skipped', 'upstream_failed', 'removed'
+    ))
+);
+
+-- Re-arming deferred triggers after a restart, in wake-up order.
+CREATE INDEX task_instance_deferred_idx ON task_instance (next_wakeup) WHERE state = 'deferred';
+-- Taking over the running work of a dead daemon.
+CREATE INDEX task_instance_daemon_active_idx ON task_instance (daemon_id)
+    WHERE state IN ('queued', 'running');
+
+CREATE TABLE xcom (
+    run_pk bigint NOT NULL REFERENCES dag_run (pk) ON DELETE CASCADE,
+    task_id text NOT NULL,
+    map_index integer NOT NULL DEFAULT -1,
+    key text NOT NULL,
+    value jsonb NOT NULL,
+    "timestamp" timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_pk, task_id, map_index, key)
+);
+
+-- One row per daemon process sharing this database; survivors take over a silent one's work.
+CREATE TABLE daemon (
+    daemon_id text PRIMARY KEY,
+    hostname text NOT NULL,
+    pid integer NOT NULL,
+    started_at timestamptz NOT NULL,
+    heartbeat_at timestamptz NOT NULL
+);

@@ -1,0 +1,381 @@
+"""`PostgresStateStore`: the `orchestrator.ports.StateStore` on PostgreSQL, through asyncpg.
+
+Every method is one transaction (or one statement, which PostgreSQL runs as one), so nothing the
+engine acts on is ever half-written. `commit` is the hot path of the whole daemon: any number of
+rows is written with one statement per kind of row (arrays unnested server-side), so a task state
+change costs one round trip, not one per row. The SQL lives in storage/sql/queries.sql.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from orchestrator.core.model import DagSpec
+from orchestrator.core.records import (
+    ChangeSet,
+    DagRecord,
+    ImportErrorRecord,
+    NewRun,
+    NewTaskInstance,
+    RunRecord,
+    TaskInstanceRecord,
+    TaskKey,
+    XComRecord,
+)
+from orchestrator.core.serialization import spec_to_dict
+from orchestrator.core.states import RunState, TaskState
+from orchestrator.ports import ActiveRun
+from storage.errors import StorageError
+from storage.sql import QUERIES
+
+logger = logging.getLogger(__name__)
+
+#: NOTIFY channel on which a new run's pk is announced to every daemon.
+RUNS_CHANNEL = "orchestrator_runs"
+#: DagSpec's default, for rows whose nullable max_active_* columns were written by hand
+_DEFAULT_MAX_ACTIVE = 16
+
+Row = asyncpg.Record
+
+
+# --- codecs ------------------------------------------------------------------------------------
+
+
+def _encode_jsonb(value: Any) -> bytes:
+    # jsonb's binary format is a version byte (1) followed by the JSON text.
+    return b"\x01" + orjson.dumps(value)
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    return orjson.loads(data[1:])
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb", schema="pg_catalog", encoder=_encode_jsonb, decoder=_decode_jsonb, format="binary"
+    )
+
+
+# --- rows -> records ---------------------------------------------------------------------------
+
+
+def _dag(row: Row) -> DagRecord:
+    return DagRecord(
+        dag_id=row[0],
+        fileloc=row[1],
+        is_paused=row[2],
+        is_active=row[3],
+        schedule=row[4],
+        description=row[5],
+        max_active_runs=row[6] if row[6] is not None else _DEFAULT_MAX_ACTIVE,
+        max_active_tasks=row[7] if row[7] is not None else _DEFAULT_MAX_ACTIVE,
+        tags=tuple(row[8]),
+        last_parsed_time=row[9],
+        spec=row[10],
+    )
+
+
+def _run(row: Row) -> RunRecord:
+    return RunRecord(
+        row[0], row[1], row[2], RunState(row[3]), row[4], row[5], row[6], row[7], row[8], row[9],
+        row[10], row[11], row[12],
+    )  # fmt: skip
+
+
+def _task_instance(row: Row) -> TaskInstanceRecord:
+    return TaskInstanceRecord(
+        row[0], row[1], row[2], row[3], row[4], TaskState(row[5]), row[6], row[7], row[8], row[9],
+        row[10], row[11], row[12], row[13], row[14], row[15], row[16], row[17], row[18], row[19],
+        row[20],
+    )  # fmt: skip
+
+
+def _xcom(row: Row) -> XComRecord:
+    return XComRecord(row[0], row[1], row[2], row[3], row[4])
+
+
+# --- change sets -> column arrays --------------------------------------------------------------
+
+
+def _task_columns(tasks: Iterable[TaskInstanceRecord]) -> list[list[Any]]:
+    # Last row per key wins: UPDATE ... FROM applies only one of several matching source rows.
+    unique = {(t.run_pk, t.task_id, t.map_index): t for t in tasks}
+    rows = [unique[key] for key in sorted(unique)]  # a stable lock order across concurrent commits
+    return [
+        [t.run_pk for t in rows],
+        [t.task_id for t in rows],
+        [t.map_index for t in rows],
+        [t.state.value for t in rows],
+        [t.try_number for t in rows],
+        [t.max_tries for t in rows],
+        [t.operator for t in rows],
+        [t.queued_at for t in rows],
+        [t.start_date for t in rows],
+        [t.end_date for t in rows],
+        [t.duration for t in rows],
+        [t.next_retry_at for t in rows],
+        [t.external_id for t in rows],
+        [t.daemon_id for t in rows],
+        [t.hostname for t in rows],
+        [t.exit_code for t in rows],
+        [t.trigger_classpath for t in rows],
+        [None if t.trigger_kwargs is None else _json_text(t.trigger_kwargs) for t in rows],
+        [t.next_wakeup for t in rows],
+    ]
+
+
+def _run_columns(runs: Iterable[RunRecord]) -> list[list[Any]]:
+    unique = {r.pk: r for r in runs}
+    rows = [unique[pk] for pk in sorted(unique)]
+    return [
+        [r.pk for r in rows],
+        [r.state.value for r in rows],
+        [r.run_type for r in rows],
+        [_json_text(r.conf) for r in rows],
+        [r.logical_date for r in rows],
+        [r.data_interval_start for r in rows],
+        [r.data_interval_end for r in rows],
+        [r.queued_at for r in rows],
+        [r.start_date for r in rows],
+        [r.end_date for r in rows],
+        [r.external_trigger for r in rows],
+    ]
+
+
+def _xcom_columns(xcoms: Iterable[XComRecord]) -> list[list[Any]]:
+    # ON CONFLICT DO UPDATE refuses to touch one row twice in a statement: dedupe, last wins.
+    unique = {(x.run_pk, x.task_id, x.map_index, x.key): x for x in xcoms}
+    rows = [unique[key] for key in sorted(unique)]
+    return [
+        [x.run_pk for x in rows],
+        [x.task_id for x in rows],
+        [x.map_index for x in rows],
+        [x.key for x in rows],
+        [_json_text(x.value) for x in rows],
+    ]
+
+
+class PostgresStateStore:
+    """The state store on one PostgreSQL database (see `orchestrator.ports.StateStore`)."""
+
+    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
+        self._pool = pool
+        self._dsn = dsn
+        self._listen_conn: asyncpg.Connection | None = None
+        self._run_callbacks: list[Callable[[int], None]] = []
+
+    @classmethod
+    async def connect(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> PostgresStateStore:
+        """Open a connection pool on a migrated database (see `storage.migrate`)."""
+        try:
+            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise StorageError(
+                f"Could not connect to PostgreSQL: {exc}. Check database.dsn and that the server is up"
+            ) from exc
+        return cls(pool, dsn)
+
+    async def close(self) -> None:
+        if self._listen_conn is not None:
+            conn, self._listen_conn = self._listen_conn, None
+            await conn.close()
+        await self._pool.close()
+
+    # --- DAGs and DAG files --------------------------------------------------------------------
+    async def sync_dag_file(self, fileloc: str, dags: Sequence[DagSpec], now: datetime) -> None:
+        rows = [
+            (
+                spec.dag_id,
+                fileloc,
+                spec.is_paused_upon_creation,
+                spec.schedule,
+                spec.description,
+                spec.max_active_runs,
+                spec.max_active_tasks,
+                list(spec.tags),
+                now,
+                spec_to_dict(spec),
+            )
+            for spec in dags
+        ]
+        async with self._pool.acquire() as conn, conn.transaction():
+            if rows:
+                await conn.executemany(QUERIES["upsert_dag"], rows)
+            await conn.execute(QUERIES["deactivate_dags_missing_from_file"], fileloc, [s.dag_id for s in dags])
+            await conn.execute(QUERIES["delete_import_error"], fileloc)
+
+    async def record_import_error(self, fileloc: str, message: str, now: datetime) -> None:
+        await self._pool.execute(QUERIES["upsert_import_error"], fileloc, message, now)
+
+    async def remove_dag_file(self, fileloc: str) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(QUERIES["deactivate_dags_of_file"], fileloc)
+            await conn.execute(QUERIES["delete_import_error"], fileloc)
+
+    async def list_dags(self, limit: int, offset: int, only_active: bool = True) -> tuple[list[DagRecord], int]:
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            rows = await conn.fetch(QUERIES["list_dags"], only_active, limit, offset)
+            total = await conn.fetchval(QUERIES["count_dags"], only_active)
+        return [_dag(row) for row in rows], total
+
+    async def get_dag(self, dag_id: str) -> DagRecord | None:
+        row = await self._pool.fetchrow(QUERIES["get_dag"], dag_id)
+        return None if row is None else _dag(row)
+
+    async def set_dag_paused(self, dag_id: str, is_paused: bool) -> DagRecord | None:
+        row = await self._pool.fetchrow(QUERIES["set_dag_paused"], dag_id, is_paused)
+        return None if row is None else _dag(row)
+
+    async def list_import_errors(self) -> list[ImportErrorRecord]:
+        rows = await self._pool.fetch(QUERIES["list_import_errors"])
+        return [ImportErrorRecord(row[0], row[1], row[2]) for row in rows]
+
+    # --- runs ----------------------------------------------------------------------------------
+    async def create_run(self, run: NewRun, tasks: Sequence[NewTaskInstance]) -> tuple[RunRecord, bool]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                QUERIES["insert_run"],
+                run.dag_id,
+                run.run_id,
+                run.run_type,
+                run.conf,
+                run.logical_date,
+                run.data_interval_start,
+                run.data_interval_end,
+                run.queued_at,
+                run.external_trigger,
+            )
+            if row is None:
+                existing = await conn.fetchrow(QUERIES["get_run"], run.dag_id, run.run_id)
+                if existing is None:  # deleted between the two statements; cannot happen in practice
+                    raise StorageError(
+                        f"Run {run.run_id!r} of DAG {run.dag_id!r} conflicted but no longer exists: retry"
+                    )
+                return _run(existing), False
+            created = _run(row)
+            if tasks:
+                await conn.execute(
+                    QUERIES["insert_task_instances"],
+                    created.pk,
+                    created.dag_id,
+                    created.run_id,
+                    [t.task_id for t in tasks],
+                    [t.map_index for t in tasks],
+                    [t.max_tries for t in tasks],
+                    [t.operator for t in tasks],
+                )
+            await conn.execute(QUERIES["notify_run_created"], created.pk)
+        return created, True
+
+    async def get_run(self, dag_id: str, run_id: str) -> RunRecord | None:
+        row = await self._pool.fetchrow(QUERIES["get_run"], dag_id, run_id)
+        return None if row is None else _run(row)
+
+    async def list_runs(
+        self, dag_id: str, limit: int, offset: int, states: Sequence[RunState] | None = None
+    ) -> tuple[list[RunRecord], int]:
+        state_values = None if states is None else [RunState(s).value for s in states]
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            rows = await conn.fetch(QUERIES["list_runs"], dag_id, state_values, limit, offset)
+            total = await conn.fetchval(QUERIES["count_runs"], dag_id, state_values)
+        return [_run(row) for row in rows], total
+
+    async def count_active_runs(self, dag_id: str) -> int:
+        """How many runs of the DAG are in state running (for max_active_runs)."""
+        count: int = await self._pool.fetchval(QUERIES["count_running_runs"], dag_id)
+        return count
+
+    async def list_task_instances(self, run_pk: int) -> list[TaskInstanceRecord]:
+        rows = await self._pool.fetch(QUERIES["list_task_instances"], run_pk)
+        return [_task_instance(row) for row in rows]
+
+    async def get_task_instance(self, key: TaskKey) -> TaskInstanceRecord | None:
+        row = await self._pool.fetchrow(QUERIES["get_task_instance"], key.run_pk, key.task_id, key.map_index)
+        return None if row is None else _task_instance(row)
+
+    async def list_xcoms(self, run_pk: int) -> list[XComRecord]:
+        rows = await self._pool.fetch(QUERIES["list_xcoms"], run_pk)
+        return [_xcom(row) for row in rows]
+
+    async def load_active_runs(self) -> list[ActiveRun]:
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            run_rows = await conn.fetch(QUERIES["list_active_runs"])
+            pks = [row[0] for row in run_rows]
+            ti_rows = await conn.fetch(QUERIES["list_task_instances_of_runs"], pks) if pks else []
+            xcom_rows = await conn.fetch(QUERIES["list_xcoms_of_runs"], pks) if pks else []
+        active = {row[0]: ActiveRun(_run(row), [], []) for row in run_rows}
+        for row in ti_rows:
+            active[row[0]].task_instances.append(_task_instance(row))
+        for row in xcom_rows:
+            active[row[0]].xcoms.append(_xcom(row))
+        return list(active.values())
+
+    async def commit(self, changes: ChangeSet) -> None:
+        kinds = bool(changes.tasks) + bool(changes.runs) + bool(changes.xcoms)
+        if kinds == 0:
+            return
+        if kinds > 1:
+            # One statement is one transaction: a single round trip for the whole change set.
+            args = [*_task_columns(changes.tasks), *_run_columns(changes.runs), *_xcom_columns(changes.xcoms)]
+            await self._pool.execute(QUERIES["commit_changes"], *args)
+        elif changes.tasks:
+            await self._pool.execute(QUERIES["update_task_instances"], *_task_columns(changes.tasks))
+        elif changes.runs:
+            await self._pool.execute(QUERIES["update_runs"], *_run_columns(changes.runs))
+        else:
+            await self._pool.execute(QUERIES["upsert_xcoms"], *_xcom_columns(changes.xcoms))
+
+    # --- daemons -------------------------------------------------------------------------------
+    async def register_daemon(self, daemon_id: str, hostname: str, pid: int, now: datetime) -> None:
+        await self._pool.execute(QUERIES["register_daemon"], daemon_id, hostname, pid, now)
+
+    async def heartbeat(self, daemon_id: str, now: datetime) -> None:
+        await self._pool.execute(QUERIES["heartbeat"], daemon_id, now)
+
+    # --- notifications -------------------------------------------------------------------------
+    async def add_run_listener(self, callback: Callable[[int], None]) -> None:
+        """Call `callback(run_pk)` whenever any daemon creates a run (LISTEN orchestrator_runs).
+
+        The wake-up is a hint, not a queue: a notification sent while the listening connection
+        is down is lost, so the caller must still load runs from the store on start-up.
+        """
+        self._run_callbacks.append(callback)
+        if self._listen_conn is not None:
+            return
+        try:
+            conn = await asyncpg.connect(self._dsn)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise StorageError(f"Could not open the LISTEN connection to PostgreSQL: {exc}") from exc
+        conn.add_termination_listener(self._on_listen_connection_lost)
+        await conn.add_listener(RUNS_CHANNEL, self._on_run_notification)
+        self._listen_conn = conn
+
+    def _on_run_notification(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        try:
+            run_pk = int(str(payload))
+        except ValueError:
+            logger.warning("ignoring a malformed %s notification: %r", RUNS_CHANNEL, payload)
+            return
+        for callback in list(self._run_callbacks):
+            try:
+                callback(run_pk)
+            except Exception:
+                logger.exception("a run listener failed on run pk %s", run_pk)
+
+    def _on_listen_connection_lost(self, conn: object) -> None:
+        if self._listen_conn is conn:
+            self._listen_conn = None
+            logger.warning(
+                "the LISTEN connection to PostgreSQL was lost: new runs created by other daemons "
+                "are picked up only when this daemon reloads runs from the store"
+            )

@@ -1,0 +1,282 @@
+-- Every query the state store runs, by name (loaded once into storage.sql.QUERIES).
+-- Column lists of the SELECTs follow the field order of the records in orchestrator/core/records.py.
+
+-- name: migration_lock
+-- Serialises migrations of several daemons starting at once (session-level advisory lock).
+SELECT pg_advisory_lock($1::bigint);
+
+-- name: migration_unlock
+SELECT pg_advisory_unlock($1::bigint);
+
+-- name: migrations_table_exists
+SELECT to_regclass('schema_migrations') IS NOT NULL;
+
+-- name: applied_migrations
+SELECT version FROM schema_migrations ORDER BY version;
+
+-- name: record_migration
+INSERT INTO schema_migrations (version, name) VALUES ($1, $2);
+
+-- name: upsert_dag
+-- A DAG seen in a successful parse: active again, settings refreshed, is_paused kept as it was.
+INSERT INTO dag (dag_id, fileloc, is_paused, is_active, schedule, description, max_active_runs,
+                 max_active_tasks, tags, last_parsed_time, spec)
+VALUES ($1, $2, $3, true, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (dag_id) DO UPDATE SET
+    fileloc = EXCLUDED.fileloc,
+    is_active = true,
+    schedule = EXCLUDED.schedule,
+    description = EXCLUDED.description,
+    max_active_runs = EXCLUDED.max_active_runs,
+    max_active_tasks = EXCLUDED.max_active_tasks,
+    tags = EXCLUDED.tags,
+    last_parsed_time = EXCLUDED.last_parsed_time,
+    spec = EXCLUDED.spec;
+
+-- name: deactivate_dags_missing_from_file
+UPDATE dag SET is_active = false
+WHERE fileloc = $1 AND is_active AND NOT (dag_id = ANY($2::text[]));
+
+-- name: deactivate_dags_of_file
+UPDATE dag SET is_active = false WHERE fileloc = $1 AND is_active;
+
+-- name: delete_import_error
+DELETE FROM import_error WHERE filename = $1;
+
+-- name: upsert_import_error
+INSERT INTO import_error (filename, message, "timestamp") VALUES ($1, $2, $3)
+ON CONFLICT (filename) DO UPDATE SET message = EXCLUDED.message, "timestamp" = EXCLUDED."timestamp";
+
+-- name: list_import_errors
+SELECT filename, message, "timestamp" FROM import_error ORDER BY filename;
+
+-- name: list_dags
+SELECT dag_id, fileloc, is_paused, is_active, schedule, description, max_active_runs,
+       max_active_tasks, tags, last_parsed_time, spec
+FROM dag
+WHERE is_active OR NOT $1::boolean
+ORDER BY dag_id
+LIMIT $2 OFFSET $3;
+
+-- name: count_dags
+SELECT count(*) FROM dag WHERE is_active OR NOT $1::boolean;
+
+-- name: get_dag
+SELECT dag_id, fileloc, is_paused, is_active, schedule, description, max_active_runs,
+       max_active_tasks, tags, last_parsed_time, spec
+FROM dag WHERE dag_id = $1;
+
+-- name: set_dag_paused
+UPDATE dag SET is_paused = $2 WHERE dag_id = $1
+RETURNING dag_id, fileloc, is_paused, is_active, schedule, description, max_active_runs,
+          max_active_tasks, tags, last_parsed_time, spec;
+
+-- name: insert_run
+-- Uniqueness on (dag_id, run_id) is what makes a trigger exactly-once: a duplicate returns nothing.
+INSERT INTO dag_run (dag_id, run_id, state, run_type, conf, logical_date, data_interval_start,
+                     data_interval_end, queued_at, external_trigger)
+VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (dag_id, run_id) DO NOTHING
+RETURNING pk, dag_id, run_id, state, run_type, conf, logical_date, data_interval_start,
+          data_interval_end, queued_at, start_date, end_date, external_trigger;
+
+-- name: insert_task_instances
+INSERT INTO task_instance (run_pk, dag_id, run_id, task_id, map_index, state, max_tries, operator)
+SELECT $1, $2, $3, u.task_id, u.map_index, 'none', u.max_tries, u.operator
+FROM unnest($4::text[], $5::integer[], $6::integer[], $7::text[])
+    AS u (task_id, map_index, max_tries, operator);
+
+-- name: notify_run_created
+-- Delivered to every listening daemon when the transaction commits.
+SELECT pg_notify('orchestrator_runs', $1::bigint::text);
+
+-- name: get_run
+SELECT pk, dag_id, run_id, state, run_type, conf, logical_date, data_interval_start,
+       data_interval_end, queued_at, start_date, end_date, external_trigger
+FROM dag_run WHERE dag_id = $1 AND run_id = $2;
+
+-- name: list_runs
+SELECT pk, dag_id, run_id, state, run_type, conf, logical_date, data_interval_start,
+       data_interval_end, queued_at, start_date, end_date, external_trigger
+FROM dag_run
+WHERE dag_id = $1 AND ($2::text[] IS NULL OR state = ANY($2::text[]))
+ORDER BY queued_at DESC, pk DESC
+LIMIT $3 OFFSET $4;
+
+-- name: count_runs
+SELECT count(*) FROM dag_run WHERE dag_id = $1 AND ($2::text[] IS NULL OR state = ANY($2::text[]));
+
+-- name: count_running_runs
+SELECT count(*) FROM dag_run WHERE dag_id = $1 AND state = 'running';
+
+-- name: list_active_runs
+SELECT pk, dag_id, run_id, state, run_type, conf, logical_date, data_interval_start,
+       data_interval_end, queued_at, start_date, end_date, external_trigger
+FROM dag_run
+WHERE state IN ('queued', 'running')
+ORDER BY queued_at, pk;
+
+-- name: list_task_instances_of_runs
+SELECT run_pk, dag_id, run_id, task_id, map_index, state, try_number, max_tries, operator,
+       queued_at, start_date, end_date, duration, next_retry_at, external_id, daemon_id, hostname,
+       exit_code, trigger_classpath, trigger_kwargs, next_wakeup
+FROM task_instance
+WHERE run_pk = ANY($1::bigint[])
+ORDER BY run_pk, task_id, map_index;
+
+-- name: list_xcoms_of_runs
+SELECT run_pk, task_id, map_index, key, value
+FROM xcom
+WHERE run_pk = ANY($1::bigint[])
+ORDER BY run_pk, task_id, map_index, key;
+
+-- name: list_task_instances
+SELECT run_pk, dag_id, run_id, task_id, map_index, state, try_number, max_tries, operator,
+       queued_at, start_date, end_date, duration, next_retry_at, external_id, daemon_id, hostname,
+       exit_code, trigger_classpath, trigger_kwargs, next_wakeup
+FROM task_instance
+WHERE run_pk = $1
+ORDER BY task_id, map_index;
+
+-- name: get_task_instance
+SELECT run_pk, dag_id, run_id, task_id, map_index, state, try_number, max_tries, operator,
+       queued_at, start_date, end_date, duration, next_retry_at, external_id, daemon_id, hostname,
+       exit_code, trigger_classpath, trigger_kwargs, next_wakeup
+FROM task_instance
+WHERE run_pk = $1 AND task_id = $2 AND map_index = $3;
+
+-- name: list_xcoms
+SELECT run_pk, task_id, map_index, key, value
+FROM xcom
+WHERE run_pk = $1
+ORDER BY task_id, map_index, key;
+
+-- name: update_task_instances
+-- The hot path: whole rows, one statement for any number of them (keys unique within the arrays).
+-- jsonb travels as text so that a JSON null and SQL NULL cannot be confused inside an array.
+UPDATE task_instance AS t SET
+    state = u.state,
+    try_number = u.try_number,
+    max_tries = u.max_tries,
+    operator = u.operator,
+    queued_at = u.queued_at,
+    start_date = u.start_date,
+    end_date = u.end_date,
+    duration = u.duration,
+    next_retry_at = u.next_retry_at,
+    external_id = u.external_id,
+    daemon_id = u.daemon_id,
+    hostname = u.hostname,
+    exit_code = u.exit_code,
+    trigger_classpath = u.trigger_classpath,
+    trigger_kwargs = u.trigger_kwargs::jsonb,
+    next_wakeup = u.next_wakeup
+FROM unnest(
+    $1::bigint[], $2::text[], $3::integer[], $4::text[], $5::integer[], $6::integer[], $7::text[],
+    $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::double precision[],
+    $12::timestamptz[], $13::text[], $14::text[], $15::text[], $16::integer[], $17::text[],
+    $18::text[], $19::timestamptz[]
+) AS u (run_pk, task_id, map_index, state, try_number, max_tries, operator, queued_at, start_date,
+        end_date, duration, next_retry_at, external_id, daemon_id, hostname, exit_code,
+        trigger_classpath, trigger_kwargs, next_wakeup)
+WHERE t.run_pk = u.run_pk AND t.task_id = u.task_id AND t.map_index = u.map_index;
+
+-- name: update_runs
+UPDATE dag_run AS r SET
+    state = u.state,
+    run_type = u.run_type,
+    conf = u.conf::jsonb,
+    logical_date = u.logical_date,
+    data_interval_start = u.data_interval_start,
+    data_interval_end = u.data_interval_end,
+    queued_at = u.queued_at,
+    start_date = u.start_date,
+    end_date = u.end_date,
+    external_trigger = u.external_trigger
+FROM unnest(
+    $1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[],
+    $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::boolean[]
+) AS u (pk, state, run_type, conf, logical_date, data_interval_start, data_interval_end, queued_at,
+        start_date, end_date, external_trigger)
+WHERE r.pk = u.pk;
+
+-- name: upsert_xcoms
+-- XComs of a run deleted meanwhile are dropped, as the UPDATEs above drop its rows.
+INSERT INTO xcom (run_pk, task_id, map_index, key, value)
+SELECT u.run_pk, u.task_id, u.map_index, u.key, u.value::jsonb
+FROM unnest($1::bigint[], $2::text[], $3::integer[], $4::text[], $5::text[])
+    AS u (run_pk, task_id, map_index, key, value)
+WHERE EXISTS (SELECT 1 FROM dag_run AS r WHERE r.pk = u.run_pk)
+ON CONFLICT (run_pk, task_id, map_index, key) DO UPDATE SET
+    value = EXCLUDED.value,
+    "timestamp" = now();
+
+-- name: register_daemon
+INSERT INTO daemon (daemon_id, hostname, pid, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $4)
+ON CONFLICT (daemon_id) DO UPDATE SET
+    hostname = EXCLUDED.hostname,
+    pid = EXCLUDED.pid,
+    started_at = EXCLUDED.started_at,
+    heartbeat_at = EXCLUDED.heartbeat_at;
+
+-- name: heartbeat
+UPDATE daemon SET heartbeat_at = $2 WHERE daemon_id = $1;
+
+-- name: commit_changes
+-- update_task_instances + update_runs + upsert_xcoms as ONE statement (one round trip instead of
+-- BEGIN, three statements, COMMIT) for change sets holding more than one kind of row. Keep the
+-- three parts identical to those queries; data-modifying CTEs always run to completion.
+WITH updated_task_instances AS (
+    UPDATE task_instance AS t SET
+        state = u.state,
+        try_number = u.try_number,
+        max_tries = u.max_tries,
+        operator = u.operator,
+        queued_at = u.queued_at,
+        start_date = u.start_date,
+        end_date = u.end_date,
+        duration = u.duration,
+        next_retry_at = u.next_retry_at,
+        external_id = u.external_id,
+        daemon_id = u.daemon_id,
+        hostname = u.hostname,
+        exit_code = u.exit_code,
+        trigger_classpath = u.trigger_classpath,
+        trigger_kwargs = u.trigger_kwargs::jsonb,
+        next_wakeup = u.next_wakeup
+    FROM unnest(
+        $1::bigint[], $2::text[], $3::integer[], $4::text[], $5::integer[], $6::integer[], $7::text[],
+        $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::double precision[],
+        $12::timestamptz[], $13::text[], $14::text[], $15::text[], $16::integer[], $17::text[],
+        $18::text[], $19::timestamptz[]
+    ) AS u (run_pk, task_id, map_index, state, try_number, max_tries, operator, queued_at, start_date,
+            end_date, duration, next_retry_at, external_id, daemon_id, hostname, exit_code,
+            trigger_classpath, trigger_kwargs, next_wakeup)
+    WHERE t.run_pk = u.run_pk AND t.task_id = u.task_id AND t.map_index = u.map_index
+), updated_runs AS (
+    UPDATE dag_run AS r SET
+        state = u.state,
+        run_type = u.run_type,
+        conf = u.conf::jsonb,
+        logical_date = u.logical_date,
+        data_interval_start = u.data_interval_start,
+        data_interval_end = u.data_interval_end,
+        queued_at = u.queued_at,
+        start_date = u.start_date,
+        end_date = u.end_date,
+        external_trigger = u.external_trigger
+    FROM unnest(
+        $20::bigint[], $21::text[], $22::text[], $23::text[], $24::timestamptz[], $25::timestamptz[],
+        $26::timestamptz[], $27::timestamptz[], $28::timestamptz[], $29::timestamptz[], $30::boolean[]
+    ) AS u (pk, state, run_type, conf, logical_date, data_interval_start, data_interval_end, queued_at,
+            start_date, end_date, external_trigger)
+    WHERE r.pk = u.pk
+)
+INSERT INTO xcom (run_pk, task_id, map_index, key, value)
+SELECT u.run_pk, u.task_id, u.map_index, u.key, u.value::jsonb
+FROM unnest($31::bigint[], $32::text[], $33::integer[], $34::text[], $35::text[])
+    AS u (run_pk, task_id, map_index, key, value)
+WHERE EXISTS (SELECT 1 FROM dag_run AS r WHERE r.pk = u.run_pk)
+ON CONFLICT (run_pk, task_id, map_index, key) DO UPDATE SET
+    value = EXCLUDED.value,
+    "timestamp" = now();

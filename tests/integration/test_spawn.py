@@ -1,0 +1,210 @@
+"""The spawn module runs real processes on stock asyncio and on uvloop (the daemon's loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from executors.errors import LaunchError
+from executors.spawn import CommandResult, start_command
+
+pytestmark = pytest.mark.anyio
+
+ENV = {"PATH": "/usr/bin:/bin"}
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(("asyncio", {}), id="asyncio"),
+        pytest.param(("asyncio", {"loop_factory": uvloop.new_event_loop}), id="uvloop"),
+    ]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object]]:
+    return request.param  # type: ignore[no-any-return]
+
+
+async def bash(
+    command: str, tmp_path: Path, *, env: dict[str, str] | None = None, **kwargs: object
+) -> CommandResult:
+    running = start_command(
+        ["/bin/bash", "-c", command], env=env or ENV, log_path=tmp_path / "task.log", **kwargs
+    )  # type: ignore[arg-type]
+    return await running.wait()
+
+
+def alive(pid: int) -> bool:
+    """True if pid is a live (not zombie) process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def wait_until_gone(pids: list[int], deadline: float = 5.0) -> list[int]:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        left = [pid for pid in pids if alive(pid)]
+        if not left:
+            return []
+        await asyncio.sleep(0.01)
+    return [pid for pid in pids if alive(pid)]
+
+
+@pytest.mark.parametrize(
+    ("command", "exit_code"),
+    [("true", 0), ("exit 3", 3), ("false", 1), ("kill -TERM $$", -15), ("kill -KILL $$", -9)],
+)
+async def test_exit_code_is_the_status_or_minus_the_signal(tmp_path: Path, command: str, exit_code: int) -> None:
+    result = await bash(command, tmp_path)
+    assert result.exit_code == exit_code
+    assert not result.timed_out and not result.terminated
+
+
+@pytest.mark.parametrize(
+    ("command", "last_line"),
+    [
+        ("echo a; echo b", "b"),
+        ("echo a; echo b; echo; echo '   '", "b"),
+        ("printf 'x\\ny'", "y"),
+        ("echo 'trailing spaces   '", "trailing spaces"),
+        ("true", None),
+        ("echo only-stderr >&2", None),
+        ("head -c 300000 /dev/zero | tr '\\0' 'a'; echo; echo last", "last"),
+    ],
+)
+async def test_last_non_empty_stdout_line_is_kept(tmp_path: Path, command: str, last_line: str | None) -> None:
+    result = await bash(command, tmp_path)
+    assert result.exit_code == 0
+    assert result.last_line == last_line
+
+
+async def test_stdout_and_stderr_both_reach_the_log(tmp_path: Path) -> None:
+    (tmp_path / "task.log").write_text("header\n")
+    result = await bash("echo to-out; echo to-err >&2; echo more-out", tmp_path)
+    assert result.exit_code == 0
+    log = (tmp_path / "task.log").read_text()
+    assert log.startswith("header\n")
+    for text in ("to-out", "to-err", "more-out"):
+        assert text in log
+
+
+async def test_large_stdout_is_logged_completely(tmp_path: Path) -> None:
+    result = await bash("head -c 1000000 /dev/zero | tr '\\0' 'z'", tmp_path)
+    assert result.exit_code == 0
+    assert (tmp_path / "task.log").read_text().count("z") == 1_000_000
+
+
+async def test_env_is_passed_as_given(tmp_path: Path) -> None:
+    result = await bash('echo "$GREETING/${HOME:-unset}"', tmp_path, env={"GREETING": "hello", "PATH": "/bin"})
+    assert result.last_line == "hello/unset"
+
+
+async def test_cwd_is_used(tmp_path: Path) -> None:
+    workdir = tmp_path / "work dir"
+    workdir.mkdir()
+    result = await bash("pwd", tmp_path, cwd=str(workdir))
+    assert result.last_line == str(workdir)
+
+
+async def test_missing_cwd_is_a_launch_error(tmp_path: Path) -> None:
+    with pytest.raises(LaunchError, match="not a directory"):
+        await bash("pwd", tmp_path, cwd=str(tmp_path / "missing"))
+
+
+async def test_unknown_program_is_a_launch_error(tmp_path: Path) -> None:
+    with pytest.raises(LaunchError, match="not found"):
+        start_command(["no-such-program-xyz"], env=ENV, log_path=tmp_path / "task.log")
+    with pytest.raises(LaunchError, match="cannot start"):
+        start_command(["/no/such/program"], env=ENV, log_path=tmp_path / "task.log")
+
+
+async def test_unwritable_log_is_a_launch_error(tmp_path: Path) -> None:
+    with pytest.raises(LaunchError, match="cannot open the task log"):
+        start_command(["/bin/true"], env=ENV, log_path=tmp_path / "missing-dir" / "task.log")
+
+
+async def test_child_runs_in_its_own_session_with_default_signals(tmp_path: Path) -> None:
+    result = await bash(
+        'read -r -a f < <(sed "s/.*) //" /proc/$$/stat); '
+        "echo $(grep SigIgn /proc/$$/status | tr -d '\\t ') sid=${f[3]} pgrp=${f[2]}",
+        tmp_path,
+    )
+    ignored, sid, pgrp = result.last_line.split()  # type: ignore[union-attr]
+    assert sid == f"sid={result.pid}"
+    assert pgrp == f"pgrp={result.pid}"
+    # SIGPIPE is ignored in the (Python) parent; the child must get the default back.
+    assert int(ignored.split(":")[1], 16) & (1 << (13 - 1)) == 0
+
+
+async def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = await bash("sleep 1000 & echo $!; sleep 1000", tmp_path, timeout=0.3, kill_grace=5.0)
+    assert result.timed_out
+    assert result.exit_code == -15
+    assert time.monotonic() - started < 3.0
+    background = int(result.last_line)  # type: ignore[arg-type]
+    assert await wait_until_gone([result.pid, background]) == []
+
+
+async def test_timeout_escalates_to_sigkill_after_the_grace(tmp_path: Path) -> None:
+    result = await bash(
+        "trap '' TERM; sleep 1000 & echo $!; while :; do sleep 0.05; done", tmp_path, timeout=0.2, kill_grace=0.3
+    )
+    assert result.timed_out
+    assert result.exit_code == -9
+    assert await wait_until_gone([int(result.last_line)]) == []  # type: ignore[arg-type]
+
+
+async def test_terminate_stops_the_group(tmp_path: Path) -> None:
+    running = start_command(
+        ["/bin/bash", "-c", "sleep 1000 & echo $!; sleep 1000"], env=ENV, log_path=tmp_path / "task.log"
+    )
+    log = tmp_path / "task.log"
+    end = time.monotonic() + 5
+    while not log.read_text().strip() and time.monotonic() < end:
+        await asyncio.sleep(0.01)
+    running.terminate(grace=1.0)
+    result = await running.wait()
+    assert result.terminated and not result.timed_out
+    assert result.exit_code == -15
+    assert await wait_until_gone([int(result.last_line)]) == []  # type: ignore[arg-type]
+
+
+async def test_processes_left_behind_are_killed_when_the_task_ends(tmp_path: Path) -> None:
+    result = await bash("sleep 1000 >/dev/null 2>&1 & echo $!", tmp_path)
+    assert result.exit_code == 0
+    assert await wait_until_gone([int(result.last_line)]) == []  # type: ignore[arg-type]
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_no_fd_leak_over_10000_tasks(tmp_path: Path) -> None:
+    log = tmp_path / "task.log"
+
+    async def one(i: int) -> None:
+        if i % 1000 == 999:
+            # error paths must not leak either
+            with pytest.raises(LaunchError):
+                start_command(["/no/such"], env=ENV, log_path=log)
+            with pytest.raises(LaunchError):
+                start_command(["/bin/true"], env=ENV, log_path=log, cwd="/no/such/dir")
+        running = start_command(["/bin/true"], env=ENV, log_path=log, timeout=60)
+        result = await running.wait()
+        assert result.exit_code == 0
+
+    async def lane(lane_no: int, count: int) -> None:
+        for i in range(count):
+            await one(lane_no * count + i)
+
+    await lane(0, 10)  # warm up whatever the loop opens lazily
+    before = open_fds()
+    await asyncio.gather(*(lane(n, 1000) for n in range(10)))
+    assert open_fds() == before
