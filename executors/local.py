@@ -18,6 +18,7 @@ engine decides what happens to such task instances.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import sys
@@ -29,8 +30,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import asyncio
 
 from executors.errors import ExecutorError, LaunchError, PythonWorkerExited
 from executors.spawn import CommandResult, RunningCommand, start_command
@@ -345,7 +344,9 @@ class LocalExecutor:
                 if running.stop_error is not None:
                     error = running.stop_error
                 elif timed_out:
-                    error = f"timed out after {request.timeout:g} s: the python worker was killed and replaced"
+                    error = (
+                        f"timed out after {request.timeout:g} s: the python worker was killed and replaced"
+                    )
                 else:
                     error = str(exc)
                 outcome = TaskOutcome(
@@ -385,7 +386,8 @@ class LocalExecutor:
         try:
             _append(
                 request.log_path,
-                f"[{_now()}] try {request.try_number} of {_label(request)} finished in {duration:.3f} s: {status}\n",
+                f"[{_now()}] try {request.try_number} of {_label(request)} "
+                f"finished in {duration:.3f} s: {status}\n",
             )
         except OSError:
             log.warning("cannot append the footer to %s", request.log_path)
@@ -412,7 +414,9 @@ class LocalExecutor:
     def _launch_failed(self, request: LaunchRequest, message: str) -> None:
         self._note(request, f"could not start the task: {message}")
         self._report(
-            TaskOutcome(request.key, request.try_number, success=False, error=f"could not start the task: {message}")
+            TaskOutcome(
+                request.key, request.try_number, success=False, error=f"could not start the task: {message}"
+            )
         )
 
     def _crashed(self, request: LaunchRequest, trace: str) -> None:
@@ -430,7 +434,9 @@ class LocalExecutor:
     def _note(self, request: LaunchRequest, message: str) -> None:
         try:
             request.log_path.parent.mkdir(parents=True, exist_ok=True)
-            _append(request.log_path, f"[{_now()}] try {request.try_number} of {_label(request)}: {message}\n")
+            _append(
+                request.log_path, f"[{_now()}] try {request.try_number} of {_label(request)}: {message}\n"
+            )
         except OSError:
             pass  # the log is what failed; the outcome carries the message
 

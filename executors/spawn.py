@@ -138,7 +138,8 @@ def _open_log(log_path: Path) -> int:
         return os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
         raise LaunchError(
-            f"cannot open the task log {str(log_path)!r}: {exc.strerror}: check that the logs folder is writable"
+            f"cannot open the task log {str(log_path)!r}: {exc.strerror}: "
+            "check that the logs folder is writable"
         ) from exc
 
 

@@ -130,6 +130,13 @@ class PythonWorker:
         if self._kill_timer is None:
             self._kill_timer = self._loop.call_later(delay, self._kill)
 
+    def kill_now(self) -> None:
+        """SIGKILL the group and reap at once (cleanup paths that cannot wait for the loop)."""
+        if not self.alive:
+            return
+        kill_group(self.pid, signal.SIGKILL)
+        self._process_exited()
+
     def close_input(self) -> None:
         """Close the worker's stdin: an idle worker exits on its own."""
         if self._request_fd is not None:
@@ -296,13 +303,13 @@ async def start_worker(
     try:
         await asyncio.wait_for(asyncio.shield(worker.ready), startup_timeout)
     except TimeoutError:
-        worker.terminate(0.0)
+        worker.kill_now()
         raise PythonWorkerStartError(
             f"python worker {pid} did not become ready within {startup_timeout:g} s: "
             "check that importing orchestrator is not blocked"
         ) from None
     except BaseException:
-        worker.terminate(0.0)
+        worker.kill_now()
         raise
     return worker
 
@@ -378,6 +385,8 @@ class PythonWorkerPool:
                     worker.terminate(0.0)
             if pending:
                 await asyncio.wait(pending, timeout=grace + 5.0)
+            for worker in workers:
+                worker.kill_now()  # no-op for the ones that exited
         self._idle.clear()
 
     # --- internals ---------------------------------------------------------------------------
@@ -398,7 +407,11 @@ class PythonWorkerPool:
             self._idle.remove(worker)
         if not self._closing and worker.ready.done() and not worker.ready.exception():
             if worker.stop_reason is None:
-                log.warning("python worker %s exited with code %s; starting a replacement", worker.pid, worker.exit_code)
+                log.warning(
+                    "python worker %s exited with code %s; starting a replacement",
+                    worker.pid,
+                    worker.exit_code,
+                )
             self._schedule_replacement()
 
     def _schedule_replacement(self) -> None:

@@ -145,7 +145,7 @@ def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.2f}"
+        return f"{value:.3f}"
     if isinstance(value, dict | list):
         return json.dumps(value)
     return str(value)

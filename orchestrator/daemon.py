@@ -31,6 +31,7 @@ from orchestrator.dagfolder import DagFolder
 from orchestrator.engine.clock import SystemClock
 from orchestrator.engine.registry import DagRegistry
 from orchestrator.engine.scheduler import Scheduler
+from orchestrator.ports import StateStore
 
 log = logging.getLogger("orchestrator.daemon")
 
@@ -159,11 +160,8 @@ async def _serve(config: Config) -> None:
     log.info("orchestrator daemon %s stopped", daemon_id)
 
 
-async def _stored_specs(store: object) -> dict[str, DagSpec]:
+async def _stored_specs(store: StateStore) -> dict[str, DagSpec]:
     """Specs of the DAGs the store knows: runs of a DAG whose file is gone can still finish."""
-    from storage.postgres import PostgresStateStore
-
-    assert isinstance(store, PostgresStateStore)
     specs: dict[str, DagSpec] = {}
     offset = 0
     while True:
@@ -182,28 +180,27 @@ async def _stored_specs(store: object) -> dict[str, DagSpec]:
             return specs
 
 
-async def _start_api(config: Config, paths: Paths, store: object, scheduler: Scheduler) -> web.AppRunner:
-    app = create_app(store, scheduler, paths.logs_dir)  # type: ignore[arg-type]
+async def _start_api(config: Config, paths: Paths, store: StateStore, scheduler: Scheduler) -> web.AppRunner:
+    app = create_app(store, scheduler, paths.logs_dir)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, config.api.host, config.api.port)
     await site.start()
-    server = site._server
-    port = config.api.port
-    if server is not None and getattr(server, "sockets", None):
-        port = server.sockets[0].getsockname()[1]
-    url = f"http://{config.api.host}:{port}"
+    port = runner.addresses[0][1] if runner.addresses else config.api.port
+    # a wildcard address is not one to connect to: the CLI on this machine uses loopback
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(config.api.host, config.api.host)
+    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     paths.api_url_file.write_text(url + "\n")
-    log.info("REST API listening on %s", url)
+    log.info("REST API listening on %s:%s", config.api.host, port)
     return runner
 
 
-async def _heartbeat(store: object, daemon_id: str, clock: SystemClock) -> None:
+async def _heartbeat(store: StateStore, daemon_id: str, clock: SystemClock) -> None:
     """Record that this daemon is alive (for the survivors of a multi-daemon deployment)."""
     while True:
         await anyio.sleep(HEARTBEAT_INTERVAL)  # a timer, not a poll between tasks
         try:
-            await store.heartbeat(daemon_id, clock.now())  # type: ignore[attr-defined]
+            await store.heartbeat(daemon_id, clock.now())
         except Exception as exc:
             log.warning("heartbeat failed: %s", exc)
 

@@ -210,7 +210,9 @@ class EmbeddedPostgres:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env["LC_ALL"] = "C"
         try:
-            return subprocess.run(command, cwd=self.root, env=env, capture_output=True, text=True, check=False)
+            return subprocess.run(
+                command, cwd=self.root, env=env, capture_output=True, text=True, check=False
+            )
         except OSError as exc:
             raise EmbeddedPostgresError(f"Could not run {command[0]}: {exc}") from exc
 

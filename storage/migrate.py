@@ -92,7 +92,10 @@ async def migrate_dsn(dsn: str) -> list[int]:
     try:
         conn = await asyncpg.connect(dsn)
     except (OSError, asyncpg.PostgresError) as exc:
-        raise MigrationError(f"Could not connect to the database to migrate it: {exc}. Check database.dsn and that PostgreSQL is up") from exc
+        raise MigrationError(
+            f"Could not connect to the database to migrate it: {exc}. "
+            "Check database.dsn and that PostgreSQL is up"
+        ) from exc
     try:
         return await migrate(conn)
     finally:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 import orjson
@@ -41,7 +41,7 @@ RUNS_CHANNEL = "orchestrator_runs"
 #: DagSpec's default, for rows whose nullable max_active_* columns were written by hand
 _DEFAULT_MAX_ACTIVE = 16
 
-Row = asyncpg.Record
+Row: TypeAlias = asyncpg.Record
 
 
 # --- codecs ------------------------------------------------------------------------------------
@@ -211,7 +211,9 @@ class PostgresStateStore:
         async with self._pool.acquire() as conn, conn.transaction():
             if rows:
                 await conn.executemany(QUERIES["upsert_dag"], rows)
-            await conn.execute(QUERIES["deactivate_dags_missing_from_file"], fileloc, [s.dag_id for s in dags])
+            await conn.execute(
+                QUERIES["deactivate_dags_missing_from_file"], fileloc, [s.dag_id for s in dags]
+            )
             await conn.execute(QUERIES["delete_import_error"], fileloc)
 
     async def record_import_error(self, fileloc: str, message: str, now: datetime) -> None:
@@ -222,7 +224,9 @@ class PostgresStateStore:
             await conn.execute(QUERIES["deactivate_dags_of_file"], fileloc)
             await conn.execute(QUERIES["delete_import_error"], fileloc)
 
-    async def list_dags(self, limit: int, offset: int, only_active: bool = True) -> tuple[list[DagRecord], int]:
+    async def list_dags(
+        self, limit: int, offset: int, only_active: bool = True
+    ) -> tuple[list[DagRecord], int]:
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             rows = await conn.fetch(QUERIES["list_dags"], only_active, limit, offset)
             total = await conn.fetchval(QUERIES["count_dags"], only_active)

@@ -156,13 +156,18 @@ class DAG:
             ) from None
 
     def add_task(self, task: BaseOperator) -> None:
-        """Attach `task`; a task_id already in this DAG raises DuplicateTaskIdFound."""
-        if task.task_id in self.task_dict:
+        """Attach `task` (again is a no-op); another task with its task_id raises DuplicateTaskIdFound."""
+        if self.task_dict.get(task.task_id) is not task:
+            self.check_task_id_free(task.task_id)
+            self.task_dict[task.task_id] = task
+
+    def check_task_id_free(self, task_id: str) -> None:
+        """Raise DuplicateTaskIdFound, suggesting a free id, if `task_id` is taken in this DAG."""
+        if task_id in self.task_dict:
             raise DuplicateTaskIdFound(
-                f"DAG {self.dag_id!r} already has a task with task_id {task.task_id!r}; "
-                f"give the new task another task_id, e.g. {self.unique_task_id(task.task_id)!r}"
+                f"DAG {self.dag_id!r} already has a task with task_id {task_id!r}; "
+                f"give the new task another task_id, e.g. {self.unique_task_id(task_id)!r}"
             )
-        self.task_dict[task.task_id] = task
 
     def unique_task_id(self, task_id: str) -> str:
         """`task_id` if unused, else Airflow's next free `name__N` (used by @task)."""

@@ -41,6 +41,8 @@ def _apply_default_args(init: Callable[..., None]) -> Callable[..., None]:
                 if name in names and name not in bound and name not in ("self", "task_id", "dag"):
                     kwargs[name] = value
         init(self, *args, **kwargs)
+        # attach only once every check of every __init__ has passed: a refused task is not in the DAG
+        self.dag.add_task(self)
 
     return wrapper
 
@@ -82,6 +84,7 @@ class BaseOperator:
             self.trigger_rule = check_trigger_rule(trigger_rule)
         except DagValidationError as exc:
             raise DagValidationError(f"DAG {dag.dag_id!r}: {exc}") from None
+        dag.check_task_id_free(task_id)
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise DagValidationError(f"{where}: retries must be an integer of 0 or more, got {retries!r}")
         self.dag = dag
@@ -99,7 +102,6 @@ class BaseOperator:
         self.do_xcom_push = bool(do_xcom_push)
         self._upstream: dict[str, None] = {}
         self._downstream: dict[str, None] = {}
-        dag.add_task(self)
 
     def __repr__(self) -> str:
         return f"<Task({type(self).__name__}): {self.task_id}>"

@@ -2,7 +2,7 @@
 
 The daemon never imports user code. DAG files are imported in a worker process
 (`executors.workers`), turned into these frozen values by
-`orchestrator.authoring.serialize`, and sent back as JSON. Python callables stay
+`orchestrator.core.serialization`, and sent back as JSON. Python callables stay
 in the workers; the daemon keeps only `dag_file` + `task_id` to find them again.
 """
 

@@ -37,7 +37,7 @@ class DagRecord:
     max_active_tasks: int
     tags: tuple[str, ...]
     last_parsed_time: datetime | None
-    #: the whole DagSpec as JSON (orchestrator.authoring.serialize.spec_to_dict)
+    #: the whole DagSpec as JSON (orchestrator.core.serialization.spec_to_dict)
     spec: dict[str, Any]
 
 

@@ -230,9 +230,9 @@ class DagGraph:
     #: tasks with no downstream (they decide the run's outcome)
     leaves: frozenset[str]
     #: task id -> position in `order`
-    index: Mapping[str, int] = field(repr=False, default_factory=dict)
+    index: Mapping[str, int] = field(repr=False)
     #: task id -> trigger rule
-    rules: Mapping[str, TriggerRule] = field(repr=False, default_factory=dict)
+    rules: Mapping[str, TriggerRule] = field(repr=False)
 
     @classmethod
     def from_spec(cls, spec: DagSpec) -> DagGraph:
@@ -241,7 +241,8 @@ class DagGraph:
         for i, task in enumerate(spec.tasks):
             if task.task_id in position:
                 raise DagGraphError(
-                    f"DAG {spec.dag_id!r} defines task {task.task_id!r} twice: give each task a unique task_id"
+                    f"DAG {spec.dag_id!r} defines task {task.task_id!r} twice: "
+                    f"give each task a unique task_id"
                 )
             position[task.task_id] = i
 
@@ -271,10 +272,10 @@ class DagGraph:
                 if pending[child] == 0:
                     heapq.heappush(ready, position[child])
         if len(order) != len(spec.tasks):
-            stuck = sorted(tid for tid, count in pending.items() if count > 0)
+            cycle = _find_cycle(upstream, {tid for tid, count in pending.items() if count > 0})
             raise DagGraphError(
-                f"DAG {spec.dag_id!r} has a dependency cycle among tasks {', '.join(map(repr, stuck))}: "
-                f"remove one of the dependencies between them"
+                f"DAG {spec.dag_id!r} has a dependency cycle: {' -> '.join(map(repr, cycle))}; "
+                f"remove one of these dependencies"
             )
 
         downstream = {tid: tuple(kids) for tid, kids in children.items()}
@@ -289,6 +290,24 @@ class DagGraph:
         )
 
 
+def _find_cycle(upstream: Mapping[str, tuple[str, ...]], stuck: set[str]) -> list[str]:
+    """One cycle among the tasks Kahn's algorithm could not order, in dependency order.
+
+    Every stuck task has a stuck upstream (that is why it is stuck), so walking upstream
+    through stuck tasks must revisit one; the walk from there is a cycle.
+    """
+    seen: dict[str, int] = {}
+    walk: list[str] = []
+    task_id = min(stuck)
+    while task_id not in seen:
+        seen[task_id] = len(walk)
+        walk.append(task_id)
+        task_id = next(up for up in upstream[task_id] if up in stuck)
+    cycle = walk[seen[task_id] :]
+    cycle.reverse()  # upstream walk -> dependency order (a -> b means b depends on a)
+    return [*cycle, cycle[0]]
+
+
 @dataclass(frozen=True, slots=True)
 class Resolution:
     """The decisions of one resolver pass, each in topological order."""
@@ -300,6 +319,9 @@ class Resolution:
 
     def __bool__(self) -> bool:
         return bool(self.run or self.skip or self.upstream_failed)
+
+
+_NOTHING = Resolution()
 
 
 class _Pass:
@@ -321,9 +343,7 @@ class _Pass:
         if states.get(task_id, _NONE) != _NONE:
             return False
         decided = self.decided
-        upstream_states = [
-            decided.get(up) or states.get(up, _NONE) for up in self.graph.upstream[task_id]
-        ]
+        upstream_states = [decided.get(up) or states.get(up, _NONE) for up in self.graph.upstream[task_id]]
         verdict = evaluate(self.graph.rules[task_id], upstream_states)
         if verdict is _RUN:
             self.run.append(task_id)
@@ -376,6 +396,8 @@ def resolve_after(graph: DagGraph, states: Mapping[str, TaskState], finished: It
     for task_id in finished:
         if task_id in index:
             enqueue_downstream(task_id)
+    if not heap:
+        return _NOTHING  # finished leaves: the common case at the end of a wide run
     run_pass = _Pass(graph, states)
     while heap:
         _, task_id = heapq.heappop(heap)
@@ -390,9 +412,8 @@ def run_outcome(graph: DagGraph, states: Mapping[str, TaskState]) -> RunState | 
     Airflow's rule: the run failed if any leaf task (no downstream) is failed or
     upstream_failed, else it succeeded. `states` is every task instance of the run.
     """
-    for state in states.values():
-        if state not in FINISHED_TASK_STATES:
-            return None
+    if not FINISHED_TASK_STATES.issuperset(states.values()):
+        return None
     for leaf in graph.leaves:
         if states.get(leaf) in (_FAILED, _UPSTREAM_FAILED):
             return RunState.FAILED

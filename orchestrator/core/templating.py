@@ -129,11 +129,13 @@ _FILTERS = {
 
 
 @functools.lru_cache(maxsize=256)
-def _date_strings(logical_date: datetime) -> tuple[str, str, str, str, str]:
+def _date_strings(logical_date: datetime, utcoffset: timedelta | None) -> tuple[str, str, str, str, str]:
     """ds, ds_nodash, ts, ts_nodash, ts_nodash_with_tz -- cached: every task of a run shares them.
 
-    Sliced from one isoformat() ('YYYY-MM-DDTHH:MM:SS[.ffffff][+HH:MM]'), which is
-    several times cheaper than strftime and gives the same strings.
+    `utcoffset` is part of the cache key because aware datetimes that are the same instant
+    in different zones compare (and hash) equal, yet render differently. The strings are
+    sliced from one isoformat() ('YYYY-MM-DDTHH:MM:SS[.ffffff][+HH:MM]'), which is several
+    times cheaper than strftime and gives the same strings.
     """
     ts = logical_date.isoformat()
     ds = ts[:10]
@@ -158,7 +160,7 @@ def build_context(
     is deliberately absent.
     """
     logical_date = run.logical_date
-    ds, ds_nodash, ts, ts_nodash, ts_nodash_with_tz = _date_strings(logical_date)
+    ds, ds_nodash, ts, ts_nodash, ts_nodash_with_tz = _date_strings(logical_date, logical_date.utcoffset())
     params = dict(dag.params)
     if run.conf:
         params.update(run.conf)
@@ -291,6 +293,10 @@ def _pull(ref: XComRef, xcoms: Mapping[tuple[str, str], Any]) -> Any:
     try:
         return xcoms[(ref.task_id, ref.key)]
     except KeyError:
+        if ref.key == RETURN_VALUE:
+            # Airflow's XComArg.resolve: a task that returned None pushed nothing, and its
+            # output resolves to None (so does the output of an upstream that did not succeed)
+            return None
         raise TemplateError(
             f"task {ref.task_id!r} pushed no XCom {ref.key!r}: make sure it is upstream of this task "
             f"and returns (or pushes) a value, or stop using its output here"

@@ -31,7 +31,7 @@ from orchestrator.core.records import (
     XComRecord,
 )
 from orchestrator.core.resolver import Resolution, resolve, resolve_after, run_outcome
-from orchestrator.core.retry import next_retry_at, should_retry
+from orchestrator.core.retry import next_retry_at, retry_jitter_key, should_retry
 from orchestrator.core.states import ACTIVE_TASK_STATES, FINISHED_TASK_STATES, RunState, TaskState
 from orchestrator.core.templating import TemplateError
 from orchestrator.core.transitions import check_run_transition, check_task_transition
@@ -227,7 +227,8 @@ class Scheduler:
                 duration=(now - start).total_seconds(),
                 exit_code=outcome.exit_code,
             )
-            if outcome.xcom_value is not NO_XCOM:
+            # Airflow pushes no XCom for a None return value (and none is needed to pull None)
+            if outcome.xcom_value is not NO_XCOM and outcome.xcom_value is not None:
                 live.xcoms[(ti.task_id, "return_value")] = outcome.xcom_value
                 batch.changes.xcoms.append(
                     XComRecord(live.pk, ti.task_id, ti.map_index, "return_value", outcome.xcom_value)
@@ -279,7 +280,7 @@ class Scheduler:
         """A try failed: up_for_retry with a timer if tries are left, else failed."""
         task = live.dag.tasks.get(ti.task_id)
         if task is not None and should_retry(ti.try_number, ti.max_tries):
-            jitter_key = f"{ti.dag_id}|{ti.task_id}|{live.record.logical_date.isoformat()}|{ti.try_number}"
+            jitter_key = retry_jitter_key(ti.dag_id, ti.task_id, live.record.logical_date, ti.try_number)
             due = next_retry_at(task, ti.try_number, now, jitter_key)
             self._set_ti(
                 live,

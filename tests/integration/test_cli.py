@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from orchestrator.cli import render_table, resolve_base_url
 from orchestrator.errors import ConfigError
 from orchestrator.ports import StateStore
 from tests.integration.test_api import Api, StoreEngine, seed, serve, start_extract, ticking_clock, write_log
+from tests.pgserver import PgServer
 
 pytestmark = pytest.mark.anyio
 
@@ -245,6 +247,23 @@ async def test_a_usage_error_exits_2(tmp_path: Path) -> None:
     result = await cli("trigger", cwd=tmp_path)
     assert result.code == 2
     assert "dag_id" in result.err
+
+
+def test_db_migrate_applies_the_migrations_then_reports_up_to_date(
+    pg_server: PgServer, tmp_path: Path
+) -> None:
+    name = pg_server.create_database()  # empty: no template
+    try:
+        env = clean_env(ORCHESTRATOR_DATABASE__DSN=pg_server.dsn(name))
+        command = [sys.executable, "-m", "orchestrator", "db", "migrate"]
+        first = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert first.returncode == 0, first.stderr
+        assert first.stdout.startswith("applied migrations: 1")
+        second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 0, second.stderr
+        assert second.stdout == "the database is up to date: no migrations to apply\n"
+    finally:
+        pg_server.drop_database(name)
 
 
 # --- pure helpers -----------------------------------------------------------------------------

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.anyio
 
 ENV = {"PATH": "/usr/bin:/bin"}
 
-DAG_FILE = '''
+DAG_FILE = """
 import os
 import subprocess
 import time
@@ -76,7 +76,7 @@ with DAG("py"):
     for function in [returns_value, returns_none, raises, crashes, not_json, sleeps, wants_context,
                      wants_kwargs, reads_env, pid]:
         Python(function.__name__, function)
-'''
+"""
 
 
 @pytest.fixture(
@@ -128,7 +128,8 @@ class Recorder:
             remaining = end - time.monotonic()
             assert remaining > 0, "condition not reached before the deadline"
             try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
+                # woken by every event; re-checks at least every 20 ms for conditions on files
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.02))
             except TimeoutError:
                 pass
 
@@ -150,9 +151,7 @@ async def local_executor(
         await executor.close()
 
 
-def bash(
-    tmp_path: Path, task_id: str, command: str, *, try_number: int = 1, **kwargs: Any
-) -> LaunchRequest:
+def bash(tmp_path: Path, task_id: str, command: str, *, try_number: int = 1, **kwargs: Any) -> LaunchRequest:
     kwargs.setdefault("env", ENV)
     return LaunchRequest(
         key=TaskKey(1, task_id),
@@ -226,7 +225,9 @@ async def test_bash_task_succeeds_with_last_line_as_xcom_and_a_log(tmp_path: Pat
         ("no-such-command-xyz", 127, "bash command exited with code 127"),
     ],
 )
-async def test_bash_task_fails_on_non_zero_exit(tmp_path: Path, command: str, exit_code: int, error: str) -> None:
+async def test_bash_task_fails_on_non_zero_exit(
+    tmp_path: Path, command: str, exit_code: int, error: str
+) -> None:
     recorder = Recorder()
     async with local_executor(recorder, python_workers=0) as executor:
         executor.submit(bash(tmp_path, "t", command))
@@ -249,7 +250,9 @@ async def test_no_xcom_without_do_xcom_push_or_output(tmp_path: Path) -> None:
 async def test_bash_env_and_cwd_are_used(tmp_path: Path) -> None:
     recorder = Recorder()
     async with local_executor(recorder, python_workers=0) as executor:
-        executor.submit(bash(tmp_path, "t", 'echo "$(pwd):$VALUE"', env={"VALUE": "v", **ENV}, cwd=str(tmp_path)))
+        executor.submit(
+            bash(tmp_path, "t", 'echo "$(pwd):$VALUE"', env={"VALUE": "v", **ENV}, cwd=str(tmp_path))
+        )
         outcome = await recorder.finished_with("t")
     assert outcome.xcom_value == f"{tmp_path}:v"
 
@@ -257,11 +260,13 @@ async def test_bash_env_and_cwd_are_used(tmp_path: Path) -> None:
 async def test_bash_timeout_kills_the_group_and_says_timed_out(tmp_path: Path) -> None:
     recorder = Recorder()
     async with local_executor(recorder, python_workers=0) as executor:
-        executor.submit(bash(tmp_path, "t", "sleep 1000 & echo $! > bg.pid; sleep 1000", timeout=0.3, cwd=str(tmp_path)))
+        executor.submit(
+            bash(tmp_path, "t", "sleep 1000 & echo $! > bg.pid; sleep 1000", timeout=0.3, cwd=str(tmp_path))
+        )
         outcome = await recorder.finished_with("t")
+        await recorder.until(lambda: gone(int((tmp_path / "bg.pid").read_text())))
     assert outcome.timed_out and not outcome.success
     assert outcome.error == "timed out after 0.3 s: the process group was terminated"
-    assert gone(int((tmp_path / "bg.pid").read_text()))
 
 
 @pytest.mark.parametrize(
@@ -318,7 +323,10 @@ async def test_slots_bound_concurrency(tmp_path: Path) -> None:
             )
         await recorder.until(lambda: len(recorder.finished) == 10)
     assert all(o.success for o in recorder.finished)
-    spans = [(float((times / f"{i}.start").read_text()), float((times / f"{i}.end").read_text())) for i in range(10)]
+    spans = [
+        (float((times / f"{i}.start").read_text()), float((times / f"{i}.end").read_text()))
+        for i in range(10)
+    ]
     overlaps = [sum(1 for start, end in spans if start <= moment < end) for moment, _ in spans]
     assert max(overlaps) == 3
     assert max(recorder.running_at_start) == 3
@@ -388,7 +396,10 @@ async def test_drain_kills_tasks_that_outlive_the_grace(tmp_path: Path, dag_file
         await executor.drain(0.2)
         assert time.monotonic() - started < 3.0
         assert executor.running_count() == 0
-    assert {o.key.task_id: o.error for o in recorder.finished} == {"slow": SHUTDOWN_ERROR, "sleeps": SHUTDOWN_ERROR}
+    assert {o.key.task_id: o.error for o in recorder.finished} == {
+        "slow": SHUTDOWN_ERROR,
+        "sleeps": SHUTDOWN_ERROR,
+    }
 
 
 async def test_each_try_logs_to_its_own_file(tmp_path: Path) -> None:
@@ -419,7 +430,9 @@ async def test_python_return_value_is_the_xcom_and_output_is_logged(tmp_path: Pa
     assert log.splitlines()[-1].endswith("success")
 
 
-async def test_python_none_is_a_value_and_do_xcom_push_false_is_no_xcom(tmp_path: Path, dag_file: str) -> None:
+async def test_python_none_is_a_value_and_do_xcom_push_false_is_no_xcom(
+    tmp_path: Path, dag_file: str
+) -> None:
     recorder = Recorder()
     async with local_executor(recorder) as executor:
         executor.submit(python(tmp_path, dag_file, "returns_none"))
@@ -478,9 +491,9 @@ async def test_python_timeout_kills_and_replaces_the_worker(tmp_path: Path, dag_
         outcome = await recorder.finished_with("sleeps")
         executor.submit(python(tmp_path, dag_file, "pid"))
         after = await recorder.finished_with("pid")
+        await recorder.until(lambda: gone(int(recorder.started[0][2].removeprefix("worker:"))))
     assert outcome.timed_out and not outcome.success
     assert outcome.error == "timed out after 0.3 s: the python worker was killed and replaced"
-    assert gone(int(recorder.started[0][2].removeprefix("worker:")))
     assert after.success
 
 
@@ -502,7 +515,9 @@ async def test_python_context_is_injected_by_parameter_name(tmp_path: Path, dag_
     recorder = Recorder()
     async with local_executor(recorder) as executor:
         executor.submit(python(tmp_path, dag_file, "wants_context", context=context))
-        executor.submit(python(tmp_path, dag_file, "wants_kwargs", args=[5], context={**context, "a": "ignored"}))
+        executor.submit(
+            python(tmp_path, dag_file, "wants_kwargs", args=[5], context={**context, "a": "ignored"})
+        )
         named = await recorder.finished_with("wants_context")
         catch_all = await recorder.finished_with("wants_kwargs")
     assert named.xcom_value == {"ds": "2024-01-02", "run_id": "r", "params": {"p": 1}, "conf": {"c": 2}}
@@ -520,7 +535,9 @@ async def test_python_task_env_is_visible_and_then_removed(tmp_path: Path, dag_f
     assert without_env.xcom_value is None
 
 
-async def test_python_task_of_unknown_function_fails_with_loader_message(tmp_path: Path, dag_file: str) -> None:
+async def test_python_task_of_unknown_function_fails_with_loader_message(
+    tmp_path: Path, dag_file: str
+) -> None:
     recorder = Recorder()
     async with local_executor(recorder) as executor:
         executor.submit(python(tmp_path, dag_file, "missing"))
@@ -550,7 +567,9 @@ async def test_python_tasks_share_slots_with_bash(tmp_path: Path, dag_file: str)
 def test_process_count_is_stable() -> None:
     # guard for the module: nothing above leaves worker processes behind
     children = [p for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == os.getpid()]
-    assert children == []
+    assert [
+        (p, Path(f"/proc/{p}/cmdline").read_bytes(), Path(f"/proc/{p}/stat").read_text()) for p in children
+    ] == []
 
 
 def _parent(pid: int) -> int:

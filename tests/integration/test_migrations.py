@@ -137,7 +137,9 @@ CATALOG_QUERIES = {
 async def catalog(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
     conn = await asyncpg.connect(dsn)
     try:
-        return {name: [tuple(row) for row in await conn.fetch(query)] for name, query in CATALOG_QUERIES.items()}
+        return {
+            name: [tuple(row) for row in await conn.fetch(query)] for name, query in CATALOG_QUERIES.items()
+        }
     finally:
         await conn.close()
 
@@ -146,7 +148,9 @@ async def test_schema_sql_equals_all_migrations_applied(empty_dsn: str, second_e
     conn = await asyncpg.connect(empty_dsn)
     try:
         await conn.execute(SCHEMA)
-        assert await migrate(conn) == [], "a database built from schema.sql must already be at the newest version"
+        assert await migrate(conn) == [], (
+            "a database built from schema.sql must already be at the newest version"
+        )
     finally:
         await conn.close()
     await migrate_dsn(second_empty_dsn)

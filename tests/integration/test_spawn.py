@@ -6,6 +6,7 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvloop
@@ -29,11 +30,11 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object
 
 
 async def bash(
-    command: str, tmp_path: Path, *, env: dict[str, str] | None = None, **kwargs: object
+    command: str, tmp_path: Path, *, env: dict[str, str] | None = None, **kwargs: Any
 ) -> CommandResult:
     running = start_command(
         ["/bin/bash", "-c", command], env=env or ENV, log_path=tmp_path / "task.log", **kwargs
-    )  # type: ignore[arg-type]
+    )
     return await running.wait()
 
 
@@ -60,7 +61,9 @@ async def wait_until_gone(pids: list[int], deadline: float = 5.0) -> list[int]:
     ("command", "exit_code"),
     [("true", 0), ("exit 3", 3), ("false", 1), ("kill -TERM $$", -15), ("kill -KILL $$", -9)],
 )
-async def test_exit_code_is_the_status_or_minus_the_signal(tmp_path: Path, command: str, exit_code: int) -> None:
+async def test_exit_code_is_the_status_or_minus_the_signal(
+    tmp_path: Path, command: str, exit_code: int
+) -> None:
     result = await bash(command, tmp_path)
     assert result.exit_code == exit_code
     assert not result.timed_out and not result.terminated
@@ -78,7 +81,9 @@ async def test_exit_code_is_the_status_or_minus_the_signal(tmp_path: Path, comma
         ("head -c 300000 /dev/zero | tr '\\0' 'a'; echo; echo last", "last"),
     ],
 )
-async def test_last_non_empty_stdout_line_is_kept(tmp_path: Path, command: str, last_line: str | None) -> None:
+async def test_last_non_empty_stdout_line_is_kept(
+    tmp_path: Path, command: str, last_line: str | None
+) -> None:
     result = await bash(command, tmp_path)
     assert result.exit_code == 0
     assert result.last_line == last_line
@@ -101,7 +106,9 @@ async def test_large_stdout_is_logged_completely(tmp_path: Path) -> None:
 
 
 async def test_env_is_passed_as_given(tmp_path: Path) -> None:
-    result = await bash('echo "$GREETING/${HOME:-unset}"', tmp_path, env={"GREETING": "hello", "PATH": "/bin"})
+    result = await bash(
+        'echo "$GREETING/${HOME:-unset}"', tmp_path, env={"GREETING": "hello", "PATH": "/bin"}
+    )
     assert result.last_line == "hello/unset"
 
 
@@ -154,7 +161,10 @@ async def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
 
 async def test_timeout_escalates_to_sigkill_after_the_grace(tmp_path: Path) -> None:
     result = await bash(
-        "trap '' TERM; sleep 1000 & echo $!; while :; do sleep 0.05; done", tmp_path, timeout=0.2, kill_grace=0.3
+        "trap '' TERM; sleep 1000 & echo $!; while :; do sleep 0.05; done",
+        tmp_path,
+        timeout=0.2,
+        kill_grace=0.3,
     )
     assert result.timed_out
     assert result.exit_code == -9

@@ -64,7 +64,12 @@ async def test_create_run_inserts_queued_run_and_none_task_instances(store: Post
 
     assert created is True
     assert run.state is RunState.QUEUED
-    assert (run.dag_id, run.run_id, run.run_type, run.conf) == ("etl", "manual__1", "manual", {"who": "test", "n": [1, 2]})
+    assert (run.dag_id, run.run_id, run.run_type, run.conf) == (
+        "etl",
+        "manual__1",
+        "manual",
+        {"who": "test", "n": [1, 2]},
+    )
     assert (run.logical_date, run.data_interval_start, run.queued_at) == (T0, T0 - timedelta(days=1), T0)
     assert run.start_date is None and run.end_date is None and run.external_trigger is True
     assert await store.get_run("etl", "manual__1") == run
@@ -78,14 +83,21 @@ async def test_create_run_inserts_queued_run_and_none_task_instances(store: Post
     assert all((ti.dag_id, ti.run_id, ti.run_pk) == ("etl", "manual__1", run.pk) for ti in tis)
 
 
-async def test_create_run_twice_returns_the_existing_run_and_writes_nothing(store: PostgresStateStore) -> None:
+async def test_create_run_twice_returns_the_existing_run_and_writes_nothing(
+    store: PostgresStateStore,
+) -> None:
     first, created_first = await store.create_run(new_run(), TASKS)
     again = dataclasses.replace(new_run(), conf={"other": True}, queued_at=T0 + timedelta(hours=1))
     second, created_second = await store.create_run(again, [NewTaskInstance("extra", "BashOperator", 0)])
 
     assert (created_first, created_second) == (True, False)
     assert second == first
-    assert [ti.task_id for ti in await store.list_task_instances(first.pk)] == ["extract", "load", "mapped", "mapped"]
+    assert [ti.task_id for ti in await store.list_task_instances(first.pk)] == [
+        "extract",
+        "load",
+        "mapped",
+        "mapped",
+    ]
 
 
 async def test_create_run_notifies_listeners_once_per_created_run(store: PostgresStateStore) -> None:
@@ -205,7 +217,10 @@ async def test_commit_applies_the_last_row_of_a_key(store: PostgresStateStore) -
         ChangeSet(
             tasks=[queued, other, running],
             runs=[run_running, run_failed],
-            xcoms=[XComRecord(run.pk, "extract", -1, "return_value", 1), XComRecord(run.pk, "extract", -1, "return_value", 2)],
+            xcoms=[
+                XComRecord(run.pk, "extract", -1, "return_value", 1),
+                XComRecord(run.pk, "extract", -1, "return_value", 2),
+            ],
         )
     )
 
@@ -302,7 +317,9 @@ async def test_load_active_runs_returns_unfinished_runs_oldest_first_with_tis_an
     store: PostgresStateStore,
 ) -> None:
     running, _ = await store.create_run(new_run(run_id="running", queued_at=T0 + timedelta(minutes=2)), TASKS)
-    queued, _ = await store.create_run(new_run(run_id="queued", queued_at=T0 + timedelta(minutes=1)), TASKS[:1])
+    queued, _ = await store.create_run(
+        new_run(run_id="queued", queued_at=T0 + timedelta(minutes=1)), TASKS[:1]
+    )
     done, _ = await store.create_run(new_run(run_id="done", queued_at=T0), TASKS)
     running = dataclasses.replace(running, state=RunState.RUNNING, start_date=T0)
     await store.commit(
@@ -384,14 +401,21 @@ async def test_missing_rows_read_as_none(store: PostgresStateStore) -> None:
 # --- DAG files --------------------------------------------------------------------------------
 
 
-async def test_sync_dag_file_upserts_deactivates_and_clears_the_import_error(store: PostgresStateStore) -> None:
+async def test_sync_dag_file_upserts_deactivates_and_clears_the_import_error(
+    store: PostgresStateStore,
+) -> None:
     d1 = dag_spec("d1", is_paused_upon_creation=True, schedule="@daily", tags=("a", "b"), max_active_runs=3)
     d2 = dag_spec("d2", description="second", max_active_tasks=4)
     await store.sync_dag_file("/dags/a.py", [d1, d2], T0)
 
     record = await store.get_dag("d1")
     assert record is not None
-    assert (record.fileloc, record.is_paused, record.is_active, record.schedule) == ("/dags/a.py", True, True, "@daily")
+    assert (record.fileloc, record.is_paused, record.is_active, record.schedule) == (
+        "/dags/a.py",
+        True,
+        True,
+        "@daily",
+    )
     assert (record.tags, record.max_active_runs, record.max_active_tasks) == (("a", "b"), 3, 16)
     assert (record.last_parsed_time, record.spec) == (T0, spec_to_dict(d1))
     d2_record = await store.get_dag("d2")
@@ -404,7 +428,12 @@ async def test_sync_dag_file_upserts_deactivates_and_clears_the_import_error(sto
 
     record = await store.get_dag("d1")
     assert record is not None
-    assert (record.is_paused, record.is_active, record.description, record.tags) == (False, True, "changed", ())
+    assert (record.is_paused, record.is_active, record.description, record.tags) == (
+        False,
+        True,
+        "changed",
+        (),
+    )
     assert record.last_parsed_time == T0 + timedelta(minutes=1)
     d2_record = await store.get_dag("d2")
     assert d2_record is not None and d2_record.is_active is False
@@ -489,7 +518,9 @@ async def test_register_daemon_and_heartbeat(store: PostgresStateStore, database
 
     conn = await asyncpg.connect(database_dsn)
     try:
-        rows = await conn.fetch("SELECT daemon_id, hostname, pid, started_at, heartbeat_at FROM daemon ORDER BY 1")
+        rows = await conn.fetch(
+            "SELECT daemon_id, hostname, pid, started_at, heartbeat_at FROM daemon ORDER BY 1"
+        )
     finally:
         await conn.close()
     assert [tuple(row) for row in rows] == [

@@ -475,3 +475,13 @@ def test_relating_an_uncalled_task_function_suggests_calling_it() -> None:
 
         with pytest.raises(TypeError, match=r"did you mean to call it: transform\(\)\?"):
             a >> transform  # type: ignore[type-var]
+
+
+def test_a_refused_task_is_not_added_to_the_dag() -> None:
+    with DAG("refused") as d:
+        with pytest.raises(DagValidationError):
+            Bash("a", "")
+        with pytest.raises(DagValidationError):
+            Python("b", noop, op_args=[object()])
+        Bash("a", "true")  # the id is still free
+    assert d.task_ids == ["a"]

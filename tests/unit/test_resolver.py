@@ -227,8 +227,13 @@ def test_graph_drops_repeated_edges() -> None:
     [
         ((task("a"), task("a")), "defines task 'a' twice"),
         ((task("a", "ghost"),), "depends on 'ghost', which the DAG does not define"),
-        ((task("a", "b"), task("b", "a"), task("c")), "cycle among tasks 'a', 'b'"),
-        ((task("a", "a"),), "cycle among tasks 'a'"),
+        ((task("a", "b"), task("b", "a"), task("c")), "cycle: 'b' -> 'a' -> 'b'"),
+        ((task("a", "a"),), "cycle: 'a' -> 'a'"),
+        # the tasks stuck behind the cycle (d) are not blamed for it
+        (
+            (task("d", "a"), task("a", "c"), task("b", "a"), task("c", "b")),
+            "cycle: 'b' -> 'c' -> 'a' -> 'b';",
+        ),
     ],
 )
 def test_graph_rejects_broken_dags_with_a_message_naming_the_tasks(
@@ -276,7 +281,12 @@ RESOLVE_CASES = [
     ("diamond waits for both sides", DIAMOND, st(a="S", b="S", c="X", d="N"), ((), (), ())),
     ("diamond joins when both succeed", DIAMOND, st(a="S", b="S", c="S", d="N"), (("d",), (), ())),
     ("diamond fails fast on one side", DIAMOND, st(a="S", b="F", c="X", d="N"), ((), (), ("d",))),
-    ("diamond root failure reaches every task", DIAMOND, st(a="F", b="N", c="N", d="N"), ((), (), ("b", "c", "d"))),
+    (
+        "diamond root failure reaches every task",
+        DIAMOND,
+        st(a="F", b="N", c="N", d="N"),
+        ((), (), ("b", "c", "d")),
+    ),
     ("both sides released together", DIAMOND, st(a="S", b="N", c="N", d="N"), (("b", "c"), (), ())),
     (
         "branch: the join runs, the strict join and nothing after it is skipped",
