@@ -4,16 +4,21 @@ Bash tasks are subprocesses (`executors.spawn`: posix_spawn in their own process
 watched through a pidfd); Python tasks run in warm worker processes (`executors.workers`). At most
 `slots` tasks run at once, bash and python together. Requests wait in FIFO order; a slot that frees
 starts the next request at once, from the callback that saw the task end: no polling, and no
-asyncio task per request (per-task overhead is the figure this product is judged on).
+asyncio task per request (per-task overhead is the figure this product is judged on). A Python
+request waiting for a free worker keeps its place but does not hold back bash requests behind it.
 
 Every submitted request is reported exactly once with `task_finished`, including launch errors
-and cancellations. Two deliberate exceptions, both during shutdown: `drain` does not start and
-does not report requests that are still queued (nor anything submitted afterwards). They stay
+and cancellations. `submit` and `cancel` never call the event handlers re-entrantly: events are
+delivered from later loop callbacks, in order.
+
+Two deliberate exceptions, both during shutdown: `drain` does not start and does not report
+requests that are still queued (nor anything submitted afterwards). They stay
 `queued` in the state store and the engine queues them again on the next start; reporting them as
 failed would burn a retry for a shutdown the task had nothing to do with.
 
-Local processes cannot be re-attached after a restart, so `adopt` always answers False and the
-engine decides what happens to such task instances.
+Local processes cannot be re-attached after a restart, so `adopt` kills what is left of a try
+that was running on this host (`executors.orphans`) and answers False: the engine counts the
+try as failed. A bash command with no shell syntax is exec'd directly (`executors.direct`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -31,7 +37,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from executors.direct import direct_argv
 from executors.errors import ExecutorError, LaunchError, PythonWorkerExited
+from executors.orphans import kill_orphaned_group
 from executors.spawn import CommandResult, RunningCommand, start_command
 from executors.workers import PythonWorker, PythonWorkerPool
 from orchestrator.core.records import TaskInstanceRecord, TaskKey
@@ -109,6 +117,7 @@ class LocalExecutor:
         self._python_queue: OrderedDict[TaskKey, tuple[int, LaunchRequest]] = OrderedDict()
         self._running: dict[TaskKey, _Running] = {}
         self._draining = False
+        self._dispatch_scheduled = False
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -133,15 +142,15 @@ class LocalExecutor:
         self._seq += 1
         queue = self._python_queue if request.kind == "python" else self._bash_queue
         queue[key] = (self._seq, request)
-        self._dispatch()
+        self._schedule_dispatch()
 
     def cancel(self, key: TaskKey) -> None:
         """Drop a queued request (reported as "cancelled") or stop a running one's processes."""
         for queue in (self._bash_queue, self._python_queue):
             entry = queue.pop(key, None)
             if entry is not None:
-                request = entry[1]
-                self._report(TaskOutcome(key, request.try_number, success=False, error=CANCELLED_ERROR))
+                outcome = TaskOutcome(key, entry[1].try_number, success=False, error=CANCELLED_ERROR)
+                asyncio.get_running_loop().call_soon(self._report, outcome)
                 return
         running = self._running.get(key)
         if running is not None:
@@ -154,7 +163,11 @@ class LocalExecutor:
         return len(self._bash_queue) + len(self._python_queue)
 
     async def adopt(self, task: TaskInstanceRecord) -> bool:
-        """Local processes do not survive the daemon: nothing can be re-attached."""
+        """Local processes cannot be re-attached (they are not our children, their exit status
+        is lost): a try left running on this host is killed instead, so that its retry does not
+        run beside it. Always False: the engine counts the try as failed."""
+        if task.hostname == socket.gethostname():
+            kill_orphaned_group(task.external_id)
         return False
 
     async def drain(self, grace: float) -> None:
@@ -188,6 +201,17 @@ class LocalExecutor:
         await self._pool.close()
 
     # --- dispatching -----------------------------------------------------------------------------
+    def _schedule_dispatch(self) -> None:
+        # submit() and cancel() never call the event handlers themselves: the engine may be in
+        # the middle of a loop over its own state. The dispatch runs on the next loop iteration.
+        if not self._dispatch_scheduled:
+            self._dispatch_scheduled = True
+            asyncio.get_running_loop().call_soon(self._scheduled_dispatch)
+
+    def _scheduled_dispatch(self) -> None:
+        self._dispatch_scheduled = False
+        self._dispatch()
+
     def _dispatch(self) -> None:
         """Start queued requests while slots (and workers, for Python) are free, oldest first."""
         while not self._draining and len(self._running) < self._slots:
@@ -234,8 +258,9 @@ class LocalExecutor:
         if request.bash_command is None:
             raise LaunchError(f"bash task {_label(request)} has no bash_command: give it one")
         self._begin(request, request.bash_command)
+        argv = direct_argv(request.bash_command, request.env) or ["/bin/bash", "-c", request.bash_command]
         command = start_command(
-            ["/bin/bash", "-c", request.bash_command],
+            argv,
             env=request.env,
             log_path=request.log_path,
             cwd=request.cwd,

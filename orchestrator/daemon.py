@@ -190,7 +190,10 @@ async def _start_api(config: Config, paths: Paths, store: StateStore, scheduler:
     # a wildcard address is not one to connect to: the CLI on this machine uses loopback
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(config.api.host, config.api.host)
     url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-    paths.api_url_file.write_text(url + "\n")
+    # written whole then renamed: a reader never sees a half-written URL
+    partial = paths.api_url_file.with_suffix(".tmp")
+    partial.write_text(url + "\n")
+    partial.replace(paths.api_url_file)
     log.info("REST API listening on %s:%s", config.api.host, port)
     return runner
 

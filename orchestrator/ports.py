@@ -169,6 +169,9 @@ class Executor(Protocol):
 
     name: str
 
+    async def start(self) -> None:
+        """Prepare to run tasks (e.g. start warm workers); called once before any submit."""
+
     def submit(self, request: LaunchRequest) -> None: ...
 
     def cancel(self, key: TaskKey) -> None:

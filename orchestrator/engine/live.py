@@ -50,7 +50,11 @@ class DagSlots:
     """Per-DAG capacity: runs admitted against max_active_runs, tasks against max_active_tasks."""
 
     active_runs: set[int] = field(default_factory=set)
-    queued_runs: deque[RunRecord] = field(default_factory=deque)
+    #: runs held back by max_active_runs, each with the DAG its task-instance rows were made from
+    #: (and, for a run recovered from the store, those rows)
+    queued_runs: deque[tuple[RunRecord, LoadedDag, list[TaskInstanceRecord] | None]] = field(
+        default_factory=deque
+    )
     active_tasks: int = 0
     #: task instances whose dependencies are met, waiting for max_active_tasks (state scheduled)
     waiting: deque[tuple[int, str]] = field(default_factory=deque)

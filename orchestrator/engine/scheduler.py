@@ -151,14 +151,16 @@ class Scheduler:
             self._admit(record, loaded)
         return record, created
 
-    def _admit(self, record: RunRecord, loaded: LoadedDag) -> None:
+    def _admit(
+        self, record: RunRecord, loaded: LoadedDag, tis: list[TaskInstanceRecord] | None = None
+    ) -> None:
         slots = self._slots_of(record.dag_id)
         if len(slots.active_runs) < loaded.spec.max_active_runs:
             batch = _Batch()
-            self._start_run(record, loaded, None, batch)
+            self._start_run(record, loaded, tis, batch)
             self._commit(batch)
         else:
-            slots.queued_runs.append(record)
+            slots.queued_runs.append((record, loaded, tis))
             log.info("run %s of %s waits: max_active_runs reached", record.run_id, record.dag_id)
 
     def _start_run(
@@ -174,6 +176,9 @@ class Scheduler:
         live = LiveRun.build(running, loaded, tis)
         self._runs[live.pk] = live
         self._slots_of(record.dag_id).active_runs.add(live.pk)
+        for ti in list(live.tis.values()):
+            if ti.task_id not in loaded.tasks and ti.state not in FINISHED_TASK_STATES:
+                self._set_ti(live, ti, batch, state=TaskState.REMOVED)
         self._apply_resolution(live, resolve(loaded.graph, live.states), batch)
         self._settle_run(live, batch)
 
@@ -207,7 +212,8 @@ class Scheduler:
             daemon_id=self._daemon_id,
             hostname=self._hostname,
         )
-        self._commit(batch)
+        # nothing is acted on because a task started: the row rides the next commit
+        self._writer.submit(batch.changes, lazy=True)
 
     def task_finished(self, outcome: TaskOutcome) -> None:
         live, ti = self._lookup(outcome.key, outcome.try_number)
@@ -400,9 +406,8 @@ class Scheduler:
         slots = self._slots_of(finished.dag_id)
         slots.active_runs.discard(live.pk)
         while slots.queued_runs and len(slots.active_runs) < live.dag.spec.max_active_runs:
-            record = slots.queued_runs.popleft()
-            loaded = self.registry.get(record.dag_id) or live.dag
-            self._start_run(record, loaded, None, batch)
+            record, loaded, tis = slots.queued_runs.popleft()
+            self._start_run(record, loaded, tis, batch)
 
     def _slots_of(self, dag_id: str) -> DagSlots:
         slots = self._slots.get(dag_id)
@@ -441,7 +446,7 @@ class Scheduler:
                 )
                 continue
             if item.run.state == RunState.QUEUED:
-                self._admit(item.run, self._fit(loaded, item))
+                self._admit(item.run, self._fit(loaded, item), item.task_instances)
                 continue
             await self._resume_running(item, self._fit(loaded, item), now)
         self._ready = True

@@ -151,6 +151,27 @@ FROM xcom
 WHERE run_pk = $1
 ORDER BY task_id, map_index, key;
 
+-- name: update_task_instance
+-- One whole row; the store sends small change sets as a pipelined batch of these (one transaction).
+UPDATE task_instance SET
+    state = $4,
+    try_number = $5,
+    max_tries = $6,
+    operator = $7,
+    queued_at = $8,
+    start_date = $9,
+    end_date = $10,
+    duration = $11,
+    next_retry_at = $12,
+    external_id = $13,
+    daemon_id = $14,
+    hostname = $15,
+    exit_code = $16,
+    trigger_classpath = $17,
+    trigger_kwargs = $18::jsonb,
+    next_wakeup = $19
+WHERE run_pk = $1 AND task_id = $2 AND map_index = $3;
+
 -- name: update_task_instances
 -- The hot path: whole rows, one statement for any number of them (keys unique within the arrays).
 -- jsonb travels as text so that a JSON null and SQL NULL cannot be confused inside an array.

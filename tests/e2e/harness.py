@@ -132,7 +132,7 @@ python_workers = {self.python_workers}
             if not url_file.exists():
                 return False
             self.url = url_file.read_text().strip()
-            return self.get("/health").status == 200
+            return bool(self.url) and self.get("/health").status == 200
 
         wait_for(ready, timeout, "the daemon to answer /health")
         return self

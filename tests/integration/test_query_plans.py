@@ -18,7 +18,7 @@ import pytest
 
 from orchestrator.core.records import RunRecord, TaskInstanceRecord, XComRecord
 from orchestrator.core.states import RunState, TaskState
-from storage.postgres import _init_connection, _run_columns, _task_columns, _xcom_columns
+from storage.postgres import _init_connection, _run_columns, _task_columns, _task_row, _xcom_columns
 from storage.sql import QUERIES
 from tests.pgserver import TEMPLATE_DATABASE, PgServer, run_in_fresh_loop
 
@@ -104,6 +104,11 @@ async def commit_ti_args(conn: asyncpg.Connection) -> list[Any]:
     return _task_columns(tis)
 
 
+async def commit_one_ti_args(conn: asyncpg.Connection) -> list[Any]:
+    tis, _ = await sample(conn, 1)
+    return list(_task_row(tis[0]))
+
+
 async def commit_all_args(conn: asyncpg.Connection) -> list[Any]:
     tis, runs = await sample(conn, 5)
     xcoms = [XComRecord(ti.run_pk, ti.task_id, -1, "return_value", 2) for ti in tis]
@@ -140,6 +145,7 @@ async def first_ti_key(conn: asyncpg.Connection) -> list[Any]:
 
 
 HOT_QUERIES: dict[str, Callable[[asyncpg.Connection], Any]] = {
+    "update_task_instance": commit_one_ti_args,
     "update_task_instances": commit_ti_args,
     "update_runs": commit_runs_args,
     "upsert_xcoms": commit_xcoms_args,

@@ -23,7 +23,7 @@ from orchestrator.core.records import (
 )
 from orchestrator.core.serialization import spec_to_dict
 from orchestrator.core.states import RunState, TaskState
-from storage.postgres import PostgresStateStore
+from storage.postgres import SMALL_TASK_BATCH, PostgresStateStore
 
 pytestmark = pytest.mark.anyio
 
@@ -228,6 +228,24 @@ async def test_commit_applies_the_last_row_of_a_key(store: PostgresStateStore) -
     assert await store.get_task_instance(TaskKey(run.pk, "load")) == other
     assert await store.get_run(run.dag_id, run.run_id) == run_failed
     assert [x.value for x in await store.list_xcoms(run.pk)] == [2]
+
+
+@pytest.mark.parametrize("count", [1, SMALL_TASK_BATCH, SMALL_TASK_BATCH + 1, 300])
+async def test_task_only_commits_of_any_size_keep_the_last_row_per_key(
+    store: PostgresStateStore, count: int
+) -> None:
+    # small change sets are pipelined one-row UPDATEs, large ones one unnest statement
+    run, _ = await store.create_run(
+        new_run(), [NewTaskInstance(f"t{i:03d}", "BashOperator", 0) for i in range(count)]
+    )
+    base = await store.list_task_instances(run.pk)
+    queued = [dataclasses.replace(ti, state=TaskState.QUEUED, try_number=1) for ti in base]
+    running = [
+        dataclasses.replace(ti, state=TaskState.RUNNING, external_id=f"pid:{i}")
+        for i, ti in enumerate(queued)
+    ]
+    await store.commit(ChangeSet(tasks=[*queued, *running]))
+    assert await store.list_task_instances(run.pk) == running
 
 
 async def test_commit_upserts_xcoms_including_json_null(store: PostgresStateStore) -> None:
@@ -527,3 +545,17 @@ async def test_register_daemon_and_heartbeat(store: PostgresStateStore, database
         ("d-1", "host-a", 111, T0, T0 + timedelta(seconds=10)),
         ("d-2", "host-c", 333, T0 + timedelta(minutes=1), T0 + timedelta(minutes=1)),
     ]
+
+
+async def test_a_small_batch_that_fails_midway_writes_nothing_and_the_store_goes_on(
+    store: PostgresStateStore,
+) -> None:
+    run, _ = await store.create_run(new_run(), TASKS)
+    first, second, *_ = await store.list_task_instances(run.pk)
+    good = dataclasses.replace(first, state=TaskState.QUEUED, try_number=1)
+    bad = dataclasses.replace(second, operator=None)  # violates NOT NULL
+    with pytest.raises(asyncpg.NotNullViolationError):
+        await store.commit(ChangeSet(tasks=[good, bad]))
+    assert await store.get_task_instance(first.key) == first
+    await store.commit(ChangeSet(tasks=[good]))
+    assert await store.get_task_instance(first.key) == good
