@@ -60,10 +60,40 @@ class _Running:
     command: RunningCommand | None = None
     worker: PythonWorker | None = None
     stop_error: str | None = None
+    #: the footer went out with the command's own log descriptor (bash tasks)
+    footer_written: bool = False
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _header(request: LaunchRequest, what: str) -> str:
+    return f"[{_now()}] try {request.try_number} of {_label(request)} started: {what}\n"
+
+
+def _footer(request: LaunchRequest, started: float, error: str | None, exit_code: int | None) -> str:
+    status = "success" if error is None else f"failed: {error}"
+    if exit_code is not None:
+        status += f" (exit code {exit_code})"
+    duration = time.monotonic() - started
+    return (
+        f"[{_now()}] try {request.try_number} of {_label(request)} finished in {duration:.3f} s: {status}\n"
+    )
+
+
+def _bash_error(running: _Running, result: CommandResult) -> str | None:
+    """Why a bash try failed (None: it succeeded)."""
+    code = result.exit_code
+    if running.stop_error is not None:
+        return running.stop_error
+    if result.timed_out:
+        return f"timed out after {running.request.timeout:g} s: the process group was terminated"
+    if code < 0:
+        return f"bash command was killed by {_signal_name(-code)}"
+    if code != 0:
+        return f"bash command exited with code {code}"
+    return None
 
 
 def _label(request: LaunchRequest) -> str:
@@ -244,7 +274,7 @@ class LocalExecutor:
             self._crashed(request, traceback.format_exc())
 
     def _begin(self, request: LaunchRequest, what: str) -> None:
-        header = f"[{_now()}] try {request.try_number} of {_label(request)} started: {what}\n"
+        header = _header(request, what)
         try:
             request.log_path.parent.mkdir(parents=True, exist_ok=True)
             _append(request.log_path, header)
@@ -257,8 +287,8 @@ class LocalExecutor:
     def _start_bash(self, request: LaunchRequest) -> None:
         if request.bash_command is None:
             raise LaunchError(f"bash task {_label(request)} has no bash_command: give it one")
-        self._begin(request, request.bash_command)
         argv = direct_argv(request.bash_command, request.env) or ["/bin/bash", "-c", request.bash_command]
+        holder: list[_Running] = []
         command = start_command(
             argv,
             env=request.env,
@@ -266,8 +296,13 @@ class LocalExecutor:
             cwd=request.cwd,
             timeout=request.timeout,
             kill_grace=self._kill_grace,
+            header=_header(request, request.bash_command),
+            footer=lambda result: _footer(
+                request, holder[0].started, _bash_error(holder[0], result), result.exit_code
+            ),
         )
-        running = _Running(request, time.monotonic(), command=command)
+        running = _Running(request, time.monotonic(), command=command, footer_written=True)
+        holder.append(running)
         self._add_running(running, f"pid:{command.pid}")
         command.add_done_callback(lambda result: self._bash_done(running, result))
 
@@ -330,15 +365,7 @@ class LocalExecutor:
         request = running.request
         try:
             code = result.exit_code
-            error: str | None = None
-            if running.stop_error is not None:
-                error = running.stop_error
-            elif result.timed_out:
-                error = f"timed out after {request.timeout:g} s: the process group was terminated"
-            elif code < 0:
-                error = f"bash command was killed by {_signal_name(-code)}"
-            elif code != 0:
-                error = f"bash command exited with code {code}"
+            error = _bash_error(running, result)
             xcom: Any = NO_XCOM
             if error is None and request.do_xcom_push and result.last_line is not None:
                 xcom = result.last_line
@@ -401,21 +428,19 @@ class LocalExecutor:
 
     def _finish(self, running: _Running, outcome: TaskOutcome) -> None:
         request = running.request
-        duration = time.monotonic() - running.started
-        if outcome.success:
-            status = "success"
-        else:
-            status = f"failed: {outcome.error}"
-        if outcome.exit_code is not None:
-            status += f" (exit code {outcome.exit_code})"
-        try:
-            _append(
-                request.log_path,
-                f"[{_now()}] try {request.try_number} of {_label(request)} "
-                f"finished in {duration:.3f} s: {status}\n",
-            )
-        except OSError:
-            log.warning("cannot append the footer to %s", request.log_path)
+        if not running.footer_written:
+            try:
+                _append(
+                    request.log_path,
+                    _footer(
+                        request,
+                        running.started,
+                        None if outcome.success else outcome.error,
+                        outcome.exit_code,
+                    ),
+                )
+            except OSError:
+                log.warning("cannot append the footer to %s", request.log_path)
         self._running.pop(request.key, None)
         self._report(outcome)
         if not self._running:

@@ -133,9 +133,17 @@ def resolve_executable(name: str, env: Mapping[str, str]) -> str:
     return found
 
 
+_LOG_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+
+
 def _open_log(log_path: Path) -> int:
+    """Open (create) the log for appending; its folder is created only when it is missing."""
     try:
-        return os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            return os.open(log_path, _LOG_FLAGS, 0o644)
+        except FileNotFoundError:
+            os.makedirs(log_path.parent, exist_ok=True)
+            return os.open(log_path, _LOG_FLAGS, 0o644)
     except OSError as exc:
         raise LaunchError(
             f"cannot open the task log {str(log_path)!r}: {exc.strerror}: "
@@ -162,8 +170,10 @@ class RunningCommand:
         log_fd: int,
         timeout: float | None,
         kill_grace: float,
+        footer: Callable[[CommandResult], str] | None = None,
     ) -> None:
         self.pid = pid
+        self._footer = footer
         self._loop = loop
         self._started = time.monotonic()
         self._stdout_fd: int | None = stdout_fd
@@ -276,9 +286,6 @@ class RunningCommand:
             self._drain_stdout()
         finally:
             self._close_stdout()
-            if self._log_fd is not None:
-                os.close(self._log_fd)
-                self._log_fd = None
             for timer in (self._timeout_timer, self._kill_timer):
                 if timer is not None:
                     timer.cancel()
@@ -287,16 +294,29 @@ class RunningCommand:
         last = self._last_line
         if self._partial.strip():
             last = self._partial
-        self._result.set_result(
-            CommandResult(
-                pid=self.pid,
-                exit_code=exit_code,
-                timed_out=self._timed_out,
-                terminated=self._terminated,
-                last_line=last.decode("utf-8", "backslashreplace").rstrip() if last.strip() else None,
-                duration=time.monotonic() - self._started,
-            )
+        result = CommandResult(
+            pid=self.pid,
+            exit_code=exit_code,
+            timed_out=self._timed_out,
+            terminated=self._terminated,
+            last_line=last.decode("utf-8", "backslashreplace").rstrip() if last.strip() else None,
+            duration=time.monotonic() - self._started,
         )
+        self._close_log(result)
+        self._result.set_result(result)
+
+    def _close_log(self, result: CommandResult) -> None:
+        """Write the footer (if any) through the log fd the command used, then close it."""
+        fd, self._log_fd = self._log_fd, None
+        if fd is None:
+            return
+        try:
+            if self._footer is not None:
+                write_all(fd, self._footer(result).encode("utf-8", "backslashreplace"))
+        except OSError:
+            pass  # a full disk must not lose the outcome: the result is still reported
+        finally:
+            os.close(fd)
 
 
 def start_command(
@@ -307,8 +327,13 @@ def start_command(
     cwd: str | None = None,
     timeout: float | None = None,
     kill_grace: float = 5.0,
+    header: str = "",
+    footer: Callable[[CommandResult], str] | None = None,
 ) -> RunningCommand:
     """Start `argv` in its own session; stdout to the loop (and the log), stderr to the log.
+
+    The log is opened once: `header` is written before the command starts, `footer(result)`
+    after it ended, both through the same descriptor the command's output goes through.
 
     Raises `LaunchError` (and leaks no fd) when the log cannot be opened, the command or the cwd
     does not exist. Must be called from the event loop's thread.
@@ -324,6 +349,8 @@ def start_command(
         args = ["/bin/sh", "-c", _CD_WRAPPER, "sh", cwd, *args]
     log_fd = _open_log(log_path)
     try:
+        if header:
+            write_all(log_fd, header.encode("utf-8", "backslashreplace"))
         read_fd, write_fd = os.pipe()
     except OSError:
         os.close(log_fd)
@@ -345,7 +372,7 @@ def start_command(
     finally:
         os.close(write_fd)
     try:
-        return RunningCommand(loop, pid, read_fd, log_fd, timeout, kill_grace)
+        return RunningCommand(loop, pid, read_fd, log_fd, timeout, kill_grace, footer)
     except BaseException:
         # Could not watch it (pidfd_open failed, fd limit...): do not leave it running or a zombie.
         kill_group(pid, signal.SIGKILL)

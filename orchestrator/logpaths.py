@@ -1,15 +1,24 @@
-"""Where task logs live: one file per try, Airflow's directory layout under the logs folder."""
+"""Where task logs live: one file per try, all tries of a run in one folder.
+
+`logs/dag_id=<dag>/run_id=<run>/task_id=<task>.attempt=<try>.log` (mapped tasks add
+`.map_index=<i>` before `.attempt`). Airflow keeps a folder per task; one folder per run keeps
+a fan-out of thousands of tasks from creating thousands of folders on its hot path. Ids are
+validated elsewhere to contain no path separators.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 
+def run_log_dir(logs_dir: Path, dag_id: str, run_id: str) -> Path:
+    """The folder holding the logs of every try of one run."""
+    return logs_dir / f"dag_id={dag_id}" / f"run_id={run_id}"
+
+
 def task_log_path(
     logs_dir: Path, dag_id: str, run_id: str, task_id: str, map_index: int, try_number: int
 ) -> Path:
-    """The log file of one try. Ids are validated elsewhere to contain no path separators."""
-    run_dir = logs_dir / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
-    if map_index >= 0:
-        run_dir = run_dir / f"map_index={map_index}"
-    return run_dir / f"attempt={try_number}.log"
+    """The log file of one try."""
+    mapped = f".map_index={map_index}" if map_index >= 0 else ""
+    return run_log_dir(logs_dir, dag_id, run_id) / f"task_id={task_id}{mapped}.attempt={try_number}.log"

@@ -9,7 +9,6 @@ change costs one round trip, not one per row. The SQL lives in storage/sql/queri
 from __future__ import annotations
 
 import asyncio
-
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime

@@ -149,8 +149,12 @@ class Engine:
         return self.log_path(dag_id, run_id, task_id, try_number).read_text()
 
     def log_files(self, dag_id: str, run_id: str, task_id: str) -> list[str]:
+        """The tries of one task that have a log file, as ["attempt=1.log", ...]."""
         folder = self.log_path(dag_id, run_id, task_id, 1).parent
-        return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+        prefix = f"task_id={task_id}."
+        if not folder.exists():
+            return []
+        return sorted(p.name.removeprefix(prefix) for p in folder.glob(f"{prefix}attempt=*.log"))
 
     async def drain(self, grace: float) -> None:
         """Shut down like SIGTERM: running tasks get `grace` s, queued ones stay queued."""

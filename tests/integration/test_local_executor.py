@@ -298,7 +298,7 @@ async def test_unwritable_log_is_a_failed_outcome(tmp_path: Path) -> None:
         executor.submit(LaunchRequest(**{**_fields(request), "log_path": blocker / "attempt=1.log"}))
         outcome = await recorder.finished_with("t")
     assert not outcome.success
-    assert outcome.error is not None and "cannot write the task log" in outcome.error
+    assert outcome.error is not None and "cannot open the task log" in outcome.error
 
 
 def _fields(request: LaunchRequest) -> dict[str, Any]:

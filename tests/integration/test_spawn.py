@@ -132,8 +132,24 @@ async def test_unknown_program_is_a_launch_error(tmp_path: Path) -> None:
 
 
 async def test_unwritable_log_is_a_launch_error(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
     with pytest.raises(LaunchError, match="cannot open the task log"):
-        start_command(["/bin/true"], env=ENV, log_path=tmp_path / "missing-dir" / "task.log")
+        start_command(["/bin/true"], env=ENV, log_path=tmp_path / "a-file" / "task.log")
+
+
+async def test_a_missing_log_folder_is_created_and_header_and_footer_share_the_log(tmp_path: Path) -> None:
+    log_path = tmp_path / "new" / "folder" / "task.log"
+    command = start_command(
+        ["/bin/sh", "-c", "echo out; echo err >&2"],
+        env=ENV,
+        log_path=log_path,
+        header="HEADER\n",
+        footer=lambda result: f"FOOTER exit={result.exit_code}\n",
+    )
+    await command.wait()
+    lines = log_path.read_text().splitlines()
+    assert lines[0] == "HEADER" and lines[-1] == "FOOTER exit=0"
+    assert sorted(lines[1:-1]) == ["err", "out"]
 
 
 async def test_child_runs_in_its_own_session_with_default_signals(tmp_path: Path) -> None:
