@@ -52,7 +52,8 @@ def _resolve(program: str, search_path: str) -> str | None:
         return program if _is_executable(program) else None
     key = (program, search_path)
     found = _resolved.get(key)
-    if found is not None and _is_executable(found):
+    if found is not None:
+        # trusted without a new stat: if the program has gone since, posix_spawn says so
         return found
     for directory in search_path.split(os.pathsep):
         candidate = os.path.join(directory or ".", program)

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -166,7 +168,7 @@ class RunningCommand:
         self,
         loop: asyncio.AbstractEventLoop,
         pid: int,
-        stdout_fd: int,
+        stdout_fd: int | None,
         log_fd: int,
         timeout: float | None,
         kill_grace: float,
@@ -186,9 +188,10 @@ class RunningCommand:
         self._kill_timer: asyncio.TimerHandle | None = None
         self._timeout_timer: asyncio.TimerHandle | None = None
         self._result: asyncio.Future[CommandResult] = loop.create_future()
-        os.set_blocking(stdout_fd, False)
         self._watcher = ExitWatcher(loop, pid, self._exited)
-        loop.add_reader(stdout_fd, self._stdout_readable)
+        if stdout_fd is not None:
+            os.set_blocking(stdout_fd, False)
+            loop.add_reader(stdout_fd, self._stdout_readable)
         if timeout is not None:
             self._timeout_timer = loop.call_later(timeout, self._time_out)
 
@@ -319,6 +322,101 @@ class RunningCommand:
             os.close(fd)
 
 
+@dataclass(frozen=True, slots=True)
+class Launched:
+    """A started child: its pid, the read end of its stdout pipe and the open log descriptor."""
+
+    pid: int
+    #: None when stdout went straight to the log (nobody needs its last line)
+    stdout_fd: int | None
+    log_fd: int
+
+
+def launch(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    log_path: Path,
+    cwd: str | None = None,
+    header: str = "",
+    capture_stdout: bool = True,
+) -> Launched:
+    """Open the log, write `header`, and posix_spawn `argv` in its own session.
+
+    stdout goes through a pipe the loop reads (for its last line) when `capture_stdout`, else
+    straight to the log like stderr: no pipe, no reads, when nobody needs the last line.
+
+    Thread-safe and loop-free (only system calls that release the GIL for their duration), so
+    `SpawnThread` can run it off the event loop. Raises `LaunchError` and leaks no fd when the
+    log cannot be opened, the command or the cwd does not exist.
+    """
+    if not argv:
+        raise LaunchError("empty command: give the program to run")
+    program = resolve_executable(argv[0], env)
+    args = [program, *argv[1:]]
+    if cwd is not None:
+        if not os.path.isdir(cwd):
+            raise LaunchError(f"cwd {cwd!r} is not a directory: create it or fix the task's cwd")
+        args = ["/bin/sh", "-c", _CD_WRAPPER, "sh", cwd, *args]
+    log_fd = _open_log(log_path)
+    read_fd: int | None = None
+    try:
+        if header:
+            write_all(log_fd, header.encode("utf-8", "backslashreplace"))
+        if capture_stdout:
+            read_fd, write_fd = os.pipe()
+        else:
+            write_fd = os.dup(log_fd)  # closed below like the pipe's write end
+    except OSError:
+        os.close(log_fd)
+        raise
+    try:
+        pid = spawn_session(
+            args,
+            env,
+            [
+                (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, write_fd, 1),
+                (os.POSIX_SPAWN_DUP2, log_fd, 2),
+            ],
+        )
+    except OSError as exc:
+        if read_fd is not None:
+            os.close(read_fd)
+        os.close(log_fd)
+        raise LaunchError(f"cannot start {args[0]!r}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(write_fd)
+    return Launched(pid, read_fd, log_fd)
+
+
+def watch(
+    launched: Launched,
+    *,
+    timeout: float | None = None,
+    kill_grace: float = 5.0,
+    footer: Callable[[CommandResult], str] | None = None,
+) -> RunningCommand:
+    """Follow a launched child from the running event loop (its pidfd and stdout pipe)."""
+    loop = asyncio.get_running_loop()
+    try:
+        return RunningCommand(
+            loop, launched.pid, launched.stdout_fd, launched.log_fd, timeout, kill_grace, footer
+        )
+    except BaseException:
+        # Could not watch it (pidfd_open failed, fd limit...): do not leave it running or a zombie.
+        kill_group(launched.pid, signal.SIGKILL)
+        os.waitpid(launched.pid, 0)
+        for fd in (launched.stdout_fd, launched.log_fd):
+            if fd is None:
+                continue
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        raise
+
+
 def start_command(
     argv: Sequence[str],
     *,
@@ -334,52 +432,63 @@ def start_command(
 
     The log is opened once: `header` is written before the command starts, `footer(result)`
     after it ended, both through the same descriptor the command's output goes through.
-
-    Raises `LaunchError` (and leaks no fd) when the log cannot be opened, the command or the cwd
-    does not exist. Must be called from the event loop's thread.
+    Must be called from the event loop's thread.
     """
-    loop = asyncio.get_running_loop()
-    if not argv:
-        raise LaunchError("empty command: give the program to run")
-    program = resolve_executable(argv[0], env)
-    args = [program, *argv[1:]]
-    if cwd is not None:
-        if not os.path.isdir(cwd):
-            raise LaunchError(f"cwd {cwd!r} is not a directory: create it or fix the task's cwd")
-        args = ["/bin/sh", "-c", _CD_WRAPPER, "sh", cwd, *args]
-    log_fd = _open_log(log_path)
-    try:
-        if header:
-            write_all(log_fd, header.encode("utf-8", "backslashreplace"))
-        read_fd, write_fd = os.pipe()
-    except OSError:
-        os.close(log_fd)
-        raise
-    try:
-        pid = spawn_session(
-            args,
-            env,
-            [
-                (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_DUP2, write_fd, 1),
-                (os.POSIX_SPAWN_DUP2, log_fd, 2),
-            ],
-        )
-    except OSError as exc:
-        os.close(read_fd)
-        os.close(log_fd)
-        raise LaunchError(f"cannot start {args[0]!r}: {exc.strerror or exc}") from exc
-    finally:
-        os.close(write_fd)
-    try:
-        return RunningCommand(loop, pid, read_fd, log_fd, timeout, kill_grace, footer)
-    except BaseException:
-        # Could not watch it (pidfd_open failed, fd limit...): do not leave it running or a zombie.
-        kill_group(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        for fd in (read_fd, log_fd):
+    launched = launch(argv, env=env, log_path=log_path, cwd=cwd, header=header)
+    return watch(launched, timeout=timeout, kill_grace=kill_grace, footer=footer)
+
+
+_SpawnJob = tuple[Callable[[], Launched], Callable[[Launched | BaseException], None]]
+
+
+class SpawnThread:
+    """Runs `launch` jobs on one thread of its own and hands each result back to the loop.
+
+    While a wide fan-out keeps the event loop busy with bookkeeping, creating a process
+    (creating its log file, posix_spawn) proceeds on another core: both release the GIL.
+    Jobs run in submission order. The thread starts with the first job.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[
+            tuple[Callable[[], Launched], Callable[[Launched | BaseException], None]] | None
+        ]
+        self._jobs = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def submit(self, job: Callable[[], Launched], done: Callable[[Launched | BaseException], None]) -> None:
+        """Run `job` on the thread; `done(result or exception)` is then called on the loop."""
+        if self._thread is None:
+            self._loop = asyncio.get_running_loop()
+            self._thread = threading.Thread(target=self._run, name="orchestrator-spawn", daemon=True)
+            self._thread.start()
+        self._jobs.put((job, done))
+
+    def _run(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                return
+            job, done = item
+            result: Launched | BaseException
             try:
-                os.close(fd)
-            except OSError:
-                pass
-        raise
+                result = job()
+            except BaseException as exc:
+                result = exc
+            try:
+                loop.call_soon_threadsafe(done, result)
+            except RuntimeError:  # the loop is closed: nobody will watch this child
+                if isinstance(result, Launched):
+                    kill_group(result.pid, signal.SIGKILL)
+                    os.waitpid(result.pid, 0)
+                return
+
+    def close(self) -> None:
+        """Stop the thread once the jobs already submitted are done."""
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join(timeout=10)
+            self._thread = None

@@ -35,21 +35,21 @@ def build_launch(
     context = build_context(spec, task, run.record, ti.try_number, run.xcoms)
     rendered_env = {name: render_template(value, context) for name, value in task.env.items()}
     env = task_environment(spec, task, run.record, ti.try_number, rendered_env, base_env)
-    common = {
-        "key": ti.key,
-        "dag_id": ti.dag_id,
-        "run_id": ti.run_id,
-        "try_number": ti.try_number,
-        "kind": task.kind,
-        "env": env,
-        "log_path": log_path_of(logs_dir, ti),
-        "cwd": task.cwd,
-        "timeout": task.execution_timeout,
-        "do_xcom_push": task.do_xcom_push,
-    }
+    log_path = log_path_of(logs_dir, ti)
     if task.kind == "bash":
-        command = render_template(task.bash_command or "", context)
-        return LaunchRequest(bash_command=command, **common)  # type: ignore[arg-type]
+        return LaunchRequest(
+            key=ti.key,
+            dag_id=ti.dag_id,
+            run_id=ti.run_id,
+            try_number=ti.try_number,
+            kind="bash",
+            env=env,
+            log_path=log_path,
+            bash_command=render_template(task.bash_command or "", context),
+            cwd=task.cwd,
+            timeout=task.execution_timeout,
+            do_xcom_push=task.do_xcom_push,
+        )
     call = PythonCall(
         dag_file=spec.fileloc,
         dag_id=spec.dag_id,
@@ -57,4 +57,17 @@ def build_launch(
         args=list(render_value(list(task.op_args), context, run.xcoms)),
         kwargs=dict(render_value(dict(task.op_kwargs), context, run.xcoms)),
     )
-    return LaunchRequest(python=call, context=json_context(context), **common)  # type: ignore[arg-type]
+    return LaunchRequest(
+        key=ti.key,
+        dag_id=ti.dag_id,
+        run_id=ti.run_id,
+        try_number=ti.try_number,
+        kind="python",
+        env=env,
+        log_path=log_path,
+        python=call,
+        context=json_context(context),
+        cwd=task.cwd,
+        timeout=task.execution_timeout,
+        do_xcom_push=task.do_xcom_push,
+    )

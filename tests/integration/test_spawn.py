@@ -12,7 +12,7 @@ import pytest
 import uvloop
 
 from executors.errors import LaunchError
-from executors.spawn import CommandResult, start_command
+from executors.spawn import CommandResult, launch, start_command, watch
 
 pytestmark = pytest.mark.anyio
 
@@ -234,3 +234,12 @@ async def test_no_fd_leak_over_10000_tasks(tmp_path: Path) -> None:
     before = open_fds()
     await asyncio.gather(*(lane(n, 1000) for n in range(10)))
     assert open_fds() == before
+
+
+async def test_uncaptured_stdout_goes_straight_to_the_log(tmp_path: Path) -> None:
+    log_path = tmp_path / "task.log"
+    launched = launch(["/bin/sh", "-c", "echo to-stdout; echo to-stderr >&2"], env=ENV, log_path=log_path, capture_stdout=False)
+    assert launched.stdout_fd is None
+    result = await watch(launched).wait()
+    assert result.exit_code == 0 and result.last_line is None
+    assert sorted(log_path.read_text().split()) == ["to-stderr", "to-stdout"]
