@@ -33,14 +33,13 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from executors.direct import direct_argv
 from executors.errors import ExecutorError, LaunchError, PythonWorkerExited
 from executors.orphans import kill_orphaned_group
-from executors.spawn import CommandResult, Launched, RunningCommand, SpawnThread, launch, watch
+from executors.spawn import CommandResult, Launched, RunningCommand, launch, watch
 from executors.workers import PythonWorker, PythonWorkerPool
 from orchestrator.core.records import TaskInstanceRecord, TaskKey
 from orchestrator.ports import NO_XCOM, ExecutorEvents, LaunchRequest, TaskOutcome
@@ -48,10 +47,6 @@ from orchestrator.ports import NO_XCOM, ExecutorEvents, LaunchRequest, TaskOutco
 log = logging.getLogger("executors.local")
 
 SHUTDOWN_ERROR = "killed: daemon shut down before the task finished"
-
-#: With fewer tasks running than this, a bash task is created inline (the lowest latency, for a
-#: chain); with more, on the spawn thread, in parallel with the event loop (for a fan-out).
-SPAWN_INLINE_BELOW = 2
 CANCELLED_ERROR = "cancelled"
 
 
@@ -147,7 +142,6 @@ class LocalExecutor:
             kill_grace=kill_grace,
             on_idle=self._dispatch,
         )
-        self._spawner = SpawnThread()
         self._seq = 0
         self._bash_queue: OrderedDict[TaskKey, tuple[int, LaunchRequest]] = OrderedDict()
         self._python_queue: OrderedDict[TaskKey, tuple[int, LaunchRequest]] = OrderedDict()
@@ -234,7 +228,6 @@ class LocalExecutor:
         """Kill whatever still runs and stop the Python workers."""
         if self._running or not self._draining:
             await self.drain(0.0)
-        self._spawner.close()
         await self._pool.close()
 
     # --- dispatching -----------------------------------------------------------------------------
@@ -295,44 +288,14 @@ class LocalExecutor:
         if request.bash_command is None:
             raise LaunchError(f"bash task {_label(request)} has no bash_command: give it one")
         argv = direct_argv(request.bash_command, request.env) or ["/bin/bash", "-c", request.bash_command]
-        running = _Running(request, time.monotonic(), footer_written=True)
-        job = partial(
-            launch,
+        launched = launch(
             argv,
             env=request.env,
             log_path=request.log_path,
             cwd=request.cwd,
             header=_header(request, request.bash_command),
-            capture_stdout=request.do_xcom_push,
         )
-        if len(self._running) < SPAWN_INLINE_BELOW:
-            self._watch_bash(running, job())  # a LaunchError goes to _guarded_start
-            return
-        # hold the slot while the spawn thread creates the process
-        self._running[request.key] = running
-        self._idle.clear()
-        self._spawner.submit(job, partial(self._spawned, running))
-
-    def _spawned(self, running: _Running, result: Launched | BaseException) -> None:
-        """The spawn thread is done with `running`: follow the process, or report the failure."""
-        request = running.request
-        try:
-            if isinstance(result, BaseException):
-                raise result
-            self._watch_bash(running, result)
-            return
-        except LaunchError as exc:
-            failure: tuple[str, str] = ("launch", str(exc))
-        except Exception:
-            failure = ("crash", traceback.format_exc())
-        self._running.pop(request.key, None)
-        if not self._running:
-            self._idle.set()
-        if failure[0] == "launch":
-            self._launch_failed(request, failure[1])
-        else:
-            self._crashed(request, failure[1])
-        self._dispatch()
+        self._watch_bash(_Running(request, time.monotonic(), footer_written=True), launched)
 
     def _watch_bash(self, running: _Running, launched: Launched) -> None:
         request = running.request
@@ -346,8 +309,6 @@ class LocalExecutor:
         )
         running.command = command
         self._add_running(running, f"pid:{command.pid}")
-        if running.stop_error is not None:  # cancelled or drained while the process was being created
-            command.terminate(self._kill_grace)
         command.add_done_callback(lambda result: self._bash_done(running, result))
 
     def _start_python(self, request: LaunchRequest) -> None:

@@ -5,9 +5,10 @@ Per-task overhead is what this product is judged on, so this module avoids the s
 vfork fast path. Instead a child is started with `os.posix_spawn(..., setsid=True)` (its own
 session and process group, so a timeout can kill everything it started), its exit is watched
 through a pidfd registered with `loop.add_reader` (no SIGCHLD watcher, no thread), and it is reaped
-with `waitpid` once the pidfd is readable. stderr goes straight to the log file (O_APPEND) through
-the spawn file actions; stdout goes through a pipe the loop reads, so the last line can become the
-XCom. Works on stock asyncio and on uvloop.
+with `waitpid` once the pidfd is readable. stdout and stderr go into one pipe the loop reads,
+as Airflow's BashOperator merges them (its last line becomes the XCom). The log file is created
+when the first output arrives: a task that succeeds silently costs no file at all (creating a
+file here costs more than spawning the process).
 
 When the main process exits, whatever it left running in its process group is killed (SIGKILL):
 a task cannot leak processes past its end. A task that must start something long-lived should
@@ -17,17 +18,18 @@ detach it into its own session (`setsid`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
-import queue
 import shutil
 import signal
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from executors.errors import LaunchError
+
+logger = logging.getLogger("executors.spawn")
 
 #: Python ignores SIGPIPE (and SIGXFSZ); ignored dispositions survive exec, so reset them.
 _DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
@@ -168,8 +170,9 @@ class RunningCommand:
         self,
         loop: asyncio.AbstractEventLoop,
         pid: int,
-        stdout_fd: int | None,
-        log_fd: int,
+        output_fd: int,
+        log_path: Path,
+        header: str,
         timeout: float | None,
         kill_grace: float,
         footer: Callable[[CommandResult], str] | None = None,
@@ -178,8 +181,11 @@ class RunningCommand:
         self._footer = footer
         self._loop = loop
         self._started = time.monotonic()
-        self._stdout_fd: int | None = stdout_fd
-        self._log_fd: int | None = log_fd
+        self._stdout_fd: int | None = output_fd
+        self._log_path = log_path
+        self._header = header
+        self._log_fd: int | None = None
+        self._log_broken = False
         self._kill_grace = kill_grace
         self._partial = b""
         self._last_line = b""
@@ -189,9 +195,8 @@ class RunningCommand:
         self._timeout_timer: asyncio.TimerHandle | None = None
         self._result: asyncio.Future[CommandResult] = loop.create_future()
         self._watcher = ExitWatcher(loop, pid, self._exited)
-        if stdout_fd is not None:
-            os.set_blocking(stdout_fd, False)
-            loop.add_reader(stdout_fd, self._stdout_readable)
+        os.set_blocking(output_fd, False)
+        loop.add_reader(output_fd, self._stdout_readable)
         if timeout is not None:
             self._timeout_timer = loop.call_later(timeout, self._time_out)
 
@@ -248,9 +253,26 @@ class RunningCommand:
         else:
             self._close_stdout()
 
-    def _consume(self, data: bytes) -> None:
-        if self._log_fd is not None:
+    def _log(self, data: bytes) -> None:
+        """Append to the log, creating it (header first) on the first write."""
+        if self._log_fd is None:
+            if self._log_broken:
+                return
+            try:
+                self._log_fd = _open_log(self._log_path)
+                if self._header:
+                    write_all(self._log_fd, self._header.encode("utf-8", "backslashreplace"))
+            except (LaunchError, OSError) as exc:
+                self._log_broken = True
+                logger.warning("the output of pid %s is lost: %s", self.pid, exc)
+                return
+        try:
             write_all(self._log_fd, data)
+        except OSError as exc:
+            logger.warning("the output of pid %s could not be logged: %s", self.pid, exc)
+
+    def _consume(self, data: bytes) -> None:
+        self._log(data)
         chunk = self._partial + data
         head, sep, tail = chunk.rpartition(b"\n")
         if sep:
@@ -309,16 +331,13 @@ class RunningCommand:
         self._result.set_result(result)
 
     def _close_log(self, result: CommandResult) -> None:
-        """Write the footer (if any) through the log fd the command used, then close it."""
+        """Write the footer and close the log. A quiet success (no output, exit 0) leaves no
+        log file at all: creating one costs more than the whole rest of a short task."""
+        quiet_success = result.exit_code == 0 and not result.timed_out and not result.terminated
+        if self._footer is not None and (self._log_fd is not None or not quiet_success):
+            self._log(self._footer(result).encode("utf-8", "backslashreplace"))
         fd, self._log_fd = self._log_fd, None
-        if fd is None:
-            return
-        try:
-            if self._footer is not None:
-                write_all(fd, self._footer(result).encode("utf-8", "backslashreplace"))
-        except OSError:
-            pass  # a full disk must not lose the outcome: the result is still reported
-        finally:
+        if fd is not None:
             os.close(fd)
 
 
@@ -327,9 +346,10 @@ class Launched:
     """A started child: its pid, the read end of its stdout pipe and the open log descriptor."""
 
     pid: int
-    #: None when stdout went straight to the log (nobody needs its last line)
-    stdout_fd: int | None
-    log_fd: int
+    #: the read end of the pipe the child's stdout and stderr both go to
+    output_fd: int
+    log_path: Path
+    header: str
 
 
 def launch(
@@ -339,16 +359,13 @@ def launch(
     log_path: Path,
     cwd: str | None = None,
     header: str = "",
-    capture_stdout: bool = True,
 ) -> Launched:
-    """Open the log, write `header`, and posix_spawn `argv` in its own session.
+    """posix_spawn `argv` in its own session, stdout and stderr into one pipe for the loop.
 
-    stdout goes through a pipe the loop reads (for its last line) when `capture_stdout`, else
-    straight to the log like stderr: no pipe, no reads, when nobody needs the last line.
-
-    Thread-safe and loop-free (only system calls that release the GIL for their duration), so
-    `SpawnThread` can run it off the event loop. Raises `LaunchError` and leaks no fd when the
-    log cannot be opened, the command or the cwd does not exist.
+    stdout and stderr are one stream, as in Airflow's BashOperator (its last line is the
+    XCom). The log file is created by `RunningCommand` when the first output arrives, with
+    `header` in front. Raises `LaunchError` and leaks no fd when the log folder is not
+    writable, the command or the cwd does not exist.
     """
     if not argv:
         raise LaunchError("empty command: give the program to run")
@@ -358,18 +375,8 @@ def launch(
         if not os.path.isdir(cwd):
             raise LaunchError(f"cwd {cwd!r} is not a directory: create it or fix the task's cwd")
         args = ["/bin/sh", "-c", _CD_WRAPPER, "sh", cwd, *args]
-    log_fd = _open_log(log_path)
-    read_fd: int | None = None
-    try:
-        if header:
-            write_all(log_fd, header.encode("utf-8", "backslashreplace"))
-        if capture_stdout:
-            read_fd, write_fd = os.pipe()
-        else:
-            write_fd = os.dup(log_fd)  # closed below like the pipe's write end
-    except OSError:
-        os.close(log_fd)
-        raise
+    _check_log_folder(log_path)
+    read_fd, write_fd = os.pipe()
     try:
         pid = spawn_session(
             args,
@@ -377,17 +384,37 @@ def launch(
             [
                 (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_DUP2, write_fd, 1),
-                (os.POSIX_SPAWN_DUP2, log_fd, 2),
+                (os.POSIX_SPAWN_DUP2, write_fd, 2),
             ],
         )
     except OSError as exc:
-        if read_fd is not None:
-            os.close(read_fd)
-        os.close(log_fd)
+        os.close(read_fd)
         raise LaunchError(f"cannot start {args[0]!r}: {exc.strerror or exc}") from exc
     finally:
         os.close(write_fd)
-    return Launched(pid, read_fd, log_fd)
+    return Launched(pid, read_fd, log_path, header)
+
+
+_writable_folders: set[str] = set()
+
+
+def _check_log_folder(log_path: Path) -> None:
+    """Create the log's folder if needed and check it is writable (once per folder)."""
+    folder = os.path.dirname(log_path)  # a str: hashing a Path costs more than this whole check
+    if folder in _writable_folders:
+        return
+    try:
+        os.makedirs(folder, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as exc:
+        raise LaunchError(
+            f"cannot open the task log {str(log_path)!r}: {exc.strerror}: "
+            "check that the logs folder is writable"
+        ) from exc
+    if len(_writable_folders) > 4096:
+        _writable_folders.clear()
+    _writable_folders.add(folder)
 
 
 def watch(
@@ -401,19 +428,23 @@ def watch(
     loop = asyncio.get_running_loop()
     try:
         return RunningCommand(
-            loop, launched.pid, launched.stdout_fd, launched.log_fd, timeout, kill_grace, footer
+            loop,
+            launched.pid,
+            launched.output_fd,
+            launched.log_path,
+            launched.header,
+            timeout,
+            kill_grace,
+            footer,
         )
     except BaseException:
         # Could not watch it (pidfd_open failed, fd limit...): do not leave it running or a zombie.
         kill_group(launched.pid, signal.SIGKILL)
         os.waitpid(launched.pid, 0)
-        for fd in (launched.stdout_fd, launched.log_fd):
-            if fd is None:
-                continue
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        try:
+            os.close(launched.output_fd)
+        except OSError:
+            pass
         raise
 
 
@@ -430,65 +461,9 @@ def start_command(
 ) -> RunningCommand:
     """Start `argv` in its own session; stdout to the loop (and the log), stderr to the log.
 
-    The log is opened once: `header` is written before the command starts, `footer(result)`
-    after it ended, both through the same descriptor the command's output goes through.
+    The log is created with the first output, `header` first; `footer(result)` is appended
+    at the end (a quiet success leaves no log file).
     Must be called from the event loop's thread.
     """
     launched = launch(argv, env=env, log_path=log_path, cwd=cwd, header=header)
     return watch(launched, timeout=timeout, kill_grace=kill_grace, footer=footer)
-
-
-_SpawnJob = tuple[Callable[[], Launched], Callable[[Launched | BaseException], None]]
-
-
-class SpawnThread:
-    """Runs `launch` jobs on one thread of its own and hands each result back to the loop.
-
-    While a wide fan-out keeps the event loop busy with bookkeeping, creating a process
-    (creating its log file, posix_spawn) proceeds on another core: both release the GIL.
-    Jobs run in submission order. The thread starts with the first job.
-    """
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[
-            tuple[Callable[[], Launched], Callable[[Launched | BaseException], None]] | None
-        ]
-        self._jobs = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def submit(self, job: Callable[[], Launched], done: Callable[[Launched | BaseException], None]) -> None:
-        """Run `job` on the thread; `done(result or exception)` is then called on the loop."""
-        if self._thread is None:
-            self._loop = asyncio.get_running_loop()
-            self._thread = threading.Thread(target=self._run, name="orchestrator-spawn", daemon=True)
-            self._thread.start()
-        self._jobs.put((job, done))
-
-    def _run(self) -> None:
-        loop = self._loop
-        assert loop is not None
-        while True:
-            item = self._jobs.get()
-            if item is None:
-                return
-            job, done = item
-            result: Launched | BaseException
-            try:
-                result = job()
-            except BaseException as exc:
-                result = exc
-            try:
-                loop.call_soon_threadsafe(done, result)
-            except RuntimeError:  # the loop is closed: nobody will watch this child
-                if isinstance(result, Launched):
-                    kill_group(result.pid, signal.SIGKILL)
-                    os.waitpid(result.pid, 0)
-                return
-
-    def close(self) -> None:
-        """Stop the thread once the jobs already submitted are done."""
-        if self._thread is not None:
-            self._jobs.put(None)
-            self._thread.join(timeout=10)
-            self._thread = None

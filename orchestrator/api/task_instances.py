@@ -119,12 +119,12 @@ async def get_log(request: web.Request) -> web.Response:
                 if ti.try_number
                 else f"task {ti.task_id!r} has not started yet (state {ti.state.value})"
             )
-        else:
-            why = f"the log file {path} is missing (deleted, or kept on another machine)"
-        raise NotFound(
-            f"no log for try {try_number} of task {ti.task_id!r} in run {run.run_id!r}: {why}",
-            title="Log not found",
-        )
+            raise NotFound(
+                f"no log for try {try_number} of task {ti.task_id!r} in run {run.run_id!r}: {why}",
+                title="Log not found",
+            )
+        # a try that has printed nothing (yet) has no log file: its log is empty
+        content = b""
     text = content.decode("utf-8", errors="replace")
     if "application/json" in request.headers.get("Accept", ""):
         return json_response({"content": text, "continuation_token": None})

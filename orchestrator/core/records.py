@@ -8,7 +8,7 @@ transaction (group commit), so a later row for the same key replaces an earlier 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -129,6 +129,21 @@ class TaskInstanceRecord:
         return TaskKey(self.run_pk, self.task_id, self.map_index)
 
 
+_TI_FIELDS: tuple[str, ...] = ()
+_TI_FIELD_SET: frozenset[str] = frozenset()
+
+
+def evolve_ti(ti: TaskInstanceRecord, **changes: Any) -> TaskInstanceRecord:
+    """`dataclasses.replace` for task instances, about ten times faster (the engine makes three
+    per task on its hot path). Unknown field names are an error, as with `replace`."""
+    if not _TI_FIELD_SET.issuperset(changes):
+        unknown = sorted(set(changes) - _TI_FIELD_SET)
+        raise TypeError(f"TaskInstanceRecord has no field(s) {', '.join(unknown)}")
+    return TaskInstanceRecord(
+        *[changes[name] if name in changes else getattr(ti, name) for name in _TI_FIELDS]
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class XComRecord:
     """A value a task pushed (JSON-able), keyed like Airflow's XCom."""
@@ -155,3 +170,7 @@ class ChangeSet:
         self.tasks.extend(other.tasks)
         self.runs.extend(other.runs)
         self.xcoms.extend(other.xcoms)
+
+
+_TI_FIELDS = tuple(f.name for f in fields(TaskInstanceRecord))
+_TI_FIELD_SET = frozenset(_TI_FIELDS)

@@ -29,6 +29,7 @@ from orchestrator.core.records import (
     TaskInstanceRecord,
     TaskKey,
     XComRecord,
+    evolve_ti,
 )
 from orchestrator.core.resolver import Resolution, resolve, resolve_after, run_outcome
 from orchestrator.core.retry import next_retry_at, retry_jitter_key, should_retry
@@ -260,7 +261,7 @@ class Scheduler:
     ) -> TaskInstanceRecord:
         new_state: TaskState = fields.get("state", ti.state)
         check_task_transition(ti.state, new_state)
-        new = replace(ti, **fields)
+        new = evolve_ti(ti, **fields)
         live.tis[ti.task_id] = new
         live.states[ti.task_id] = new_state
         batch.changes.tasks.append(new)

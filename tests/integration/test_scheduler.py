@@ -62,7 +62,7 @@ async def test_chain_runs_in_order_with_one_try_each_and_a_log_per_try(
         "chain",
         """
         with DAG("chain", default_args={"cwd": W}):
-            tasks = [Bash(f"t{i}", f"echo t{i} >> order.txt") for i in range(5)]
+            tasks = [Bash(f"t{i}", f"echo t{i} >> order.txt; echo wrote t{i}") for i in range(5)]
             for up, down in zip(tasks, tasks[1:]):
                 up >> down
         """,
@@ -84,9 +84,9 @@ async def test_chain_runs_in_order_with_one_try_each_and_a_log_per_try(
         assert up.end_date <= down.start_date
     for i in range(5):
         assert engine.log_files("chain", "r1", f"t{i}") == ["attempt=1.log"]
-        assert f"try 1 of chain/r1/t{i} started: echo t{i} >> order.txt" in engine.log_text(
-            "chain", "r1", f"t{i}", 1
-        )
+        text = engine.log_text("chain", "r1", f"t{i}", 1)
+        assert f"try 1 of chain/r1/t{i} started: echo t{i} >> order.txt; echo wrote t{i}" in text
+        assert f"wrote t{i}" in text
 
 
 async def test_xcoms_flow_from_bash_to_python_to_a_bash_template(
@@ -443,7 +443,7 @@ async def test_triggering_an_existing_run_id_returns_it_and_creates_nothing(
 RECOVERY_DAG = """
 with DAG("recovery", default_args={"cwd": W, "retries": 1, "retry_delay": 0}):
     a = Bash("a", "echo a >> a_ran; echo from-a")
-    b = Bash("b", "echo b{{ ti.try_number }} >> b_ran; if [ {{ ti.try_number }} -eq 1 ]; then GATE; fi")
+    b = Bash("b", "echo b{{ ti.try_number }} | tee -a b_ran; if [ {{ ti.try_number }} -eq 1 ]; then GATE; fi")
     c = Bash("c", "echo c-{{ ti.xcom_pull('a') }} >> c_ran")
     d = Bash("d", "echo d{{ ti.try_number }} >> d_ran")
     a >> [b, c, d]

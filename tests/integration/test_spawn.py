@@ -77,7 +77,7 @@ async def test_exit_code_is_the_status_or_minus_the_signal(
         ("printf 'x\\ny'", "y"),
         ("echo 'trailing spaces   '", "trailing spaces"),
         ("true", None),
-        ("echo only-stderr >&2", None),
+        ("echo only-stderr >&2", "only-stderr"),  # stderr is merged into stdout, as in Airflow
         ("head -c 300000 /dev/zero | tr '\\0' 'a'; echo; echo last", "last"),
     ],
 )
@@ -193,7 +193,7 @@ async def test_terminate_stops_the_group(tmp_path: Path) -> None:
     )
     log = tmp_path / "task.log"
     end = time.monotonic() + 5
-    while not log.read_text().strip() and time.monotonic() < end:
+    while not (log.exists() and log.read_text().strip()) and time.monotonic() < end:
         await asyncio.sleep(0.01)
     running.terminate(grace=1.0)
     result = await running.wait()
@@ -236,10 +236,23 @@ async def test_no_fd_leak_over_10000_tasks(tmp_path: Path) -> None:
     assert open_fds() == before
 
 
-async def test_uncaptured_stdout_goes_straight_to_the_log(tmp_path: Path) -> None:
-    log_path = tmp_path / "task.log"
-    launched = launch(["/bin/sh", "-c", "echo to-stdout; echo to-stderr >&2"], env=ENV, log_path=log_path, capture_stdout=False)
-    assert launched.stdout_fd is None
+async def test_a_quiet_success_leaves_no_log_file_but_a_failure_always_does(tmp_path: Path) -> None:
+    def footer(result: CommandResult) -> str:
+        return f"FOOTER exit={result.exit_code}\n"
+
+    quiet = await start_command(
+        ["/bin/true"], env=ENV, log_path=tmp_path / "ok.log", header="H\n", footer=footer
+    ).wait()
+    assert quiet.exit_code == 0 and not (tmp_path / "ok.log").exists()
+    failed = await start_command(
+        ["/bin/false"], env=ENV, log_path=tmp_path / "ko.log", header="H\n", footer=footer
+    ).wait()
+    assert failed.exit_code == 1
+    assert (tmp_path / "ko.log").read_text() == "H\nFOOTER exit=1\n"
+
+
+async def test_stdout_and_stderr_are_one_stream_whose_last_line_is_the_result(tmp_path: Path) -> None:
+    launched = launch(["/bin/sh", "-c", "echo out; echo err >&2"], env=ENV, log_path=tmp_path / "task.log")
     result = await watch(launched).wait()
-    assert result.exit_code == 0 and result.last_line is None
-    assert sorted(log_path.read_text().split()) == ["to-stderr", "to-stdout"]
+    assert result.last_line == "err"  # Airflow's BashOperator reads stderr merged into stdout
+    assert (tmp_path / "task.log").read_text().split() == ["out", "err"]
