@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
@@ -39,7 +40,7 @@ from typing import Any
 from executors.direct import direct_argv
 from executors.errors import ExecutorError, LaunchError, PythonWorkerExited
 from executors.orphans import kill_orphaned_group
-from executors.spawn import CommandResult, Launched, RunningCommand, launch, watch
+from executors.spawn import CommandResult, Launched, RunningCommand, launch, watch, write_all
 from executors.workers import PythonWorker, PythonWorkerPool
 from orchestrator.core.records import TaskInstanceRecord, TaskKey
 from orchestrator.ports import NO_XCOM, ExecutorEvents, LaunchRequest, TaskOutcome
@@ -104,8 +105,19 @@ def _label(request: LaunchRequest) -> str:
 
 
 def _append(path: Path, text: str) -> None:
-    with open(path, "a", encoding="utf-8") as log_file:
-        log_file.write(text)
+    """Append to a log, creating it (and its folder) when missing."""
+    try:
+        fd = os.open(path, _APPEND_FLAGS, 0o644)
+    except FileNotFoundError:
+        os.makedirs(path.parent, exist_ok=True)
+        fd = os.open(path, _APPEND_FLAGS, 0o644)
+    try:
+        write_all(fd, text.encode("utf-8", "backslashreplace"))
+    finally:
+        os.close(fd)
+
+
+_APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 
 
 def _signal_name(number: int) -> str:
@@ -276,7 +288,6 @@ class LocalExecutor:
     def _begin(self, request: LaunchRequest, what: str) -> None:
         header = _header(request, what)
         try:
-            request.log_path.parent.mkdir(parents=True, exist_ok=True)
             _append(request.log_path, header)
         except OSError as exc:
             raise LaunchError(

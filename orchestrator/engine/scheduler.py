@@ -42,7 +42,7 @@ from orchestrator.engine.registry import DagRegistry, LoadedDag
 from orchestrator.engine.writer import GroupCommitWriter
 from orchestrator.errors import DagNotFound, InvalidRequest, ShuttingDown
 from orchestrator.ports import NO_XCOM, ActiveRun, Clock, Executor, LaunchRequest, StateStore, TaskOutcome
-from orchestrator.tasklog import append_daemon_note, prepare_log_folders
+from orchestrator.tasklog import append_daemon_note, prepare_logs
 
 log = logging.getLogger("orchestrator.engine")
 
@@ -422,7 +422,7 @@ class Scheduler:
         if batch.launches:
             self._writer.submit(batch.changes, partial(self._dispatch, batch.launches))
             # runs after the writer has sent the commit: file creation overlaps the round trip
-            asyncio.get_running_loop().call_soon(prepare_log_folders, [r.log_path for r in batch.launches])
+            asyncio.get_running_loop().call_soon(prepare_logs, batch.launches)
         elif batch.changes:
             self._writer.submit(batch.changes)
 
