@@ -1,4 +1,5 @@
-"""The benchmark suite of ../shared/BENCH.md: chain-bash, chain-python, fan-bash, durable-commit.
+"""The benchmark suite of ../shared/BENCH.md: chain-bash, chain-python, fan-bash, new-dag, idle,
+durable-commit.
 
 Run by hand (`scripts/bench`), never by the tests. It starts `orchestrator run` as a process on
 its embedded, durable PostgreSQL (the default configuration users get), triggers each workload
@@ -118,6 +119,48 @@ def run_once(daemon: Daemon, dag_id: str, timeout: float) -> float:
     return datetime.fromisoformat(run["end_date"]).timestamp() - posted
 
 
+def new_dag_seconds(daemon: Daemon, count: int = 5) -> float:
+    """Median seconds from writing a new DAG file to the API serving it as active."""
+    samples = []
+    for i in range(count):
+        dag_id = f"fresh_{time.time_ns()}_{i}"
+        started = time.perf_counter()
+        daemon.write_dag(
+            f"{dag_id}.py",
+            f"from orchestrator import DAG, Bash\nwith DAG({dag_id!r}):\n    Bash('t', 'true')\n",
+        )
+        daemon.wait_dag(dag_id, timeout=30)
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def idle_rss_mb(dsn: str | None, dag_count: int = 100) -> float:
+    """RSS of a daemon process with `dag_count` DAGs loaded and nothing running."""
+    with tempfile.TemporaryDirectory(prefix="orch-bench-idle-", dir="/tmp") as raw:
+        root = Path(raw)
+        root.chmod(0o755)
+        daemon = Daemon(root=root, database_dsn=dsn)
+        for i in range(dag_count):
+            daemon.write_dag(
+                f"idle_{i:03d}.py",
+                f"from orchestrator import DAG, Bash\nwith DAG('idle_{i:03d}') as dag:\n"
+                "    a = Bash('a', 'true'); b = Bash('b', 'true'); c = Bash('c', 'true')\n    a >> [b, c]\n",
+            )
+        daemon.start(timeout=120)
+        try:
+            wait_for(
+                lambda: daemon.get("/api/v1/dags?limit=1").body["total_entries"] >= dag_count,
+                60,
+                "every DAG to load",
+            )
+            assert daemon.process is not None
+            status = Path(f"/proc/{daemon.process.pid}/status").read_text()
+            rss_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+            return rss_kb / 1024
+        finally:
+            daemon.stop()
+
+
 def durable_commits_per_s(dsn: str, seconds: float = 2.0) -> float:
     import asyncpg
 
@@ -148,7 +191,9 @@ def main() -> int:
     parser.add_argument("--fan-runs", type=int, default=3, help="runs of fan-bash (median is reported)")
     parser.add_argument("--slots", type=int, default=16, help="executors.local.slots for the daemon")
     parser.add_argument(
-        "--only", default="chain-bash,chain-python,fan-bash,durable-commit", help="comma-separated workloads"
+        "--only",
+        default="chain-bash,chain-python,fan-bash,new-dag,idle,durable-commit",
+        help="comma-separated workloads",
     )
     parser.add_argument("--dsn", default=None, help="use this PostgreSQL instead of the embedded one")
     args = parser.parse_args()
@@ -214,12 +259,27 @@ def main() -> int:
                         }
                     )
                 )
+            if "new-dag" in wanted:
+                seconds = new_dag_seconds(daemon)
+                figures.append(
+                    emit(
+                        {
+                            "workload": "new-dag",
+                            "seconds": round(seconds, 3),
+                            "bar": "< 1",
+                            "pass": seconds < 1,
+                        }
+                    )
+                )
             if "durable-commit" in wanted:
                 dsn = args.dsn or _embedded_dsn(root)
                 rate = durable_commits_per_s(dsn)
                 figures.append(emit({"workload": "durable-commit", "commits_per_s": round(rate, 1)}))
         finally:
             daemon.stop()
+    if "idle" in wanted:
+        rss = idle_rss_mb(args.dsn)
+        figures.append(emit({"workload": "idle", "rss_mb": round(rss, 1), "bar": "< 100", "pass": rss < 100}))
     _print_table(figures)
     return 0
 
@@ -245,6 +305,10 @@ def _print_table(figures: list[dict[str, Any]]) -> None:
                 f["bar"],
                 f["pass"],
             )
+        elif f["workload"] == "new-dag":
+            row = (f"{f['seconds']} s until triggerable", "-", f["bar"], f["pass"])
+        elif f["workload"] == "idle":
+            row = (f"{f['rss_mb']} MB RSS, 100 DAGs", "-", f["bar"], f["pass"])
         else:
             row = (f"{f['commits_per_s']} commits/s", "-", "-", "-")
         print(f"{f['workload']:<16} {row[0]:<34} {row[1]:<30} {row[2]:<26} {row[3]}")

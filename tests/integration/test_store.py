@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import statistics
-import time
 from datetime import UTC, datetime, timedelta
 
 import anyio
@@ -119,16 +117,11 @@ async def test_create_run_notifies_listeners_once_per_created_run(store: Postgre
     assert received == [first.pk, third.pk]
 
 
-async def test_create_run_with_thousands_of_tasks_is_one_fast_transaction(store: PostgresStateStore) -> None:
+async def test_create_run_with_thousands_of_tasks_creates_them_all(store: PostgresStateStore) -> None:
     tasks = [NewTaskInstance(f"task_{i:05d}", "BashOperator", max_tries=1) for i in range(2500)]
-
-    started = time.perf_counter()
     run, created = await store.create_run(new_run(), tasks)
-    elapsed = time.perf_counter() - started
-
     assert created
     assert len(await store.list_task_instances(run.pk)) == 2500
-    assert elapsed < 2.0, f"create_run with 2,500 tasks took {elapsed:.3f}s"
 
 
 # --- commit -----------------------------------------------------------------------------------
@@ -305,27 +298,6 @@ async def test_commit_ignores_rows_of_a_deleted_run(store: PostgresStateStore, d
 
     assert await store.get_task_instance(ti.key) is None
     assert await store.list_xcoms(run.pk) == []
-
-
-async def test_commit_median_latency(store: PostgresStateStore) -> None:
-    """Not a benchmark gate: a generous bound that catches a commit gone quadratic or per-row."""
-    tasks = [NewTaskInstance(f"t{i:03d}", "BashOperator", 0) for i in range(200)]
-    run, _ = await store.create_run(new_run(), tasks)
-    rows = await store.list_task_instances(run.pk)
-
-    async def median_ms(batch: list[TaskInstanceRecord]) -> float:
-        timings = []
-        for i in range(60):
-            state = TaskState.QUEUED if i % 2 else TaskState.RUNNING
-            changes = ChangeSet(tasks=[dataclasses.replace(ti, state=state, try_number=i) for ti in batch])
-            started = time.perf_counter()
-            await store.commit(changes)
-            timings.append((time.perf_counter() - started) * 1000)
-        return statistics.median(timings[10:])
-
-    one, many = await median_ms(rows[:1]), await median_ms(rows)
-    print(f"commit median: 1 TI {one:.3f} ms, 200 TIs {many:.3f} ms")
-    assert one < 10 and many < 100
 
 
 # --- load_active_runs -------------------------------------------------------------------------
