@@ -156,6 +156,7 @@ async def _serve(config: Config) -> None:
             await scheduler.drain(config.daemon.shutdown_grace)
             await runner.cleanup()
             paths.api_url_file.unlink(missing_ok=True)
+            folder.stop()
             group.cancel_scope.cancel()
     log.info("orchestrator daemon %s stopped", daemon_id)
 
