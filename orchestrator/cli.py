@@ -196,6 +196,24 @@ def cmd_dags_errors(args: argparse.Namespace, client: ApiClient) -> int:
     return 0
 
 
+def _set_paused(args: argparse.Namespace, client: ApiClient, is_paused: bool) -> int:
+    path = f"/api/v1/dags/{quote(args.dag_id)}"
+    dag = json.loads(client.request("PATCH", path, body={"is_paused": is_paused}))
+    if args.output == "json":
+        _print_json(dag)
+    else:
+        print(f"{dag['dag_id']} is {'paused' if dag['is_paused'] else 'unpaused'}")
+    return 0
+
+
+def cmd_dags_pause(args: argparse.Namespace, client: ApiClient) -> int:
+    return _set_paused(args, client, True)
+
+
+def cmd_dags_unpause(args: argparse.Namespace, client: ApiClient) -> int:
+    return _set_paused(args, client, False)
+
+
 def cmd_trigger(args: argparse.Namespace, client: ApiClient) -> int:
     body: dict[str, Any] = {}
     if args.conf is not None:
@@ -332,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = db_commands.add_parser("migrate", parents=[config_opt], help="apply pending schema migrations")
     migrate.set_defaults(handler=cmd_db_migrate)
 
-    dags = commands.add_parser("dags", help="list DAGs and DAG files that failed to import")
+    dags = commands.add_parser("dags", help="list, pause and unpause DAGs; list import errors")
     dag_commands = dags.add_subparsers(dest="dags_command", metavar="COMMAND", required=True)
     dag_commands.add_parser("list", parents=[client_opts], help="list the DAGs").set_defaults(
         client=cmd_dags_list
@@ -340,6 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
     dag_commands.add_parser("errors", parents=[client_opts], help="list DAG import errors").set_defaults(
         client=cmd_dags_errors
     )
+    pause = dag_commands.add_parser("pause", parents=[client_opts], help="hold the DAG's new runs in queued")
+    pause.add_argument("dag_id")
+    pause.set_defaults(client=cmd_dags_pause)
+    unpause = dag_commands.add_parser("unpause", parents=[client_opts], help="start the DAG's held runs")
+    unpause.add_argument("dag_id")
+    unpause.set_defaults(client=cmd_dags_unpause)
 
     trigger = commands.add_parser("trigger", parents=[client_opts], help="trigger a DAG run")
     trigger.add_argument("dag_id")

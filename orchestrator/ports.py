@@ -68,6 +68,9 @@ class StateStore(Protocol):
 
     async def set_dag_paused(self, dag_id: str, is_paused: bool) -> DagRecord | None: ...
 
+    async def paused_dag_ids(self, dag_ids: Sequence[str]) -> set[str]:
+        """The ids among `dag_ids` of DAGs that are paused."""
+
     async def list_import_errors(self) -> list[ImportErrorRecord]: ...
 
     # --- runs ----------------------------------------------------------------------

@@ -263,6 +263,10 @@ class PostgresStateStore:
         row = await self._pool.fetchrow(QUERIES["set_dag_paused"], dag_id, is_paused)
         return None if row is None else _dag(row)
 
+    async def paused_dag_ids(self, dag_ids: Sequence[str]) -> set[str]:
+        rows = await self._pool.fetch(QUERIES["paused_dag_ids"], list(dag_ids))
+        return {row["dag_id"] for row in rows}
+
     async def list_import_errors(self) -> list[ImportErrorRecord]:
         rows = await self._pool.fetch(QUERIES["list_import_errors"])
         return [ImportErrorRecord(row[0], row[1], row[2]) for row in rows]

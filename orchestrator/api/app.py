@@ -18,7 +18,7 @@ from orchestrator.api import dags, runs, task_instances
 from orchestrator.api.errors import error_middleware
 from orchestrator.api.keys import ENGINE, LOGS_DIR, STORE, UNIXNAME
 from orchestrator.api.params import json_response
-from orchestrator.core.records import RunRecord
+from orchestrator.core.records import DagRecord, RunRecord
 from orchestrator.ports import StateStore
 
 
@@ -39,6 +39,10 @@ class EngineApi(Protocol):
     ) -> tuple[RunRecord, bool]:
         """Create a run (unique on dag_id, run_id) and return it and whether it was created.
         Raises orchestrator.errors.DagNotFound or InvalidRequest."""
+
+    async def set_paused(self, dag_id: str, is_paused: bool) -> DagRecord | None:
+        """Pause or unpause a DAG (unpausing starts its runs held while it was paused).
+        None if the DAG is unknown."""
 
 
 async def health(request: web.Request) -> web.Response:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from orchestrator.api.errors import BadRequest, NotFound
-from orchestrator.api.keys import STORE
+from orchestrator.api.keys import ENGINE, STORE
 from orchestrator.api.params import bool_param, json_object, json_response, pagination
 from orchestrator.api.serializers import dag_to_json, downstream_ids, import_error_to_json, task_to_json
 from orchestrator.core.records import DagRecord
@@ -48,7 +48,7 @@ async def patch_dag(request: web.Request) -> web.Response:
         raise BadRequest('the request body must set is_paused, e.g. {"is_paused": true}')
     if not isinstance(body["is_paused"], bool):
         raise BadRequest(f"is_paused must be true or false, got {body['is_paused']!r}")
-    updated = await store.set_dag_paused(dag_id, body["is_paused"])
+    updated = await request.app[ENGINE].set_paused(dag_id, body["is_paused"])
     if updated is None:  # deleted between the two statements
         updated = await get_dag_or_404(store, dag_id)
     return json_response(dag_to_json(updated))

@@ -14,7 +14,14 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
-from orchestrator.errors import DagNotFound, InvalidRequest, OrchestratorError, RunAlreadyExists, RunNotFound
+from orchestrator.errors import (
+    DagNotFound,
+    InvalidRequest,
+    OrchestratorError,
+    RunAlreadyExists,
+    RunNotFound,
+    ShuttingDown,
+)
 
 log = logging.getLogger("orchestrator.api")
 
@@ -81,6 +88,8 @@ def _from_orchestrator_error(exc: OrchestratorError) -> ApiError:
         return Conflict(str(exc))
     if isinstance(exc, InvalidRequest):
         return BadRequest(str(exc))
+    if isinstance(exc, ShuttingDown):
+        return ApiError(503, str(exc), headers={"Retry-After": "5"})
     return ApiError(500, str(exc))
 
 

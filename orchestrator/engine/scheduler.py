@@ -23,6 +23,7 @@ from typing import Any
 from orchestrator.core.model import DagSpec, TaskSpec
 from orchestrator.core.records import (
     ChangeSet,
+    DagRecord,
     NewRun,
     NewTaskInstance,
     RunRecord,
@@ -85,6 +86,8 @@ class Scheduler:
         self._ready = False
         self._draining = False
         self._retry_timers: dict[TaskKey, asyncio.TimerHandle] = {}
+        #: DAGs whose new runs wait in `queued` (Airflow's pause); runs already running go on
+        self._paused: set[str] = set()
 
     # --- wiring ---------------------------------------------------------------------
 
@@ -149,20 +152,54 @@ class Scheduler:
         record, created = await self._store.create_run(new_run, tasks)
         if created:
             log.info("run %s of %s created (%s)", record.run_id, dag_id, run_type)
+            await self._refresh_paused([dag_id])
             self._admit(record, loaded)
         return record, created
+
+    async def set_paused(self, dag_id: str, is_paused: bool) -> DagRecord | None:
+        """Pause or unpause a DAG; unpausing starts the runs that waited while it was paused."""
+        record = await self._store.set_dag_paused(dag_id, is_paused)
+        if record is None:
+            return None
+        if not is_paused and dag_id in self._paused:
+            self._paused.discard(dag_id)
+            batch = _Batch()
+            self._start_waiting_runs(dag_id, batch)
+            self._commit(batch)
+        elif is_paused:
+            self._paused.add(dag_id)
+        log.info("DAG %s %s", dag_id, "paused" if is_paused else "unpaused")
+        return record
+
+    async def _refresh_paused(self, dag_ids: Iterable[str]) -> None:
+        """Read whether these DAGs are paused (the API and other daemons may have changed it)."""
+        wanted = set(dag_ids)
+        if wanted:
+            paused = await self._store.paused_dag_ids(sorted(wanted))
+            self._paused = (self._paused - wanted) | paused
 
     def _admit(
         self, record: RunRecord, loaded: LoadedDag, tis: list[TaskInstanceRecord] | None = None
     ) -> None:
         slots = self._slots_of(record.dag_id)
-        if len(slots.active_runs) < loaded.spec.max_active_runs:
+        if record.dag_id not in self._paused and len(slots.active_runs) < loaded.spec.max_active_runs:
             batch = _Batch()
             self._start_run(record, loaded, tis, batch)
             self._commit(batch)
         else:
             slots.queued_runs.append((record, loaded, tis))
-            log.info("run %s of %s waits: max_active_runs reached", record.run_id, record.dag_id)
+            why = "the DAG is paused" if record.dag_id in self._paused else "max_active_runs reached"
+            log.info("run %s of %s waits: %s", record.run_id, record.dag_id, why)
+
+    def _start_waiting_runs(self, dag_id: str, batch: _Batch) -> None:
+        """Start held runs of a DAG while it is not paused and max_active_runs allows."""
+        slots = self._slots_of(dag_id)
+        while slots.queued_runs and dag_id not in self._paused:
+            record, loaded, tis = slots.queued_runs[0]
+            if len(slots.active_runs) >= loaded.spec.max_active_runs:
+                return
+            slots.queued_runs.popleft()
+            self._start_run(record, loaded, tis, batch)
 
     def _start_run(
         self, record: RunRecord, loaded: LoadedDag, tis: list[TaskInstanceRecord] | None, batch: _Batch
@@ -404,11 +441,8 @@ class Scheduler:
         batch.changes.runs.append(finished)
         del self._runs[live.pk]
         log.info("run %s of %s finished: %s", finished.run_id, finished.dag_id, outcome.value)
-        slots = self._slots_of(finished.dag_id)
-        slots.active_runs.discard(live.pk)
-        while slots.queued_runs and len(slots.active_runs) < live.dag.spec.max_active_runs:
-            record, loaded, tis = slots.queued_runs.popleft()
-            self._start_run(record, loaded, tis, batch)
+        self._slots_of(finished.dag_id).active_runs.discard(live.pk)
+        self._start_waiting_runs(finished.dag_id, batch)
 
     def _slots_of(self, dag_id: str) -> DagSlots:
         slots = self._slots.get(dag_id)
@@ -440,6 +474,7 @@ class Scheduler:
         """Resume every active run from the store: re-queue what was queued, count tries that
         died with the previous daemon, re-arm retry timers, start runs still queued."""
         active = await self._store.load_active_runs()
+        await self._refresh_paused(item.run.dag_id for item in active)
         now = self._clock.now()
         for item in active:
             loaded = self._dag_for_recovery(item.run.dag_id, stored_specs)

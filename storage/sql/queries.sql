@@ -301,3 +301,7 @@ WHERE EXISTS (SELECT 1 FROM dag_run AS r WHERE r.pk = u.run_pk)
 ON CONFLICT (run_pk, task_id, map_index, key) DO UPDATE SET
     value = EXCLUDED.value,
     "timestamp" = now();
+
+-- name: paused_dag_ids
+-- Which of these DAGs are paused (the engine holds their new runs in queued).
+SELECT dag_id FROM dag WHERE dag_id = ANY($1::text[]) AND is_paused;

@@ -314,3 +314,19 @@ def test_without_a_dsn_the_daemon_runs_its_own_postgresql(make_daemon: Callable[
     daemon.start(timeout=120)
     assert daemon.run("etl", "embedded")["state"] == "success"
     assert daemon.stop(signal.SIGTERM) == 0
+
+
+def test_a_paused_dag_holds_triggered_runs_until_unpaused_from_the_cli(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = make_daemon()
+    daemon.write_dag("etl.py", ETL)
+    daemon.start()
+    daemon.wait_dag("etl")
+    assert "etl is paused" in daemon.cli("dags", "pause", "etl").stdout
+    assert daemon.get("/api/v1/dags/etl").body["is_paused"] is True
+    daemon.trigger("etl", dag_run_id="held")
+    assert daemon.run("etl", "held")["state"] == "queued"
+    assert all(ti["state"] is None for ti in daemon.task_instances("etl", "held").values())
+    assert "etl is unpaused" in daemon.cli("dags", "unpause", "etl").stdout
+    assert daemon.wait_run("etl", "held")["state"] == "success"

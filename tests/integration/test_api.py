@@ -20,10 +20,10 @@ from aiohttp import web
 
 from orchestrator.api import create_app
 from orchestrator.core.model import DagSpec, TaskSpec, TriggerRule
-from orchestrator.core.records import ChangeSet, NewRun, NewTaskInstance, RunRecord, TaskKey
+from orchestrator.core.records import ChangeSet, DagRecord, NewRun, NewTaskInstance, RunRecord, TaskKey
 from orchestrator.core.serialization import spec_from_dict
 from orchestrator.core.states import RunState, TaskState
-from orchestrator.errors import DagNotFound
+from orchestrator.errors import DagNotFound, ShuttingDown
 from orchestrator.logpaths import task_log_path
 from orchestrator.ports import StateStore
 
@@ -75,6 +75,9 @@ class StoreEngine:
 
     def is_ready(self) -> bool:
         return self.ready
+
+    async def set_paused(self, dag_id: str, is_paused: bool) -> DagRecord | None:
+        return await self.store.set_dag_paused(dag_id, is_paused)
 
     async def trigger_run(
         self,
@@ -715,6 +718,13 @@ async def test_an_unexpected_error_is_500_without_a_traceback_and_logged(
     assert "Traceback" not in body["detail"]
     records = [r for r in caplog.records if r.name == "orchestrator.api"]
     assert any(r.exc_info and "secret internal detail" in str(r.exc_info[1]) for r in records)
+
+
+async def test_a_trigger_during_shutdown_is_503_with_retry_after(api: Api) -> None:
+    api.engine.fail_with = ShuttingDown()
+    status, body = await api.post("/api/v1/dags/etl/dagRuns", json={})
+    assert status == 503
+    assert_problem(body, 503, "shutting down")
 
 
 async def test_client_errors_are_logged(api: Api, caplog: pytest.LogCaptureFixture) -> None:

@@ -121,7 +121,6 @@ async def test_concurrent_parses_are_serialised_and_all_answered(tmp_path: Path)
     assert [[s.dag_id for s in specs] for specs in results] == [[f"dag{i}"] for i in range(8)]
 
 
-
 async def test_parse_after_close_is_refused(tmp_path: Path) -> None:
     dag_parser = DagFileParser()
     await dag_parser.start()

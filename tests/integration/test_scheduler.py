@@ -686,3 +686,38 @@ async def test_a_dag_change_while_a_run_waits_for_max_active_runs_keeps_rows_and
     # ... and a task ran exactly when its row says it succeeded
     ran_extra = (work / "extra_ran").exists()
     assert ran_extra == (states.get("extra") == TaskState.SUCCESS), (ran_extra, states)
+
+
+async def test_a_paused_dag_holds_new_runs_in_queued_until_unpaused(
+    store: PostgresStateStore, work: Path, dags: Path, logs: Path
+) -> None:
+    dag_file = write_dag(
+        dags,
+        "pausable",
+        """
+        with DAG("pausable", default_args={"cwd": W}):
+            Bash("mark", "touch ran")
+        """,
+        work,
+    )
+    async with running_engine(store, logs, [dag_file]) as engine:
+        assert await engine.scheduler.set_paused("pausable", True) is not None
+        record, created = await engine.trigger("pausable", "while_paused")
+        assert created
+        await engine.scheduler.writer.flushed()
+        held = await store.get_run("pausable", "while_paused")
+        held_tis = await task_instances(store, record.pk)
+        ran_while_paused = (work / "ran").exists()
+        unpaused = await engine.scheduler.set_paused("pausable", False)
+        done = await wait_run(store, "pausable", "while_paused")
+
+    assert held is not None and held.state == RunState.QUEUED and held.start_date is None
+    assert {ti.state for ti in held_tis.values()} == {TaskState.NONE}
+    assert not ran_while_paused
+    assert unpaused is not None and not unpaused.is_paused
+    assert done.state == RunState.SUCCESS and (work / "ran").exists()
+
+
+async def test_pausing_an_unknown_dag_answers_none(store: PostgresStateStore, logs: Path) -> None:
+    async with running_engine(store, logs, []) as engine:
+        assert await engine.scheduler.set_paused("nope", True) is None

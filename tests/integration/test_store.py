@@ -531,3 +531,11 @@ async def test_a_small_batch_that_fails_midway_writes_nothing_and_the_store_goes
     assert await store.get_task_instance(first.key) == first
     await store.commit(ChangeSet(tasks=[good]))
     assert await store.get_task_instance(first.key) == good
+
+
+async def test_paused_dag_ids_names_only_the_paused_ones(store: PostgresStateStore) -> None:
+    specs = [DagSpec(dag_id=name, fileloc="/dags/p.py", tasks=()) for name in ("a", "b", "c")]
+    await store.sync_dag_file("/dags/p.py", specs, T0)
+    await store.set_dag_paused("b", True)
+    assert await store.paused_dag_ids(["a", "b", "nope"]) == {"b"}
+    assert await store.paused_dag_ids([]) == set()
