@@ -74,27 +74,33 @@ def migrate_database(config: Config) -> list[int]:
     async def _migrate() -> list[int]:
         from storage.migrate import migrate_dsn
 
-        async with _database(config, stop_embedded=False) as dsn:
+        async with _database(config, owner=False) as dsn:
             return await migrate_dsn(dsn)
 
     return anyio.run(_migrate)
 
 
 @asynccontextmanager
-async def _database(config: Config, *, stop_embedded: bool) -> AsyncIterator[str]:
-    """The configured DSN, or a private PostgreSQL under the state directory."""
+async def _database(config: Config, *, owner: bool) -> AsyncIterator[str]:
+    """The configured DSN, or a private PostgreSQL under the state directory.
+
+    The daemon (`owner`) stops its embedded server when it exits, even one a killed daemon left
+    running; a one-off command stops it only if it started it (a daemon may be using it).
+    """
     if config.database.dsn:
         yield config.database.dsn
         return
     from storage.embedded import EmbeddedPostgres
 
     embedded = EmbeddedPostgres(Paths.of(config).state_dir / "postgres", durable=True)
-    log.info("no database.dsn configured: starting the embedded PostgreSQL in %s", embedded.data_dir)
+    was_running = await anyio.to_thread.run_sync(embedded.is_running)
+    if not was_running:
+        log.info("no database.dsn configured: starting the embedded PostgreSQL in %s", embedded.data_dir)
     dsn = await anyio.to_thread.run_sync(embedded.ensure_started)
     try:
         yield dsn
     finally:
-        if stop_embedded:
+        if owner or not was_running:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(embedded.stop)
 
@@ -113,7 +119,7 @@ async def _serve(config: Config) -> None:
     clock = SystemClock()
 
     async with AsyncExitStack() as stack:
-        dsn = await stack.enter_async_context(_database(config, stop_embedded=True))
+        dsn = await stack.enter_async_context(_database(config, owner=True))
         applied = await migrate_dsn(dsn)
         if applied:
             log.info("applied migrations %s", applied)

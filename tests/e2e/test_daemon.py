@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import textwrap
 from collections.abc import Callable
 
@@ -330,3 +332,42 @@ def test_a_paused_dag_holds_triggered_runs_until_unpaused_from_the_cli(
     assert all(ti["state"] is None for ti in daemon.task_instances("etl", "held").values())
     assert "etl is unpaused" in daemon.cli("dags", "unpause", "etl").stdout
     assert daemon.wait_run("etl", "held")["state"] == "success"
+
+
+def test_db_migrate_on_the_embedded_defaults_leaves_no_server_running(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    from storage.embedded import EmbeddedPostgres
+
+    daemon = make_daemon(database_dsn=None)
+    daemon.write_config()
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "db", "migrate", "--config", str(daemon.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "1" in result.stdout  # the versions applied
+    assert not EmbeddedPostgres(daemon.state_dir / "postgres").is_running()
+
+
+def test_a_deleted_dag_file_deactivates_its_dags_and_leaves_the_others(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = make_daemon()
+    daemon.write_dag("etl.py", ETL)
+    gone = daemon.write_dag(
+        "gone.py", "from orchestrator import DAG, Bash\nwith DAG('gone') as dag:\n    Bash('t', 'true')\n"
+    )
+    daemon.start()
+    daemon.wait_dag("etl")
+    daemon.wait_dag("gone")
+    gone.unlink()
+    wait_for(
+        lambda: daemon.get("/api/v1/dags/gone").body["is_active"] is False, 5, "the DAG to be deactivated"
+    )
+    assert [d["dag_id"] for d in daemon.get("/api/v1/dags").body["dags"]] == ["etl"]
+    assert daemon.post("/api/v1/dags/gone/dagRuns", {}).status == 404
+    daemon.trigger("etl", dag_run_id="still-here")
+    assert daemon.wait_run("etl", "still-here")["state"] == "success"
