@@ -108,6 +108,13 @@ def _xcom(row: Row) -> XComRecord:
 # --- change sets -> column arrays --------------------------------------------------------------
 
 
+#: Errors about the rows of a change set (not about the connection, which stays usable).
+_DATA_ERRORS = (
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.DataError,
+    asyncpg.SyntaxOrAccessError,
+)
+
 #: Change sets of task instances up to this size are written as a pipelined batch of one-row
 #: UPDATEs (asyncpg's executemany: one round trip, one transaction), which PostgreSQL runs in
 #: about half the time of the unnest statement; larger ones use the unnest statement.
@@ -189,9 +196,9 @@ class PostgresStateStore:
         self._dsn = dsn
         self._listen_conn: asyncpg.Connection | None = None
         self._run_callbacks: list[Callable[[int], None]] = []
-        # commits go through one connection held for the store's lifetime: a pool round trip
-        # (acquire, and the reset query on release) costs as much as the commit itself
-        self._commit_conn: Any = None
+        # commits go through one connection of their own: a pool round trip (acquire, and the
+        # reset query on release) costs as much as the commit itself
+        self._commit_conn: asyncpg.Connection | None = None
         self._commit_lock = asyncio.Lock()
 
     @classmethod
@@ -208,7 +215,7 @@ class PostgresStateStore:
     async def close(self) -> None:
         if self._commit_conn is not None:
             conn, self._commit_conn = self._commit_conn, None
-            await self._pool.release(conn)
+            await conn.close()
         if self._listen_conn is not None:
             conn, self._listen_conn = self._listen_conn, None
             await conn.close()
@@ -357,15 +364,29 @@ class PostgresStateStore:
             return
         async with self._commit_lock:
             if self._commit_conn is None or self._commit_conn.is_closed():
-                self._commit_conn = await self._pool.acquire()
+                self._commit_conn = await self._connect_for_commits()
             conn = self._commit_conn
             try:
                 await self._write(conn, changes, kinds)
-            except (OSError, asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.InterfaceError):
-                # the connection is gone: give it back so the next commit opens a fresh one
-                self._commit_conn = None
-                await self._pool.release(conn)
+            except _DATA_ERRORS:
+                if conn.is_closed():
+                    await self._drop_commit_connection(conn)
+                raise  # the change set was refused; the connection is fine and stays
+            except BaseException:
+                # lost, shut down by the server, cancelled mid-statement: never reuse it
+                await self._drop_commit_connection(conn)
                 raise
+
+    async def _connect_for_commits(self) -> asyncpg.Connection:
+        """The commit connection: outside the pool, so nothing else ever shares or reclaims it.
+        Connection errors propagate as they are: the writer retries those while the server is away."""
+        conn = await asyncpg.connect(self._dsn)
+        await _init_connection(conn)
+        return conn
+
+    async def _drop_commit_connection(self, conn: asyncpg.Connection) -> None:
+        self._commit_conn = None
+        conn.terminate()
 
     @staticmethod
     async def _write(conn: asyncpg.Connection, changes: ChangeSet, kinds: int) -> None:

@@ -1,0 +1,80 @@
+"""The group-commit writer against a real PostgreSQL: order, merging, follow-ups, and a lost
+connection that is retried without losing or reordering anything."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import anyio
+import asyncpg
+import pytest
+
+from orchestrator.core.records import ChangeSet, NewTaskInstance, TaskKey
+from orchestrator.core.states import TaskState
+from orchestrator.engine.writer import GroupCommitWriter
+from storage.postgres import PostgresStateStore
+from tests.integration.test_store import new_run
+
+pytestmark = pytest.mark.anyio
+
+
+async def _run_with_tasks(store: PostgresStateStore, count: int) -> tuple[Any, list[Any]]:
+    run, _ = await store.create_run(
+        new_run(), [NewTaskInstance(f"t{i}", "BashOperator", 0) for i in range(count)]
+    )
+    return run, await store.list_task_instances(run.pk)
+
+
+async def test_follow_ups_run_in_order_after_their_rows_are_committed(store: PostgresStateStore) -> None:
+    run, tis = await _run_with_tasks(store, 3)
+    writer = GroupCommitWriter(store)
+    seen: list[str] = []
+
+    def after(task_id: str) -> None:
+        seen.append(task_id)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(writer.run)
+        for ti in tis:
+            queued = dataclasses.replace(ti, state=TaskState.QUEUED, try_number=1)
+            writer.submit(ChangeSet(tasks=[queued]), lambda t=ti.task_id: after(t))
+        await writer.flushed()
+        group.cancel_scope.cancel()
+    assert seen == ["t0", "t1", "t2"]
+    assert {ti.state for ti in await store.list_task_instances(run.pk)} == {TaskState.QUEUED}
+    assert writer.changes_committed == 3
+
+
+async def test_a_lost_connection_is_retried_and_nothing_is_lost(
+    store: PostgresStateStore, database_dsn: str
+) -> None:
+    run, tis = await _run_with_tasks(store, 2)
+    first, second = tis
+    await store.commit(ChangeSet(tasks=[dataclasses.replace(first, state=TaskState.SCHEDULED)]))
+    # kill the server side of the store's commit connection, as a restart or a failover would
+    admin = await asyncpg.connect(database_dsn)
+    try:
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await admin.close()
+    assert killed >= 1
+    writer = GroupCommitWriter(store)
+    done: list[str] = []
+    async with anyio.create_task_group() as group:
+        group.start_soon(writer.run)
+        writer.submit(
+            ChangeSet(tasks=[dataclasses.replace(second, state=TaskState.QUEUED, try_number=1)]),
+            lambda: done.append("second"),
+        )
+        with anyio.fail_after(10):
+            await writer.flushed()
+        group.cancel_scope.cancel()
+    assert done == ["second"]
+    after = await store.get_task_instance(TaskKey(run.pk, "t1"))
+    assert after is not None and after.state == TaskState.QUEUED
+    earlier = await store.get_task_instance(TaskKey(run.pk, "t0"))
+    assert earlier is not None and earlier.state == TaskState.SCHEDULED
