@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import Config, load_config
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, OrchestratorError
 
 HTTP_TIMEOUT = 30.0
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
@@ -407,5 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OrchestratorError as exc:  # the daemon could not start: the message says why
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

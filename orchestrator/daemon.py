@@ -18,6 +18,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -31,6 +32,7 @@ from orchestrator.dagfolder import DagFolder
 from orchestrator.engine.clock import SystemClock
 from orchestrator.engine.registry import DagRegistry
 from orchestrator.engine.scheduler import Scheduler
+from orchestrator.errors import AnotherDaemonRunning
 from orchestrator.ports import StateStore
 
 log = logging.getLogger("orchestrator.daemon")
@@ -127,7 +129,9 @@ async def _serve(config: Config) -> None:
             dsn, min_size=config.database.pool_min_size, max_size=config.database.pool_max_size
         )
         stack.push_async_callback(store.close)
+        await _refuse_if_another_daemon_runs(store, daemon_id, hostname, clock.now())
         await store.register_daemon(daemon_id, hostname, os.getpid(), clock.now())
+        stack.push_async_callback(store.deregister_daemon, daemon_id)
 
         registry = DagRegistry()
         scheduler = Scheduler(
@@ -165,6 +169,43 @@ async def _serve(config: Config) -> None:
             folder.stop()
             group.cancel_scope.cancel()
     log.info("orchestrator daemon %s stopped", daemon_id)
+
+
+#: a daemon on another host whose heartbeat is older than this is taken for dead
+STALE_AFTER = timedelta(seconds=3 * HEARTBEAT_INTERVAL)
+
+
+async def _refuse_if_another_daemon_runs(
+    store: StateStore, daemon_id: str, hostname: str, now: datetime
+) -> None:
+    """Two daemons on one database would both resume the same runs and run tasks twice.
+
+    Until daemons share work (claims with FOR UPDATE SKIP LOCKED), a second one refuses to
+    start. On this host a daemon is alive while its pid is; on another host, while its
+    heartbeat is fresh. A daemon killed with SIGKILL on this host does not block a restart.
+    """
+    for other in await store.list_daemons():
+        if other.daemon_id == daemon_id:
+            continue  # our own row, from before a restart (a stable daemon.daemon_id)
+        if other.hostname == hostname:
+            alive = other.pid != os.getpid() and _pid_alive(other.pid)
+        else:
+            alive = now - other.heartbeat_at < STALE_AFTER
+        if alive:
+            raise AnotherDaemonRunning(
+                f"daemon {other.daemon_id} (pid {other.pid} on {other.hostname}, last heartbeat "
+                f"{other.heartbeat_at.isoformat()}) is running on this database; several daemons on "
+                "one database are not supported yet: stop it, or give this one its own database.dsn"
+            )
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether `pid` is a live orchestrator process on this host (a reused pid is not)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"orchestrator" in cmdline
 
 
 async def _stored_specs(store: StateStore) -> dict[str, DagSpec]:

@@ -36,3 +36,8 @@ class IllegalTransition(OrchestratorError):
 
 class ShuttingDown(OrchestratorError):
     """The daemon is shutting down and takes no new runs: retry once it (or another daemon) is up."""
+
+
+class AnotherDaemonRunning(OrchestratorError):
+    """Another daemon is running on this database; several daemons on one database are not
+    supported yet: stop the other one (or point this one at another database.dsn)."""

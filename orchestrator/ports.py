@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from orchestrator.core.model import DagSpec, TaskKind
 from orchestrator.core.records import (
     ChangeSet,
+    DaemonRecord,
     DagRecord,
     ImportErrorRecord,
     NewRun,
@@ -104,6 +105,10 @@ class StateStore(Protocol):
     async def register_daemon(self, daemon_id: str, hostname: str, pid: int, now: datetime) -> None: ...
 
     async def heartbeat(self, daemon_id: str, now: datetime) -> None: ...
+
+    async def list_daemons(self) -> list[DaemonRecord]: ...
+
+    async def deregister_daemon(self, daemon_id: str) -> None: ...
 
     async def close(self) -> None: ...
 

@@ -20,6 +20,7 @@ import orjson
 from orchestrator.core.model import DagSpec
 from orchestrator.core.records import (
     ChangeSet,
+    DaemonRecord,
     DagRecord,
     ImportErrorRecord,
     NewRun,
@@ -410,6 +411,13 @@ class PostgresStateStore:
 
     async def heartbeat(self, daemon_id: str, now: datetime) -> None:
         await self._pool.execute(QUERIES["heartbeat"], daemon_id, now)
+
+    async def list_daemons(self) -> list[DaemonRecord]:
+        rows = await self._pool.fetch(QUERIES["list_daemons"])
+        return [DaemonRecord(**dict(row)) for row in rows]
+
+    async def deregister_daemon(self, daemon_id: str) -> None:
+        await self._pool.execute(QUERIES["deregister_daemon"], daemon_id)
 
     # --- notifications -------------------------------------------------------------------------
     async def add_run_listener(self, callback: Callable[[int], None]) -> None:

@@ -51,6 +51,17 @@ class ImportErrorRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class DaemonRecord:
+    """A daemon that registered with the database, and when it last said it was alive."""
+
+    daemon_id: str
+    hostname: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class NewRun:
     """What a trigger asks for; the store makes it unique on (dag_id, run_id)."""
 

@@ -243,6 +243,12 @@ ON CONFLICT (daemon_id) DO UPDATE SET
 -- name: heartbeat
 UPDATE daemon SET heartbeat_at = $2 WHERE daemon_id = $1;
 
+-- name: list_daemons
+SELECT daemon_id, hostname, pid, started_at, heartbeat_at FROM daemon ORDER BY started_at, daemon_id;
+
+-- name: deregister_daemon
+DELETE FROM daemon WHERE daemon_id = $1;
+
 -- name: commit_changes
 -- update_task_instances + update_runs + upsert_xcoms as ONE statement (one round trip instead of
 -- BEGIN, three statements, COMMIT) for change sets holding more than one kind of row. Keep the

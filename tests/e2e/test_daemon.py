@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -371,3 +372,21 @@ def test_a_deleted_dag_file_deactivates_its_dags_and_leaves_the_others(
     assert daemon.post("/api/v1/dags/gone/dagRuns", {}).status == 404
     daemon.trigger("etl", dag_run_id="still-here")
     assert daemon.wait_run("etl", "still-here")["state"] == "success"
+
+
+def test_a_second_daemon_on_the_same_database_refuses_to_start(
+    make_daemon: Callable[..., Daemon], workdir: Path, database_dsn: str
+) -> None:
+    first = make_daemon()
+    first.write_dag("etl.py", ETL)
+    first.start()
+    second_root = workdir / "second"
+    second_root.mkdir()
+    second = Daemon(root=second_root, database_dsn=database_dsn)
+    with pytest.raises(AssertionError) as refused:
+        second.start(timeout=30)
+    assert "is running on this database" in str(refused.value)
+    assert first.get("/health").status == 200  # the first one is untouched
+    assert first.stop(signal.SIGTERM) == 0
+    second.start(timeout=30)  # a cleanly stopped daemon deregistered itself
+    assert second.stop(signal.SIGTERM) == 0
