@@ -18,7 +18,6 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -129,7 +128,7 @@ async def _serve(config: Config) -> None:
             dsn, min_size=config.database.pool_min_size, max_size=config.database.pool_max_size
         )
         stack.push_async_callback(store.close)
-        await _refuse_if_another_daemon_runs(store, daemon_id, hostname, clock.now())
+        await _refuse_if_another_daemon_runs(store, daemon_id)
         await store.register_daemon(daemon_id, hostname, os.getpid(), clock.now())
         stack.push_async_callback(store.deregister_daemon, daemon_id)
 
@@ -171,41 +170,29 @@ async def _serve(config: Config) -> None:
     log.info("orchestrator daemon %s stopped", daemon_id)
 
 
-#: a daemon on another host whose heartbeat is older than this is taken for dead
-STALE_AFTER = timedelta(seconds=3 * HEARTBEAT_INTERVAL)
-
-
-async def _refuse_if_another_daemon_runs(
-    store: StateStore, daemon_id: str, hostname: str, now: datetime
-) -> None:
+async def _refuse_if_another_daemon_runs(store: StateStore, daemon_id: str) -> None:
     """Two daemons on one database would both resume the same runs and run tasks twice.
 
-    Until daemons share work (claims with FOR UPDATE SKIP LOCKED), a second one refuses to
-    start. On this host a daemon is alive while its pid is; on another host, while its
-    heartbeat is fresh. A daemon killed with SIGKILL on this host does not block a restart.
+    Until daemons share work (claims with FOR UPDATE SKIP LOCKED), a daemon holds the
+    database's daemon lock while it runs, and a second one refuses to start. The lock goes
+    with the first daemon's connection, however it ends (SIGKILL included), on any host.
     """
-    for other in await store.list_daemons():
-        if other.daemon_id == daemon_id:
-            continue  # our own row, from before a restart (a stable daemon.daemon_id)
-        if other.hostname == hostname:
-            alive = other.pid != os.getpid() and _pid_alive(other.pid)
-        else:
-            alive = now - other.heartbeat_at < STALE_AFTER
-        if alive:
-            raise AnotherDaemonRunning(
-                f"daemon {other.daemon_id} (pid {other.pid} on {other.hostname}, last heartbeat "
-                f"{other.heartbeat_at.isoformat()}) is running on this database; several daemons on "
-                "one database are not supported yet: stop it, or give this one its own database.dsn"
-            )
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether `pid` is a live orchestrator process on this host (a reused pid is not)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"orchestrator" in cmdline
+    if await store.try_lock_single_daemon():
+        for stale in await store.list_daemons():  # holding the lock, every other row is a dead daemon's
+            if stale.daemon_id != daemon_id:
+                await store.deregister_daemon(stale.daemon_id)
+        return
+    others = [d for d in await store.list_daemons() if d.daemon_id != daemon_id]
+    holder = (
+        f"daemon {others[-1].daemon_id} (pid {others[-1].pid} on {others[-1].hostname}, "
+        f"last heartbeat {others[-1].heartbeat_at.isoformat()})"
+        if others
+        else "another daemon"
+    )
+    raise AnotherDaemonRunning(
+        f"{holder} is running on this database; several daemons on one database are not "
+        "supported yet: stop it, or give this one its own database.dsn"
+    )
 
 
 async def _stored_specs(store: StateStore) -> dict[str, DagSpec]:

@@ -106,6 +106,9 @@ class StateStore(Protocol):
 
     async def heartbeat(self, daemon_id: str, now: datetime) -> None: ...
 
+    async def try_lock_single_daemon(self) -> bool:
+        """Hold the database's daemon lock while the store is open; False if another holds it."""
+
     async def list_daemons(self) -> list[DaemonRecord]: ...
 
     async def deregister_daemon(self, daemon_id: str) -> None: ...

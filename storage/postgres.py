@@ -109,6 +109,9 @@ def _xcom(row: Row) -> XComRecord:
 # --- change sets -> column arrays --------------------------------------------------------------
 
 
+#: The advisory lock a daemon holds while it runs (one daemon per database for now).
+DAEMON_LOCK_KEY = 0x6F72636865737472  # "orchestr"
+
 #: Errors about the rows of a change set (not about the connection, which stays usable).
 _DATA_ERRORS = (
     asyncpg.IntegrityConstraintViolationError,
@@ -200,6 +203,7 @@ class PostgresStateStore:
         # commits go through one connection of their own: a pool round trip (acquire, and the
         # reset query on release) costs as much as the commit itself
         self._commit_conn: asyncpg.Connection | None = None
+        self._daemon_lock_conn: asyncpg.Connection | None = None
         self._commit_lock = asyncio.Lock()
 
     @classmethod
@@ -214,6 +218,9 @@ class PostgresStateStore:
         return cls(pool, dsn)
 
     async def close(self) -> None:
+        if self._daemon_lock_conn is not None:
+            lock_conn, self._daemon_lock_conn = self._daemon_lock_conn, None
+            await lock_conn.close()
         if self._commit_conn is not None:
             conn, self._commit_conn = self._commit_conn, None
             await conn.close()
@@ -373,10 +380,15 @@ class PostgresStateStore:
                 if conn.is_closed():
                     await self._drop_commit_connection(conn)
                 raise  # the change set was refused; the connection is fine and stays
-            except BaseException:
-                # lost, shut down by the server, cancelled mid-statement: never reuse it
-                await self._drop_commit_connection(conn)
+            except asyncio.CancelledError:
+                await self._drop_commit_connection(conn)  # cancelled mid-statement: never reuse it
                 raise
+            except Exception as exc:
+                # lost, shut down by the server, or left in a state asyncpg refuses: whatever
+                # the symptom, the connection is done. Say so as a connection error, which the
+                # writer retries on a fresh connection (rewriting whole rows is idempotent).
+                await self._drop_commit_connection(conn)
+                raise ConnectionError(f"the commit connection to PostgreSQL failed: {exc!r}") from exc
 
     async def _connect_for_commits(self) -> asyncpg.Connection:
         """The commit connection: outside the pool, so nothing else ever shares or reclaims it.
@@ -411,6 +423,19 @@ class PostgresStateStore:
 
     async def heartbeat(self, daemon_id: str, now: datetime) -> None:
         await self._pool.execute(QUERIES["heartbeat"], daemon_id, now)
+
+    async def try_lock_single_daemon(self) -> bool:
+        """Take the database's daemon lock for as long as this store is open (False: another
+        daemon holds it). A session advisory lock on a connection of its own: PostgreSQL
+        releases it the moment that connection ends, however the daemon ended."""
+        if self._daemon_lock_conn is not None:
+            return True
+        conn = await asyncpg.connect(self._dsn)
+        if await conn.fetchval(QUERIES["try_lock_single_daemon"], DAEMON_LOCK_KEY):
+            self._daemon_lock_conn = conn
+            return True
+        await conn.close()
+        return False
 
     async def list_daemons(self) -> list[DaemonRecord]:
         rows = await self._pool.fetch(QUERIES["list_daemons"])

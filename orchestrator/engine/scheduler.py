@@ -559,9 +559,6 @@ class Scheduler:
         self._after_change(live, [t for t in lost if live.states[t] in FINISHED_TASK_STATES], batch)
         self._commit(batch)
 
-    def mark_ready(self) -> None:
-        self._ready = True
-
     async def drain(self, grace: float) -> None:
         """Stop taking new work; let running tasks finish within `grace`; commit everything."""
         self._draining = True

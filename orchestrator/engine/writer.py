@@ -14,6 +14,10 @@ commit of its own but rides the next one, or is committed after `LAZY_DELAY` if 
 comes first. A short task's "running" and "success" rows then share one commit instead of
 two commits in a row on the chain's critical path. Nothing is acted on because of a lazy
 change, so delaying it a few milliseconds loses nothing that a crash would not lose anyway.
+
+A commit that fails on a lost connection is retried, with a backoff, until it succeeds;
+nothing after it is committed or acted on meanwhile. Retrying is safe even when the first
+attempt did commit: change sets hold whole rows, and no later change exists to overwrite.
 """
 
 from __future__ import annotations

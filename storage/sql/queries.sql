@@ -243,6 +243,9 @@ ON CONFLICT (daemon_id) DO UPDATE SET
 -- name: heartbeat
 UPDATE daemon SET heartbeat_at = $2 WHERE daemon_id = $1;
 
+-- name: try_lock_single_daemon
+SELECT pg_try_advisory_lock($1::bigint);
+
 -- name: list_daemons
 SELECT daemon_id, hostname, pid, started_at, heartbeat_at FROM daemon ORDER BY started_at, daemon_id;
 
