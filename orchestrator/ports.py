@@ -99,7 +99,9 @@ class StateStore(Protocol):
 
     async def commit(self, changes: ChangeSet) -> None:
         """Write whole task-instance rows, whole run rows and new XComs in one transaction.
-        A later row for the same key in the same change set wins."""
+        A later row for the same key in the same change set wins. Raises ConnectionError when
+        the database cannot be reached or the connection failed (the caller may retry: the
+        rows are whole, so writing them again is harmless)."""
 
     # --- daemons -------------------------------------------------------------------
     async def register_daemon(self, daemon_id: str, hostname: str, pid: int, now: datetime) -> None: ...

@@ -372,7 +372,10 @@ class PostgresStateStore:
             return
         async with self._commit_lock:
             if self._commit_conn is None or self._commit_conn.is_closed():
-                self._commit_conn = await self._connect_for_commits()
+                try:
+                    self._commit_conn = await self._connect_for_commits()
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    raise ConnectionError(f"cannot reach PostgreSQL to commit: {exc!r}") from exc
             conn = self._commit_conn
             try:
                 await self._write(conn, changes, kinds)
@@ -391,8 +394,7 @@ class PostgresStateStore:
                 raise ConnectionError(f"the commit connection to PostgreSQL failed: {exc!r}") from exc
 
     async def _connect_for_commits(self) -> asyncpg.Connection:
-        """The commit connection: outside the pool, so nothing else ever shares or reclaims it.
-        Connection errors propagate as they are: the writer retries those while the server is away."""
+        """The commit connection: outside the pool, so nothing else ever shares or reclaims it."""
         conn = await asyncpg.connect(self._dsn)
         await _init_connection(conn)
         return conn

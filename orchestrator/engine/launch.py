@@ -35,39 +35,30 @@ def build_launch(
     context = build_context(spec, task, run.record, ti.try_number, run.xcoms)
     rendered_env = {name: render_template(value, context) for name, value in task.env.items()}
     env = task_environment(spec, task, run.record, ti.try_number, rendered_env, base_env)
-    log_path = log_path_of(logs_dir, ti)
     if task.kind == "bash":
-        return LaunchRequest(
-            key=ti.key,
-            dag_id=ti.dag_id,
-            run_id=ti.run_id,
-            try_number=ti.try_number,
-            kind="bash",
-            env=env,
-            log_path=log_path,
-            bash_command=render_template(task.bash_command or "", context),
-            cwd=task.cwd,
-            timeout=task.execution_timeout,
-            do_xcom_push=task.do_xcom_push,
+        bash_command, python, json_ctx = render_template(task.bash_command or "", context), None, {}
+    else:
+        bash_command = None
+        python = PythonCall(
+            dag_file=spec.fileloc,
+            dag_id=spec.dag_id,
+            task_id=task.task_id,
+            args=list(render_value(list(task.op_args), context, run.xcoms)),
+            kwargs=dict(render_value(dict(task.op_kwargs), context, run.xcoms)),
         )
-    call = PythonCall(
-        dag_file=spec.fileloc,
-        dag_id=spec.dag_id,
-        task_id=task.task_id,
-        args=list(render_value(list(task.op_args), context, run.xcoms)),
-        kwargs=dict(render_value(dict(task.op_kwargs), context, run.xcoms)),
-    )
+        json_ctx = json_context(context)
     return LaunchRequest(
         key=ti.key,
         dag_id=ti.dag_id,
         run_id=ti.run_id,
         try_number=ti.try_number,
-        kind="python",
+        kind=task.kind,
         env=env,
-        log_path=log_path,
-        python=call,
-        context=json_context(context),
+        log_path=log_path_of(logs_dir, ti),
+        bash_command=bash_command,
+        python=python,
         cwd=task.cwd,
         timeout=task.execution_timeout,
         do_xcom_push=task.do_xcom_push,
+        context=json_ctx,
     )

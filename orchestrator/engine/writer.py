@@ -56,7 +56,6 @@ class GroupCommitWriter:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._closed = False
         self._lazy_timer: asyncio.TimerHandle | None = None
         self.commits = 0
         self.changes_committed = 0
@@ -64,8 +63,6 @@ class GroupCommitWriter:
     def submit(self, changes: ChangeSet, after: AfterCommit | None = None, *, lazy: bool = False) -> None:
         """Queue rows for the next commit; `after` runs once they are durable. A lazy change
         (no `after`) waits up to LAZY_DELAY for another change to share a commit with."""
-        if self._closed:
-            raise RuntimeError("the state writer is closed; no state change can be recorded")
         self._pending.append(_Pending(changes, after))
         self._idle.clear()
         if lazy and after is None:
@@ -101,11 +98,6 @@ class GroupCommitWriter:
                             log.exception("a follow-up action after a commit failed")
             self._idle.set()
 
-    async def close(self) -> None:
-        """Commit what is pending, then refuse further changes."""
-        await self.flushed()
-        self._closed = True
-
     async def _commit(self, batch: list[_Pending]) -> None:
         merged = ChangeSet()
         for item in batch:
@@ -117,31 +109,10 @@ class GroupCommitWriter:
             try:
                 await self._store.commit(merged)
                 break
-            except (OSError, ConnectionError) as exc:  # asyncpg's connection errors derive from these
+            except OSError as exc:  # ConnectionError: the store's word for "retry me"
                 delay = RETRY_BACKOFF[min(attempt, len(RETRY_BACKOFF) - 1)]
                 attempt += 1
                 log.error("commit failed (%s); retrying in %.2f s, nothing is acted on meanwhile", exc, delay)
                 await asyncio.sleep(delay)  # backoff while the database is unreachable
-            except Exception as exc:
-                if type(exc).__module__.startswith("asyncpg") and _is_transient(exc):
-                    delay = RETRY_BACKOFF[min(attempt, len(RETRY_BACKOFF) - 1)]
-                    attempt += 1
-                    log.error("commit failed (%s); retrying in %.2f s", exc, delay)
-                    await asyncio.sleep(delay)  # backoff while the database recovers
-                    continue
-                raise
         self.commits += 1
         self.changes_committed += len(batch)
-
-
-def _is_transient(exc: BaseException) -> bool:
-    name = type(exc).__name__
-    return name in {
-        "ConnectionDoesNotExistError",
-        "InterfaceError",
-        "CannotConnectNowError",
-        "TooManyConnectionsError",
-        "AdminShutdownError",
-        "SerializationError",
-        "DeadlockDetectedError",
-    }
