@@ -323,6 +323,7 @@ class Scheduler:
     ) -> None:
         """A try failed: up_for_retry with a timer if tries are left, else failed."""
         task = live.dag.tasks.get(ti.task_id)
+        duration = (now - ti.start_date).total_seconds() if ti.start_date is not None else None
         if task is not None and should_retry(ti.try_number, ti.max_tries):
             jitter_key = retry_jitter_key(ti.dag_id, ti.task_id, live.record.logical_date, ti.try_number)
             due = next_retry_at(task, ti.try_number, now, jitter_key)
@@ -332,12 +333,15 @@ class Scheduler:
                 batch,
                 state=TaskState.UP_FOR_RETRY,
                 end_date=now,
+                duration=duration,
                 next_retry_at=due,
                 exit_code=exit_code,
             )
             self._arm_retry(ti.key, due, now)
         else:
-            self._set_ti(live, ti, batch, state=TaskState.FAILED, end_date=now, exit_code=exit_code)
+            self._set_ti(
+                live, ti, batch, state=TaskState.FAILED, end_date=now, duration=duration, exit_code=exit_code
+            )
 
     def _arm_retry(self, key: TaskKey, due: datetime, now: datetime) -> None:
         loop = asyncio.get_running_loop()

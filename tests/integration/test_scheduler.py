@@ -647,6 +647,7 @@ async def test_a_python_task_that_raises_fails_the_run(
 
     assert run.state == RunState.FAILED
     assert (tis["explode"].state, tis["explode"].try_number) == (TaskState.FAILED, 1)
+    assert tis["explode"].duration is not None and tis["explode"].duration >= 0
     assert tis["after"].state == TaskState.UPSTREAM_FAILED
     text = engine.log_text("py_fail", "r1", "explode", 1)
     assert "ValueError: the input table is empty" in text
