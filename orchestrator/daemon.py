@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +49,16 @@ class Paths:
     def of(cls, config: Config) -> Paths:
         state_dir = Path(config.daemon.state_dir).resolve()
         return cls(state_dir, state_dir / "logs", state_dir / "api.url")
+
+
+def task_base_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment tasks inherit: the daemon's, less its own configuration overrides
+    (ORCHESTRATOR_<SECTION>__<KEY>, which may hold the database password)."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if not (name.startswith("ORCHESTRATOR_") and "__" in name[len("ORCHESTRATOR_") :])
+    }
 
 
 def configure_logging() -> None:
@@ -134,7 +144,13 @@ async def _serve(config: Config) -> None:
 
         registry = DagRegistry()
         scheduler = Scheduler(
-            store, clock, registry, paths.logs_dir, daemon_id, hostname, base_env=dict(os.environ)
+            store,
+            clock,
+            registry,
+            paths.logs_dir,
+            daemon_id,
+            hostname,
+            base_env=task_base_environment(os.environ),
         )
         local = config.executors.local
         executor = LocalExecutor(
