@@ -40,7 +40,7 @@ from typing import Any
 from executors.direct import direct_argv
 from executors.errors import ExecutorError, LaunchError, PythonWorkerExited
 from executors.orphans import kill_orphaned_group
-from executors.spawn import CommandResult, Launched, RunningCommand, launch, watch, write_all
+from executors.spawn import CommandResult, Launched, RunningCommand, launch, open_log, watch, write_all
 from executors.workers import PythonWorker, PythonWorkerPool
 from orchestrator.core.records import TaskInstanceRecord, TaskKey
 from orchestrator.ports import NO_XCOM, ExecutorEvents, LaunchRequest, TaskOutcome
@@ -106,18 +106,11 @@ def _label(request: LaunchRequest) -> str:
 
 def _append(path: Path, text: str) -> None:
     """Append to a log, creating it (and its folder) when missing."""
-    try:
-        fd = os.open(path, _APPEND_FLAGS, 0o644)
-    except FileNotFoundError:
-        os.makedirs(path.parent, exist_ok=True)
-        fd = os.open(path, _APPEND_FLAGS, 0o644)
+    fd = open_log(path)
     try:
         write_all(fd, text.encode("utf-8", "backslashreplace"))
     finally:
         os.close(fd)
-
-
-_APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 
 
 def _signal_name(number: int) -> str:

@@ -140,19 +140,14 @@ def resolve_executable(name: str, env: Mapping[str, str]) -> str:
 _LOG_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 
 
-def _open_log(log_path: Path) -> int:
-    """Open (create) the log for appending; its folder is created only when it is missing."""
+def open_log(log_path: Path) -> int:
+    """Open (create) a task log for appending; its folder is created only when it is missing.
+    Raises OSError."""
     try:
-        try:
-            return os.open(log_path, _LOG_FLAGS, 0o644)
-        except FileNotFoundError:
-            os.makedirs(log_path.parent, exist_ok=True)
-            return os.open(log_path, _LOG_FLAGS, 0o644)
-    except OSError as exc:
-        raise LaunchError(
-            f"cannot open the task log {str(log_path)!r}: {exc.strerror}: "
-            "check that the logs folder is writable"
-        ) from exc
+        return os.open(log_path, _LOG_FLAGS, 0o644)
+    except FileNotFoundError:
+        os.makedirs(log_path.parent, exist_ok=True)
+        return os.open(log_path, _LOG_FLAGS, 0o644)
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -259,10 +254,10 @@ class RunningCommand:
             if self._log_broken:
                 return
             try:
-                self._log_fd = _open_log(self._log_path)
+                self._log_fd = open_log(self._log_path)
                 if self._header:
                     write_all(self._log_fd, self._header.encode("utf-8", "backslashreplace"))
-            except (LaunchError, OSError) as exc:
+            except OSError as exc:
                 self._log_broken = True
                 logger.warning("the output of pid %s is lost: %s", self.pid, exc)
                 return

@@ -17,27 +17,21 @@ def append_daemon_note(path: Path, when: datetime, message: str) -> None:
 
 
 def prepare_logs(launches: list[LaunchRequest]) -> None:
-    """Make ready the logs of tries about to start.
+    """Create the log files of the Python tries about to start.
 
     Called while the commit that queues those tries is in flight, when the event loop would
-    otherwise wait: the run's log folder is created (once per run), and so is the log file of
-    a Python try (always written to; a bash try's file is created on its first output).
+    otherwise wait: creating a file costs about as much as the commit. A Python try always
+    writes its log; a bash try's log is created by the executor on its first output.
     """
     for request in launches:
-        folder = request.log_path.parent
-        if folder not in _known_folders:
+        if request.kind != "python":
+            continue
+        try:
             try:
-                os.makedirs(folder, exist_ok=True)
-            except OSError:
-                continue  # the executor reports the error when it opens the log
-            if len(_known_folders) > 4096:
-                _known_folders.clear()
-            _known_folders.add(folder)
-        if request.kind == "python":
-            try:
-                os.close(os.open(request.log_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
-            except OSError:
-                pass
-
-
-_known_folders: set[Path] = set()
+                fd = os.open(request.log_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except FileNotFoundError:
+                os.makedirs(request.log_path.parent, exist_ok=True)
+                fd = os.open(request.log_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            os.close(fd)
+        except OSError:
+            pass  # the executor reports the error when it opens the log
