@@ -17,8 +17,11 @@ requests that are still queued (nor anything submitted afterwards). They stay
 failed would burn a retry for a shutdown the task had nothing to do with.
 
 Local processes cannot be re-attached after a restart, so `adopt` kills what is left of a try
-that was running on this host (`executors.orphans`) and answers False: the engine counts the
-try as failed. A bash command with no shell syntax is exec'd directly (`executors.direct`).
+that was running on this host and answers False: the engine counts the try as failed. The
+try's processes are identified for certain by the token in their environment, or, for a
+Python try, by the marker its worker writes (`executors.orphans`); `find_started` tells the
+engine whether a try it believed queued had in fact started. A bash command with no shell
+syntax is exec'd directly (`executors.direct`).
 """
 
 from __future__ import annotations
@@ -39,9 +42,10 @@ from typing import Any
 
 from executors.direct import direct_argv
 from executors.errors import ExecutorError, LaunchError, PythonWorkerExited
-from executors.orphans import kill_orphaned_group
+from executors.orphans import WORKER_MARKERS_VARIABLE, kill_pids, orphan_workers, try_processes
 from executors.spawn import CommandResult, Launched, RunningCommand, launch, open_log, watch, write_all
 from executors.workers import PythonWorker, PythonWorkerPool
+from orchestrator.core.kinds import BashPayload, PythonPayload
 from orchestrator.core.records import TaskInstanceRecord, TaskKey
 from orchestrator.ports import NO_XCOM, ExecutorEvents, LaunchRequest, TaskOutcome
 
@@ -123,7 +127,7 @@ def _signal_name(number: int) -> str:
 class LocalExecutor:
     """Runs bash commands as subprocesses and Python callables in warm workers (see module doc)."""
 
-    name = "local"
+    kinds = frozenset({BashPayload.kind, PythonPayload.kind})
 
     def __init__(
         self,
@@ -134,16 +138,25 @@ class LocalExecutor:
         worker_env: Mapping[str, str] | None = None,
         kill_grace: float = 5.0,
         python_executable: str = sys.executable,
+        state_dir: Path | None = None,
     ) -> None:
         if slots < 1:
             raise ExecutorError(f"the local executor needs at least 1 slot, got {slots}: raise `slots`")
         self._events = events
         self._slots = slots
         self._kill_grace = kill_grace
+        #: where Python workers say which try they are running (found again after a restart)
+        self._markers: Path | None = None
+        env = worker_env
+        if state_dir is not None:
+            self._markers = (state_dir / "workers").resolve()
+            env = {**(os.environ if worker_env is None else worker_env)}
+            env[WORKER_MARKERS_VARIABLE] = str(self._markers)
+        self._orphans: dict[int, str] | None = None
         self._pool = PythonWorkerPool(
             python_workers,
             python_executable=python_executable,
-            env=worker_env,
+            env=env,
             kill_grace=kill_grace,
             on_idle=self._dispatch,
         )
@@ -159,6 +172,8 @@ class LocalExecutor:
     # --- the Executor port -----------------------------------------------------------------------
     async def start(self) -> None:
         """Start the Python worker pool. Call once, before submitting Python tasks."""
+        if self._markers is not None:
+            self._markers.mkdir(parents=True, exist_ok=True)
         if self._pool.size:
             await self._pool.start()
         self._dispatch()
@@ -175,7 +190,7 @@ class LocalExecutor:
                 "wait for its task_finished event before submitting it again"
             )
         self._seq += 1
-        queue = self._python_queue if request.kind == "python" else self._bash_queue
+        queue = self._python_queue if isinstance(request.payload, PythonPayload) else self._bash_queue
         queue[key] = (self._seq, request)
         self._schedule_dispatch()
 
@@ -194,15 +209,31 @@ class LocalExecutor:
     def running_count(self) -> int:
         return len(self._running)
 
-    def queued_count(self) -> int:
-        return len(self._bash_queue) + len(self._python_queue)
+    def _orphan_workers(self) -> dict[int, str]:
+        """Python workers a previous daemon left on this host, with the token each is running."""
+        if self._orphans is None:
+            own = {worker.pid for worker in self._pool.workers()}
+            self._orphans = orphan_workers(self._markers, own) if self._markers is not None else {}
+        return self._orphans
 
-    async def adopt(self, task: TaskInstanceRecord) -> bool:
+    async def find_started(self, task: TaskInstanceRecord, token: str) -> bool:
+        """Whether a try recorded as queued has processes alive on this host (it had started)."""
+        if task.hostname not in (None, socket.gethostname()):
+            return False
+        if try_processes(token):
+            return True
+        return bool(token) and token in self._orphan_workers().values()
+
+    async def adopt(self, task: TaskInstanceRecord, token: str = "") -> bool:
         """Local processes cannot be re-attached (they are not our children, their exit status
-        is lost): a try left running on this host is killed instead, so that its retry does not
-        run beside it. Always False: the engine counts the try as failed."""
-        if task.hostname == socket.gethostname():
-            kill_orphaned_group(task.external_id)
+        is lost): what is left of the try on this host is killed instead, so that its retry does
+        not run beside it. Always False: the engine counts the try as failed."""
+        if task.hostname not in (None, socket.gethostname()):
+            return False
+        label = f"try {task.try_number} of {task.dag_id}.{task.task_id}"
+        kill_pids(try_processes(token), label)
+        workers = [pid for pid, running in self._orphan_workers().items() if token and running == token]
+        kill_pids(workers, f"the python worker of {label}")
         return False
 
     async def drain(self, grace: float) -> None:
@@ -269,10 +300,12 @@ class LocalExecutor:
 
     def _guarded_start(self, request: LaunchRequest) -> None:
         try:
-            if request.kind == "python":
-                self._start_python(request)
+            if isinstance(request.payload, PythonPayload):
+                self._start_python(request, request.payload)
+            elif isinstance(request.payload, BashPayload):
+                self._start_bash(request, request.payload)
             else:
-                self._start_bash(request)
+                raise LaunchError(f"the local executor cannot run {request.kind!r} tasks")
         except LaunchError as exc:
             self._launch_failed(request, str(exc))
         except Exception:
@@ -288,16 +321,15 @@ class LocalExecutor:
                 "check that the logs folder is writable"
             ) from exc
 
-    def _start_bash(self, request: LaunchRequest) -> None:
-        if request.bash_command is None:
-            raise LaunchError(f"bash task {_label(request)} has no bash_command: give it one")
-        argv = direct_argv(request.bash_command, request.env) or ["/bin/bash", "-c", request.bash_command]
+    def _start_bash(self, request: LaunchRequest, payload: BashPayload) -> None:
+        command = payload.bash_command
+        argv = direct_argv(command, request.env) or ["/bin/bash", "-c", command]
         launched = launch(
             argv,
             env=request.env,
             log_path=request.log_path,
             cwd=request.cwd,
-            header=_header(request, request.bash_command),
+            header=_header(request, command),
         )
         self._watch_bash(_Running(request, time.monotonic(), footer_written=True), launched)
 
@@ -315,10 +347,7 @@ class LocalExecutor:
         self._add_running(running, f"pid:{command.pid}")
         command.add_done_callback(lambda result: self._bash_done(running, result))
 
-    def _start_python(self, request: LaunchRequest) -> None:
-        call = request.python
-        if call is None:
-            raise LaunchError(f"python task {_label(request)} has no callable: this is a bug in the engine")
+    def _start_python(self, request: LaunchRequest, call: PythonPayload) -> None:
         worker = self._pool.acquire()
         if worker is None:  # dispatch checked; a worker died in between
             self._python_queue[request.key] = (0, request)
@@ -334,7 +363,8 @@ class LocalExecutor:
                     "task_id": call.task_id,
                     "args": call.args,
                     "kwargs": call.kwargs,
-                    "context": request.context,
+                    "context": call.context,
+                    "source_hash": call.source_hash,
                     "env": request.env,
                     "log_path": str(request.log_path),
                     "do_xcom_push": request.do_xcom_push,

@@ -156,8 +156,45 @@ def environment(overlay: Mapping[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
+#: this worker's marker file (see executors.orphans): the token of the try it is running
+_marker_fd: int | None = None
+
+
+def _open_marker() -> None:
+    global _marker_fd
+    folder = os.environ.get("ORCHESTRATOR_WORKER_MARKERS")
+    if folder:
+        try:
+            _marker_fd = os.open(
+                os.path.join(folder, str(os.getpid())),
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                0o644,
+            )
+        except OSError:
+            _marker_fd = None
+
+
+def _mark(token: str) -> None:
+    """Say which try this worker runs ("" when idle), so a restarted daemon can tell for sure."""
+    if _marker_fd is not None:
+        try:
+            os.ftruncate(_marker_fd, 0)
+            if token:
+                os.pwrite(_marker_fd, token.encode(), 0)
+        except OSError:
+            pass
+
+
 def run_task(message: Mapping[str, Any]) -> dict[str, Any]:
     """Call one task's callable; the reply says ok + value, or the error message."""
+    _mark(str((message.get("env") or {}).get("ORCHESTRATOR_TRY_TOKEN", "")))
+    try:
+        return _run_task(message)
+    finally:
+        _mark("")
+
+
+def _run_task(message: Mapping[str, Any]) -> dict[str, Any]:
     task_id = message["task_id"]
     try:
         log_fd = os.open(message["log_path"], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -240,6 +277,7 @@ def main() -> int:
         format="[%(asctime)s] {%(filename)s:%(lineno)d} %(levelname)s - %(message)s",
     )
     _warm_up()
+    _open_marker()
     write_frame(REPLY_FD, {"op": "ready", "pid": os.getpid()})
     while True:
         message = read_frame(REQUEST_FD)

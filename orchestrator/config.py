@@ -83,8 +83,10 @@ class LocalExecutorConfig:
 
 @dataclass(frozen=True)
 class ExecutorsConfig:
-    """[executors]: one sub-table per executor."""
+    """[executors]: the default executor's name, and one sub-table per executor."""
 
+    #: the executor a task runs on when neither it nor its DAG's default_args names one
+    default: str = "local"
     local: LocalExecutorConfig = field(default_factory=LocalExecutorConfig)
 
 
@@ -363,6 +365,12 @@ def _check_ranges(config: Config, origins: Mapping[str, str]) -> None:
     if not config.api.host.strip():
         raise ConfigError(f"{where('api.host')} must not be empty: use 127.0.0.1 or 0.0.0.0")
     at_least("daemon.shutdown_grace", config.daemon.shutdown_grace, 0)
+    executor_names = [f.name for f in dataclasses.fields(ExecutorsConfig) if f.name != "default"]
+    if config.executors.default not in executor_names:
+        raise ConfigError(
+            f"{where('executors.default')} is {config.executors.default!r}, which is not an executor; "
+            f"use one of {', '.join(executor_names)}"
+        )
     if config.daemon.daemon_id is not None and not config.daemon.daemon_id.strip():
         raise ConfigError(f"{where('daemon.daemon_id')} must not be empty: leave it out for <hostname>-<pid>")
     at_least("database.pool_min_size", config.database.pool_min_size, 1)

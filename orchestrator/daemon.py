@@ -29,10 +29,14 @@ from orchestrator.core.model import DagSpec
 from orchestrator.core.serialization import spec_from_dict
 from orchestrator.dagfolder import DagFolder
 from orchestrator.engine.clock import SystemClock
+from orchestrator.engine.dispatch import Dispatcher
+from orchestrator.engine.engine import Engine
+from orchestrator.engine.events import EventBus
 from orchestrator.engine.registry import DagRegistry
-from orchestrator.engine.scheduler import Scheduler
-from orchestrator.errors import AnotherDaemonRunning
-from orchestrator.ports import StateStore
+from orchestrator.engine.supervision import Supervisor
+from orchestrator.engine.timers import LoopTimers
+from orchestrator.errors import AnotherDaemonRunning, OrchestratorError
+from orchestrator.ports import Executor, ExecutorEvents, StateStore, Timers
 
 log = logging.getLogger("orchestrator.daemon")
 
@@ -71,11 +75,36 @@ def configure_logging() -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+class DaemonFailed(OrchestratorError):
+    """The daemon stopped on an error it could not repair in place: a restart recovers from the database."""
+
+
 def run_daemon(config: Config) -> int:
     """`orchestrator run`: serve until SIGTERM/SIGINT. Returns the process exit code."""
     configure_logging()
-    anyio.run(_serve, config, backend="asyncio", backend_options={"use_uvloop": True})
+    try:
+        anyio.run(_serve, config, backend="asyncio", backend_options={"use_uvloop": True})
+    except DaemonFailed as exc:
+        log.critical("the daemon stopped: %s", exc)
+        return 1
     return 0
+
+
+def build_executors(config: Config, events: ExecutorEvents, state_dir: Path) -> dict[str, Executor]:
+    """Every configured executor, by name. A new executor adds its construction here (the
+    composition root is the one place that knows adapters) and its config table."""
+    from executors.local import LocalExecutor
+
+    local = config.executors.local
+    return {
+        "local": LocalExecutor(
+            events,
+            slots=local.slots,
+            python_workers=local.python_workers,
+            kill_grace=local.kill_grace,
+            state_dir=state_dir,
+        )
+    }
 
 
 def migrate_database(config: Config) -> list[int]:
@@ -117,7 +146,6 @@ async def _database(config: Config, *, owner: bool) -> AsyncIterator[str]:
 
 
 async def _serve(config: Config) -> None:
-    from executors.local import LocalExecutor
     from executors.parser import DagFileParseError
     from executors.parser import DagFileParser as WorkerDagFileParser
     from storage.migrate import migrate_dsn
@@ -128,6 +156,16 @@ async def _serve(config: Config) -> None:
     hostname = socket.gethostname()
     daemon_id = config.daemon.daemon_id or f"{hostname}-{os.getpid()}"
     clock = SystemClock()
+    timers = LoopTimers(clock)
+    stop = anyio.Event()
+    supervisor = Supervisor()
+    failure: list[str] = []
+
+    def on_fatal(message: str) -> None:
+        failure.append(message)
+        stop.set()
+
+    supervisor.set_fatal_handler(on_fatal)
 
     async with AsyncExitStack() as stack:
         dsn = await stack.enter_async_context(_database(config, owner=True))
@@ -143,47 +181,54 @@ async def _serve(config: Config) -> None:
         stack.push_async_callback(store.deregister_daemon, daemon_id)
 
         registry = DagRegistry()
-        scheduler = Scheduler(
+        engine = Engine(
             store,
             clock,
+            timers,
             registry,
             paths.logs_dir,
             daemon_id,
             hostname,
             base_env=task_base_environment(os.environ),
+            events=EventBus(),
+            supervisor=supervisor,
         )
-        local = config.executors.local
-        executor = LocalExecutor(
-            scheduler, slots=local.slots, python_workers=local.python_workers, kill_grace=local.kill_grace
+        engine.set_installation(await store.installation_id())
+        dispatcher = Dispatcher(
+            build_executors(config, engine, paths.state_dir), default=config.executors.default
         )
-        scheduler.attach_executor(executor)
+        engine.attach_executors(dispatcher)
         parser = WorkerDagFileParser()
         await parser.start()
         stack.push_async_callback(parser.close)
-        await executor.start()
-        stack.push_async_callback(executor.close)
+        await dispatcher.start()
+        stack.push_async_callback(dispatcher.close)
+        stack.push_async_callback(supervisor.cancel_all)
 
         async with anyio.create_task_group() as group:
-            group.start_soon(scheduler.writer.run)
+            group.start_soon(engine.writer.run)
             folder = DagFolder(
                 Path(config.daemon.dags_folder), parser, store, registry, clock, parse_error=DagFileParseError
             )
             stored = await _stored_specs(store)
             await folder.load_all(known_files={spec.fileloc for spec in stored.values()})
             group.start_soon(folder.watch)
-            await scheduler.recover(stored)
-            runner = await _start_api(config, paths, store, scheduler)
-            group.start_soon(_heartbeat, store, daemon_id, clock)
+            await engine.recover(stored)
+            runner = await _start_api(config, paths, store, engine)
+            group.start_soon(_heartbeat, store, daemon_id, clock, timers)
+            group.start_soon(_wait_for_stop_signal, stop)
             log.info("orchestrator daemon %s ready", daemon_id)
 
-            await _wait_for_stop_signal()
+            await stop.wait()
             log.info("shutting down: waiting up to %.0f s for running tasks", config.daemon.shutdown_grace)
-            await scheduler.drain(config.daemon.shutdown_grace)
+            await engine.drain(config.daemon.shutdown_grace)
             await runner.cleanup()
             paths.api_url_file.unlink(missing_ok=True)
             folder.stop()
             group.cancel_scope.cancel()
     log.info("orchestrator daemon %s stopped", daemon_id)
+    if failure:
+        raise DaemonFailed(failure[0])
 
 
 async def _refuse_if_another_daemon_runs(store: StateStore, daemon_id: str) -> None:
@@ -231,8 +276,8 @@ async def _stored_specs(store: StateStore) -> dict[str, DagSpec]:
             return specs
 
 
-async def _start_api(config: Config, paths: Paths, store: StateStore, scheduler: Scheduler) -> web.AppRunner:
-    app = create_app(store, scheduler, paths.logs_dir)
+async def _start_api(config: Config, paths: Paths, store: StateStore, engine: Engine) -> web.AppRunner:
+    app = create_app(store, engine, paths.logs_dir)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, config.api.host, config.api.port)
@@ -249,18 +294,19 @@ async def _start_api(config: Config, paths: Paths, store: StateStore, scheduler:
     return runner
 
 
-async def _heartbeat(store: StateStore, daemon_id: str, clock: SystemClock) -> None:
+async def _heartbeat(store: StateStore, daemon_id: str, clock: SystemClock, timers: Timers) -> None:
     """Record that this daemon is alive (for the survivors of a multi-daemon deployment)."""
     while True:
-        await anyio.sleep(HEARTBEAT_INTERVAL)  # a timer, not a poll between tasks
+        await timers.sleep(HEARTBEAT_INTERVAL)  # a timer, not a poll between tasks
         try:
             await store.heartbeat(daemon_id, clock.now())
         except Exception as exc:
             log.warning("heartbeat failed: %s", exc)
 
 
-async def _wait_for_stop_signal() -> None:
+async def _wait_for_stop_signal(stop: anyio.Event) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             log.info("received %s", signal.Signals(signum).name)
+            stop.set()
             return

@@ -1,19 +1,23 @@
-"""The ports: small Protocols through which the engine talks to the outside.
+"""The ports: every small Protocol through which the engine, the API and the DAG folder talk
+to the outside, in one module.
 
 Adapters implement them: `storage.postgres.PostgresStateStore` (StateStore),
-`executors.local.LocalExecutor` (Executor), `orchestrator.engine.clock.SystemClock`
-(Clock). The engine imports only this module and the pure core, never an adapter.
+`executors.local.LocalExecutor` (Executor), `orchestrator.engine.clock.SystemClock` (Clock),
+`orchestrator.engine.timers.LoopTimers` (Timers), `orchestrator.engine.events.EventBus`
+(Events). The engine imports only this module and the pure core, never an adapter; the
+API and the DAG folder see the engine only through `EngineApi`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from orchestrator.core.model import DagSpec, TaskKind
+from orchestrator.core.kinds import Payload
+from orchestrator.core.model import DagSpec
 from orchestrator.core.records import (
     ChangeSet,
     DaemonRecord,
@@ -35,6 +39,27 @@ class Clock(Protocol):
     def now(self) -> datetime: ...
 
     def monotonic(self) -> float: ...
+
+
+class TimerHandle(Protocol):
+    """An armed timer; `cancel` is idempotent and harmless once it has fired."""
+
+    def cancel(self) -> None: ...
+
+
+class Timers(Protocol):
+    """Every timer of the engine goes through here: retry delays, the writer's lazy commits,
+    heartbeats, cron fire times, sensor wake-ups. Callbacks run in the event loop, never
+    re-entrantly. A fake implementation (tests/fakes.py) lets tests advance time."""
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        """Call `callback` once, `delay` seconds from now (monotonic)."""
+
+    def call_at(self, when: datetime, callback: Callable[[], None]) -> TimerHandle:
+        """Call `callback` once the wall clock reaches `when` (at once if it has)."""
+
+    async def sleep(self, delay: float) -> None:
+        """Wait `delay` seconds (for loops such as the heartbeat that wait between beats)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +122,10 @@ class StateStore(Protocol):
     async def load_active_runs(self) -> list[ActiveRun]:
         """Every queued or running run with its task instances and XComs, oldest first."""
 
+    async def load_queued_runs(self, dag_id: str, limit: int, exclude: Sequence[int] = ()) -> list[ActiveRun]:
+        """Up to `limit` of a DAG's runs still `queued`, oldest first, leaving out the run pks in
+        `exclude` (runs being started whose new state is not committed yet)."""
+
     async def commit(self, changes: ChangeSet) -> None:
         """Write whole task-instance rows, whole run rows and new XComs in one transaction.
         A later row for the same key in the same change set wins. Raises ConnectionError when
@@ -104,6 +133,9 @@ class StateStore(Protocol):
         rows are whole, so writing them again is harmless)."""
 
     # --- daemons -------------------------------------------------------------------
+    async def installation_id(self) -> str:
+        """The database's installation id (made by the first caller, the same ever after)."""
+
     async def register_daemon(self, daemon_id: str, hostname: str, pid: int, now: datetime) -> None: ...
 
     async def heartbeat(self, daemon_id: str, now: datetime) -> None: ...
@@ -122,34 +154,24 @@ class StateStore(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class PythonCall:
-    """Where a Python task's callable lives and the (already resolved) arguments to call it with."""
-
-    dag_file: str
-    dag_id: str
-    task_id: str
-    args: list[Any] = field(default_factory=list)
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
 class LaunchRequest:
-    """Everything an executor needs to run one try of one task instance. Templates are rendered."""
+    """Everything an executor needs to run one try of one task instance. Templates are rendered;
+    `payload` is the kind's own tagged value (`orchestrator.core.kinds`)."""
 
     key: TaskKey
     dag_id: str
     run_id: str
     try_number: int
-    kind: TaskKind
+    payload: Payload
     env: dict[str, str]
     log_path: Path
-    bash_command: str | None = None
-    python: PythonCall | None = None
     cwd: str | None = None
     timeout: float | None = None
     do_xcom_push: bool = True
-    #: the Airflow-style context a Python task may ask for (JSON-able: ds, ts, run_id, params, ...)
-    context: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return self.payload.kind
 
 
 #: Sentinel meaning "the task pushed no XCom" (None is a legitimate return value).
@@ -178,9 +200,12 @@ class ExecutorEvents(Protocol):
 
 
 class Executor(Protocol):
-    """Runs task instances. `submit` never blocks: requests wait in the executor for a slot."""
+    """Runs task instances. `submit` never blocks: requests wait in the executor for a slot.
+    The engine holds executors by name (`orchestrator.engine.dispatch`) and routes a task to
+    the one its `executor=` names, which must list the task's kind in `kinds`."""
 
-    name: str
+    #: the task kinds (payload tags) this executor can run
+    kinds: frozenset[str]
 
     async def start(self) -> None:
         """Prepare to run tasks (e.g. start warm workers); called once before any submit."""
@@ -192,8 +217,13 @@ class Executor(Protocol):
 
     def running_count(self) -> int: ...
 
-    async def adopt(self, task: TaskInstanceRecord) -> bool:
-        """Re-attach to work started before a restart. True if adopted (its events will follow)."""
+    async def find_started(self, task: TaskInstanceRecord, token: str) -> bool:
+        """After a restart: whether a try recorded as `queued` had in fact started (its work is
+        alive, identified by `token`, the value of its ORCHESTRATOR_TRY_TOKEN)."""
+
+    async def adopt(self, task: TaskInstanceRecord, token: str) -> bool:
+        """Re-attach to work started before a restart. True if adopted (its events will follow);
+        False once what is left of it is stopped (the engine counts the try as failed)."""
 
     async def drain(self, grace: float) -> None:
         """Stop taking new work; wait up to `grace` seconds for running tasks, then kill the rest."""
@@ -201,4 +231,80 @@ class Executor(Protocol):
     async def close(self) -> None: ...
 
 
-ExecutorFactory = Callable[[ExecutorEvents], Executor]
+
+# --- events out ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunChanged:
+    """A run's row was committed with this content."""
+
+    run: RunRecord
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInstanceChanged:
+    """A task instance's row was committed with this content."""
+
+    task_instance: TaskInstanceRecord
+
+
+@dataclass(frozen=True, slots=True)
+class ImportErrorChanged:
+    """A DAG file's import error was recorded (`message`) or cleared (None)."""
+
+    fileloc: str
+    message: str | None
+
+
+Event = RunChanged | TaskInstanceChanged | ImportErrorChanged
+
+
+class Subscription(Protocol):
+    """Committed state changes, in commit order. `dropped` counts events lost because this
+    subscriber fell more than its buffer behind (it should then re-read the state)."""
+
+    dropped: int
+
+    def __aiter__(self) -> AsyncIterator[Event]: ...
+
+    async def __anext__(self) -> Event: ...
+
+    def close(self) -> None: ...
+
+
+class Events(Protocol):
+    """The in-process event bus: every committed state change is published here, once."""
+
+    def publish(self, event: Event) -> None: ...
+
+    def publish_changes(self, changes: ChangeSet) -> None:
+        """Publish every run and task-instance row of a committed change set."""
+
+    def subscribe(self, buffer: int = 10_000) -> Subscription: ...
+
+
+# --- what the API and the DAG folder ask of the engine ------------------------------------
+
+
+class EngineApi(Protocol):
+    """What the API asks of the engine."""
+
+    def is_ready(self) -> bool:
+        """True once the engine has recovered its state and is scheduling (drives GET /health)."""
+
+    async def trigger_run(
+        self,
+        dag_id: str,
+        *,
+        run_id: str | None,
+        conf: dict[str, Any],
+        logical_date: datetime | None,
+        run_type: str = "manual",
+    ) -> tuple[RunRecord, bool]:
+        """Create a run (unique on dag_id, run_id) and return it and whether it was created.
+        Raises orchestrator.errors.DagNotFound or InvalidRequest."""
+
+    async def set_paused(self, dag_id: str, is_paused: bool) -> DagRecord | None:
+        """Pause or unpause a DAG (unpausing starts its runs held while it was paused).
+        None if the DAG is unknown."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -354,8 +355,14 @@ class PostgresStateStore:
         return [_xcom(row) for row in rows]
 
     async def load_active_runs(self) -> list[ActiveRun]:
+        return await self._load_runs(QUERIES["list_active_runs"])
+
+    async def load_queued_runs(self, dag_id: str, limit: int, exclude: Sequence[int] = ()) -> list[ActiveRun]:
+        return await self._load_runs(QUERIES["list_queued_runs_of_dag"], dag_id, list(exclude), limit)
+
+    async def _load_runs(self, query: str, *args: Any) -> list[ActiveRun]:
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            run_rows = await conn.fetch(QUERIES["list_active_runs"])
+            run_rows = await conn.fetch(query, *args)
             pks = [row[0] for row in run_rows]
             ti_rows = await conn.fetch(QUERIES["list_task_instances_of_runs"], pks) if pks else []
             xcom_rows = await conn.fetch(QUERIES["list_xcoms_of_runs"], pks) if pks else []
@@ -420,6 +427,10 @@ class PostgresStateStore:
             await conn.execute(QUERIES["upsert_xcoms"], *_xcom_columns(changes.xcoms))
 
     # --- daemons -------------------------------------------------------------------------------
+    async def installation_id(self) -> str:
+        """This database's installation id, created by the first caller (see schema.sql)."""
+        return str(await self._pool.fetchval(QUERIES["ensure_installation_id"], uuid.uuid4().hex[:16]))
+
     async def register_daemon(self, daemon_id: str, hostname: str, pid: int, now: datetime) -> None:
         await self._pool.execute(QUERIES["register_daemon"], daemon_id, hostname, pid, now)
 

@@ -4,6 +4,7 @@
 and the UI read it. Routes live in small modules by resource (dags, runs, task_instances).
 """
 
-from orchestrator.api.app import EngineApi, create_app
+from orchestrator.api.app import create_app
+from orchestrator.ports import EngineApi
 
 __all__ = ["EngineApi", "create_app"]

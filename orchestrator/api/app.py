@@ -1,6 +1,6 @@
 """The aiohttp application of the REST API, and the one thing it needs from the engine.
 
-The API reads through the `StateStore` port and asks the engine (the `EngineApi` protocol)
+The API reads through the `StateStore` port and asks the engine (the `EngineApi` port)
 only to trigger runs and to say whether it is ready, so it can be served — and tested — with
 any implementation of both. The daemon mounts this app on its own runner.
 """
@@ -8,9 +8,7 @@ any implementation of both. The daemon mounts this app on its own runner.
 from __future__ import annotations
 
 import getpass
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -18,31 +16,7 @@ from orchestrator.api import dags, runs, task_instances
 from orchestrator.api.errors import error_middleware
 from orchestrator.api.keys import ENGINE, LOGS_DIR, STORE, UNIXNAME
 from orchestrator.api.params import json_response
-from orchestrator.core.records import DagRecord, RunRecord
-from orchestrator.ports import StateStore
-
-
-class EngineApi(Protocol):
-    """What the API asks of the engine."""
-
-    def is_ready(self) -> bool:
-        """True once the engine has recovered its state and is scheduling (drives GET /health)."""
-
-    async def trigger_run(
-        self,
-        dag_id: str,
-        *,
-        run_id: str | None,
-        conf: dict[str, Any],
-        logical_date: datetime | None,
-        run_type: str = "manual",
-    ) -> tuple[RunRecord, bool]:
-        """Create a run (unique on dag_id, run_id) and return it and whether it was created.
-        Raises orchestrator.errors.DagNotFound or InvalidRequest."""
-
-    async def set_paused(self, dag_id: str, is_paused: bool) -> DagRecord | None:
-        """Pause or unpause a DAG (unpausing starts its runs held while it was paused).
-        None if the DAG is unknown."""
+from orchestrator.ports import EngineApi, StateStore
 
 
 async def health(request: web.Request) -> web.Response:

@@ -13,7 +13,7 @@ from aiohttp import web
 from orchestrator.ports import StateStore
 
 if TYPE_CHECKING:
-    from orchestrator.api.app import EngineApi
+    from orchestrator.ports import EngineApi
 
 STORE = web.AppKey("store", StateStore)
 ENGINE: web.AppKey[EngineApi] = web.AppKey("engine", Any)  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import Any, ClassVar, TypeVar
 
 from orchestrator.authoring.dag import DAG, current_dag, json_value
-from orchestrator.core.model import TaskKind, TaskSpec, TriggerRule, XComRef
+from orchestrator.core.model import TaskSpec, TriggerRule, XComRef
 from orchestrator.core.validation import DagValidationError, check_key, check_trigger_rule
 
 #: A duration: seconds (int or float) or a datetime.timedelta.
@@ -50,7 +50,8 @@ def _apply_default_args(init: Callable[..., None]) -> Callable[..., None]:
 class BaseOperator:
     """What every task has: its id, its DAG, retries, timeouts, trigger rule and dependencies."""
 
-    kind: ClassVar[TaskKind]
+    #: the registered task kind (`orchestrator.core.kinds`) this operator's tasks have
+    kind: ClassVar[str]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -69,6 +70,7 @@ class BaseOperator:
         execution_timeout: Duration | None = None,
         trigger_rule: TriggerRule | str = TriggerRule.ALL_SUCCESS,
         do_xcom_push: bool = True,
+        executor: str | None = None,
         dag: DAG | None = None,
     ) -> None:
         dag = dag if dag is not None else current_dag()
@@ -100,6 +102,9 @@ class BaseOperator:
             else seconds(execution_timeout, "execution_timeout", where, positive=True)
         )
         self.do_xcom_push = bool(do_xcom_push)
+        if executor is not None and not (isinstance(executor, str) and executor):
+            raise DagValidationError(f"{where}: executor must be an executor name, got {executor!r}")
+        self.executor = executor
         self._upstream: dict[str, None] = {}
         self._downstream: dict[str, None] = {}
 
@@ -175,6 +180,7 @@ class BaseOperator:
             max_retry_delay=self.max_retry_delay,
             execution_timeout=self.execution_timeout,
             do_xcom_push=self.do_xcom_push,
+            executor=self.executor,
             **fields,
         )
 
@@ -182,7 +188,7 @@ class BaseOperator:
 class Bash(BaseOperator):
     """Run a shell command (a Jinja template) with bash; its last stdout line is the XCom (Airflow)."""
 
-    kind: ClassVar[TaskKind] = "bash"
+    kind: ClassVar[str] = "bash"
 
     def __init__(
         self,
@@ -199,6 +205,7 @@ class Bash(BaseOperator):
         execution_timeout: Duration | None = None,
         trigger_rule: TriggerRule | str = TriggerRule.ALL_SUCCESS,
         do_xcom_push: bool = True,
+        executor: str | None = None,
         dag: DAG | None = None,
     ) -> None:
         super().__init__(
@@ -210,6 +217,7 @@ class Bash(BaseOperator):
             execution_timeout=execution_timeout,
             trigger_rule=trigger_rule,
             do_xcom_push=do_xcom_push,
+            executor=executor,
             dag=dag,
         )
         where = f"task {task_id!r} in DAG {self.dag.dag_id!r}"
@@ -231,7 +239,10 @@ class Bash(BaseOperator):
 
     def to_task_spec(self) -> TaskSpec:
         return self._spec(
-            bash_command=self.bash_command, env=dict(self.env), append_env=self.append_env, cwd=self.cwd
+            args={"bash_command": self.bash_command},
+            env=dict(self.env),
+            append_env=self.append_env,
+            cwd=self.cwd,
         )
 
 
@@ -242,7 +253,7 @@ class Python(BaseOperator):
     replaced by the upstream task's XCom when this task runs, and makes that task upstream.
     """
 
-    kind: ClassVar[TaskKind] = "python"
+    kind: ClassVar[str] = "python"
 
     def __init__(
         self,
@@ -258,6 +269,7 @@ class Python(BaseOperator):
         execution_timeout: Duration | None = None,
         trigger_rule: TriggerRule | str = TriggerRule.ALL_SUCCESS,
         do_xcom_push: bool = True,
+        executor: str | None = None,
         dag: DAG | None = None,
     ) -> None:
         super().__init__(
@@ -269,6 +281,7 @@ class Python(BaseOperator):
             execution_timeout=execution_timeout,
             trigger_rule=trigger_rule,
             do_xcom_push=do_xcom_push,
+            executor=executor,
             dag=dag,
         )
         where = f"task {task_id!r} in DAG {self.dag.dag_id!r}"
@@ -290,7 +303,7 @@ class Python(BaseOperator):
             _add_edge(upstream, self)
 
     def to_task_spec(self) -> TaskSpec:
-        return self._spec(op_args=tuple(self.op_args), op_kwargs=dict(self.op_kwargs))
+        return self._spec(args={"op_args": list(self.op_args), "op_kwargs": dict(self.op_kwargs)})
 
 
 BashOperator = Bash

@@ -33,6 +33,7 @@ class TaskOptions(TypedDict, total=False):
     execution_timeout: Duration | None
     trigger_rule: TriggerRule | str
     do_xcom_push: bool
+    executor: str | None
 
 
 _OPTION_NAMES = frozenset(TaskOptions.__annotations__)

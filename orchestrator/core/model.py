@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal, NewType
+from typing import Any, NewType
 
 DagId = NewType("DagId", str)
 TaskId = NewType("TaskId", str)
 RunId = NewType("RunId", str)
-
-TaskKind = Literal["bash", "python"]
 
 
 class TriggerRule(StrEnum):
@@ -49,10 +47,16 @@ class XComRef:
 
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
-    """One task of a DAG, as the scheduler sees it. Durations are seconds."""
+    """One task of a DAG, as the scheduler sees it. Durations are seconds.
+
+    `kind` names a registered task kind (`orchestrator.core.kinds`) and `args` holds that
+    kind's own arguments (JSON-able, with XComRefs): ``{"bash_command": ...}`` for bash,
+    ``{"op_args": [...], "op_kwargs": {...}}`` for python.
+    """
 
     task_id: str
-    kind: TaskKind
+    kind: str
+    args: dict[str, Any] = field(default_factory=dict)
     upstream: tuple[str, ...] = ()
     trigger_rule: TriggerRule = TriggerRule.ALL_SUCCESS
     retries: int = 0
@@ -60,17 +64,14 @@ class TaskSpec:
     retry_exponential_backoff: bool = False
     max_retry_delay: float | None = None
     execution_timeout: float | None = None
-    #: bash tasks: the Jinja template of the command
-    bash_command: str | None = None
     #: extra environment for the task process (values are Jinja templates)
     env: dict[str, str] = field(default_factory=dict)
     #: with env given: also inherit the daemon's environment (Airflow's append_env)
     append_env: bool = False
     cwd: str | None = None
-    #: python tasks: JSON-able arguments; strings are Jinja templates, XComRef dicts are resolved
-    op_args: tuple[Any, ...] = ()
-    op_kwargs: dict[str, Any] = field(default_factory=dict)
     do_xcom_push: bool = True
+    #: the executor that runs it (by name); None: the configured default executor
+    executor: str | None = None
 
     @property
     def max_tries(self) -> int:

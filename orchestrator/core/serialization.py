@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from orchestrator.core.kinds import UnknownTaskKind, get_kind
 from orchestrator.core.model import DagSpec, TaskSpec, TriggerRule, XComRef
 from orchestrator.errors import OrchestratorError
 
@@ -51,6 +52,8 @@ def task_to_dict(task: TaskSpec) -> dict[str, Any]:
     return {
         "task_id": task.task_id,
         "kind": task.kind,
+        "args": {key: _value_to_json(value) for key, value in task.args.items()},
+        "executor": task.executor,
         "upstream": list(task.upstream),
         "trigger_rule": task.trigger_rule.value,
         "retries": task.retries,
@@ -58,12 +61,9 @@ def task_to_dict(task: TaskSpec) -> dict[str, Any]:
         "retry_exponential_backoff": task.retry_exponential_backoff,
         "max_retry_delay": task.max_retry_delay,
         "execution_timeout": task.execution_timeout,
-        "bash_command": task.bash_command,
         "env": dict(task.env),
         "append_env": task.append_env,
         "cwd": task.cwd,
-        "op_args": [_value_to_json(arg) for arg in task.op_args],
-        "op_kwargs": {key: _value_to_json(value) for key, value in task.op_kwargs.items()},
         "do_xcom_push": task.do_xcom_push,
     }
 
@@ -81,7 +81,9 @@ def _value_to_json(value: Any) -> Any:
 # --- reading ---------------------------------------------------------------------------------
 
 _DAG_KEYS = frozenset(spec_to_dict(DagSpec("d", "f", ())))
-_TASK_KEYS = frozenset(task_to_dict(TaskSpec("t", "bash", bash_command="true")))
+_TASK_KEYS = frozenset(task_to_dict(TaskSpec("t", "bash", {"bash_command": "true"})))
+#: the flat per-kind fields of specs stored before kinds had their own `args` (read, never written)
+_LEGACY_ARG_KEYS = frozenset({"bash_command", "op_args", "op_kwargs"})
 
 
 def spec_from_dict(data: Any) -> DagSpec:
@@ -116,10 +118,17 @@ def _task_from_dict(data: Any, where: str) -> TaskSpec:
     obj = _mapping(data, where)
     if isinstance(obj.get("task_id"), str):
         where = f"{where} ({obj['task_id']!r})"
+    legacy = {key: obj[key] for key in _LEGACY_ARG_KEYS & set(obj) if obj[key] is not None}
+    if _LEGACY_ARG_KEYS & set(obj):
+        obj = {key: value for key, value in obj.items() if key not in _LEGACY_ARG_KEYS}
     _check_keys(obj, _TASK_KEYS, {"task_id", "kind"}, where)
     kind = _field(obj, "kind", str, where)
-    if kind not in ("bash", "python"):
-        raise SpecFormatError(f"{where}: kind is {kind!r}; expected 'bash' or 'python'")
+    try:
+        kind_fields = set(get_kind(kind).template_fields)
+    except UnknownTaskKind as exc:
+        raise SpecFormatError(f"{where}: {exc}") from None
+    legacy = {key: value for key, value in legacy.items() if key in kind_fields}
+    raw_args = {**legacy, **_field(obj, "args", dict, where, {})}
     rule = _field(obj, "trigger_rule", str, where, TriggerRule.ALL_SUCCESS.value)
     try:
         trigger_rule = TriggerRule(rule)
@@ -128,10 +137,11 @@ def _task_from_dict(data: Any, where: str) -> TaskSpec:
     env = _field(obj, "env", dict, where, {})
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise SpecFormatError(f"{where}: env must map strings to strings")
-    op_kwargs = _field(obj, "op_kwargs", dict, where, {})
     return TaskSpec(
         task_id=_field(obj, "task_id", str, where),
-        kind="bash" if kind == "bash" else "python",
+        kind=kind,
+        args={key: _value_from_json(value, f"{where}, args.{key}") for key, value in raw_args.items()},
+        executor=_optional(obj, "executor", str, where),
         upstream=tuple(_str_list(obj, "upstream", where)),
         trigger_rule=trigger_rule,
         retries=_field(obj, "retries", int, where, 0),
@@ -139,14 +149,9 @@ def _task_from_dict(data: Any, where: str) -> TaskSpec:
         retry_exponential_backoff=_field(obj, "retry_exponential_backoff", bool, where, False),
         max_retry_delay=_optional_number(obj, "max_retry_delay", where),
         execution_timeout=_optional_number(obj, "execution_timeout", where),
-        bash_command=_optional(obj, "bash_command", str, where),
         env=dict(env),
         append_env=_field(obj, "append_env", bool, where, False),
         cwd=_optional(obj, "cwd", str, where),
-        op_args=tuple(
-            _value_from_json(arg, f"{where}, op_args") for arg in _field(obj, "op_args", list, where, [])
-        ),
-        op_kwargs={key: _value_from_json(value, f"{where}, op_kwargs") for key, value in op_kwargs.items()},
         do_xcom_push=_field(obj, "do_xcom_push", bool, where, True),
     )
 

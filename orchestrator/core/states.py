@@ -46,3 +46,31 @@ ACTIVE_TASK_STATES: frozenset[TaskState] = frozenset({TaskState.QUEUED, TaskStat
 ACTIVE_RUN_STATES: frozenset[RunState] = frozenset({RunState.QUEUED, RunState.RUNNING})
 
 FINISHED_RUN_STATES: frozenset[RunState] = frozenset({RunState.SUCCESS, RunState.FAILED})
+
+
+def fold_states(states: list[TaskState]) -> TaskState:
+    """One task-level state for the instances of a mapped task, as downstream tasks see it.
+
+    Unfinished while any instance is unfinished (the most advanced unfinished state, so a
+    running instance shows as running); once all are finished: failed if any failed,
+    upstream_failed if any did, success if any succeeded, else skipped (Airflow treats a
+    mapped task whose instances all skipped as skipped). No instances at all: skipped
+    (an expansion over nothing, as in Airflow)."""
+    if not states:
+        return TaskState.SKIPPED
+    unfinished = [state for state in states if state not in FINISHED_TASK_STATES]
+    if unfinished:
+        for state in (
+            TaskState.RUNNING,
+            TaskState.QUEUED,
+            TaskState.DEFERRED,
+            TaskState.UP_FOR_RETRY,
+            TaskState.SCHEDULED,
+        ):
+            if state in unfinished:
+                return state
+        return TaskState.NONE
+    for state in (TaskState.FAILED, TaskState.UPSTREAM_FAILED, TaskState.SUCCESS):
+        if state in states:
+            return state
+    return TaskState.SKIPPED

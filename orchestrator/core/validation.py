@@ -13,13 +13,13 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from orchestrator.core.kinds import UnknownTaskKind, get_kind
 from orchestrator.core.model import DagSpec, TaskSpec, TriggerRule, XComRef
 from orchestrator.errors import OrchestratorError
 
 #: Airflow's KEY_REGEX: what a dag_id or task_id may contain.
 KEY_REGEX = re.compile(r"^[\w.-]+$")
 MAX_KEY_LENGTH = 250
-TASK_KINDS: tuple[str, ...] = ("bash", "python")
 
 
 class DagValidationError(OrchestratorError, ValueError):
@@ -89,7 +89,7 @@ def validate_dag(spec: DagSpec) -> None:
             if up not in seen:
                 graph_ok = False
                 problems.append(f"task {task.task_id!r} has upstream {up!r}, which is not a task of this DAG")
-        for ref in iter_xcom_refs((task.op_args, task.op_kwargs)):
+        for ref in iter_xcom_refs(task.args):
             if ref.task_id not in seen:
                 problems.append(
                     f"task {task.task_id!r} pulls the XCom of {ref.task_id!r}, "
@@ -129,10 +129,12 @@ def _task_problems(task: TaskSpec) -> list[str]:
     problems: list[str] = []
     where = f"task {task.task_id!r}"
     _collect(problems, lambda: check_key("task_id", task.task_id))
-    if task.kind not in TASK_KINDS:
-        problems.append(f"{where} has kind {task.kind!r}; expected one of {', '.join(TASK_KINDS)}")
-    if task.kind == "bash" and not (isinstance(task.bash_command, str) and task.bash_command.strip()):
-        problems.append(f"{where} is a bash task without a bash_command")
+    try:
+        kind = get_kind(task.kind)
+    except UnknownTaskKind as exc:
+        problems.append(f"{where}: {exc}")
+    else:
+        problems.extend(f"{where} {problem}" for problem in kind.check(task.args))
     if not isinstance(task.trigger_rule, TriggerRule):
         _collect(problems, lambda: check_trigger_rule(task.trigger_rule))
     if task.retries < 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from orchestrator.core.kinds import UnknownTaskKind, get_kind
 from orchestrator.core.model import DagSpec, TaskSpec
 from orchestrator.core.resolver import DagGraph
 
@@ -21,10 +22,25 @@ class LoadedDag:
     spec: DagSpec
     graph: DagGraph
     tasks: dict[str, TaskSpec]
+    #: the Airflow operator name of each task (from its kind), as task-instance rows record it
+    operators: dict[str, str]
 
     @classmethod
     def of(cls, spec: DagSpec) -> LoadedDag:
-        return cls(spec, DagGraph.from_spec(spec), {task.task_id: task for task in spec.tasks})
+        return cls(
+            spec,
+            DagGraph.from_spec(spec),
+            {task.task_id: task for task in spec.tasks},
+            {task.task_id: operator_name(task.kind) for task in spec.tasks},
+        )
+
+
+def operator_name(kind: str) -> str:
+    """The Airflow operator a task of `kind` stands for (the kind's name if it is unknown)."""
+    try:
+        return get_kind(kind).operator
+    except UnknownTaskKind:
+        return kind
 
 
 class DuplicateDagId(Exception):

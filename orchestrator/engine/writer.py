@@ -15,6 +15,10 @@ comes first. A short task's "running" and "success" rows then share one commit i
 two commits in a row on the chain's critical path. Nothing is acted on because of a lazy
 change, so delaying it a few milliseconds loses nothing that a crash would not lose anyway.
 
+Once a change set is committed its rows are published on the event bus, then the follow-up
+actions run. A follow-up that raises is handed to the supervisor's fatal path: memory and the
+database may then disagree, and only a restart (recovery from the database) is sure to fix it.
+
 A commit that fails on a lost connection is retried, with a backoff, until it succeeds;
 nothing after it is committed or acted on meanwhile. Retrying is safe even when the first
 attempt did commit: change sets hold whole rows, and no later change exists to overwrite.
@@ -28,7 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from orchestrator.core.records import ChangeSet
-from orchestrator.ports import StateStore
+from orchestrator.engine.supervision import Supervisor
+from orchestrator.ports import Events, StateStore, TimerHandle, Timers
 
 log = logging.getLogger("orchestrator.engine.writer")
 
@@ -50,13 +55,16 @@ class _Pending:
 class GroupCommitWriter:
     """Commits change sets in arrival order, merging those that wait into one transaction."""
 
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: StateStore, timers: Timers, events: Events, supervisor: Supervisor) -> None:
         self._store = store
+        self._timers = timers
+        self._events = events
+        self._supervisor = supervisor
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._lazy_timer: asyncio.TimerHandle | None = None
+        self._lazy_timer: TimerHandle | None = None
         self.commits = 0
         self.changes_committed = 0
 
@@ -67,7 +75,7 @@ class GroupCommitWriter:
         self._idle.clear()
         if lazy and after is None:
             if self._lazy_timer is None and not self._wake.is_set():
-                self._lazy_timer = asyncio.get_running_loop().call_later(LAZY_DELAY, self._wake_for_lazy)
+                self._lazy_timer = self._timers.call_later(LAZY_DELAY, self._wake_for_lazy)
             return
         self._wake.set()
 
@@ -89,21 +97,23 @@ class GroupCommitWriter:
                 self._lazy_timer = None
             while self._pending:
                 batch, self._pending = self._pending, []
-                await self._commit(batch)
+                merged = await self._commit(batch)
+                if merged is not None:
+                    self._events.publish_changes(merged)
                 for item in batch:
                     if item.after is not None:
                         try:
                             item.after()
-                        except Exception:
-                            log.exception("a follow-up action after a commit failed")
+                        except Exception as exc:
+                            self._supervisor.fatal(f"an action after a commit failed: {exc!r}")
             self._idle.set()
 
-    async def _commit(self, batch: list[_Pending]) -> None:
+    async def _commit(self, batch: list[_Pending]) -> ChangeSet | None:
         merged = ChangeSet()
         for item in batch:
             merged.extend(item.changes)
         if not merged:
-            return
+            return None
         attempt = 0
         while True:
             try:
@@ -113,6 +123,7 @@ class GroupCommitWriter:
                 delay = RETRY_BACKOFF[min(attempt, len(RETRY_BACKOFF) - 1)]
                 attempt += 1
                 log.error("commit failed (%s); retrying in %.2f s, nothing is acted on meanwhile", exc, delay)
-                await asyncio.sleep(delay)  # backoff while the database is unreachable
+                await self._timers.sleep(delay)  # backoff while the database is unreachable
         self.commits += 1
         self.changes_committed += len(batch)
+        return merged

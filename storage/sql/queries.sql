@@ -116,6 +116,15 @@ FROM dag_run
 WHERE state IN ('queued', 'running')
 ORDER BY queued_at, pk;
 
+-- name: list_queued_runs_of_dag
+-- Runs waiting for max_active_runs or an unpaused DAG, oldest first (admitted from here, not memory).
+SELECT pk, dag_id, run_id, state, run_type, conf, logical_date, data_interval_start,
+       data_interval_end, queued_at, start_date, end_date, external_trigger
+FROM dag_run
+WHERE state = 'queued' AND dag_id = $1 AND pk <> ALL($2::bigint[])
+ORDER BY queued_at, pk
+LIMIT $3;
+
 -- name: list_task_instances_of_runs
 SELECT run_pk, dag_id, run_id, task_id, map_index, state, try_number, max_tries, operator,
        queued_at, start_date, end_date, duration, next_retry_at, external_id, daemon_id, hostname,
@@ -314,3 +323,15 @@ ON CONFLICT (run_pk, task_id, map_index, key) DO UPDATE SET
 -- name: paused_dag_ids
 -- Which of these DAGs are paused (the engine holds their new runs in queued).
 SELECT dag_id FROM dag WHERE dag_id = ANY($1::text[]) AND is_paused;
+
+-- name: ensure_installation_id
+-- The first caller's id wins; every later call returns it.
+WITH inserted AS (
+    INSERT INTO installation (installation_id) VALUES ($1)
+    ON CONFLICT (singleton) DO NOTHING
+    RETURNING installation_id
+)
+SELECT installation_id FROM inserted
+UNION ALL
+SELECT installation_id FROM installation
+LIMIT 1;

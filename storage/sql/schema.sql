@@ -110,6 +110,15 @@ CREATE TABLE daemon (
     heartbeat_at timestamptz NOT NULL
 );
 
+-- The database's installation id: written once by the first daemon, carried in the environment
+-- of every try it starts, so that a restarted daemon recognises its own processes for certain.
+CREATE TABLE installation (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    installation_id text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
 -- A database created from this file is at the newest migration.
 INSERT INTO schema_migrations (version, name) VALUES
-    (1, 'initial');
+    (1, 'initial'),
+    (2, 'installation');

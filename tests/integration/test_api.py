@@ -43,7 +43,7 @@ ETL = DagSpec(
         TaskSpec(
             "extract",
             "bash",
-            bash_command="echo extract",
+            args={"bash_command": "echo extract"},
             retries=2,
             retry_delay=90061.5,
             execution_timeout=600,
@@ -53,14 +53,14 @@ ETL = DagSpec(
             "load",
             "bash",
             upstream=("transform",),
-            bash_command="echo load",
+            args={"bash_command": "echo load"},
             trigger_rule=TriggerRule.ALL_DONE,
         ),
-        TaskSpec("report", "bash", upstream=("extract",), bash_command="echo report"),
+        TaskSpec("report", "bash", upstream=("extract",), args={"bash_command": "echo report"}),
     ),
 )
 OTHER = DagSpec(
-    dag_id="other", fileloc="/dags/other.py", tasks=(TaskSpec("only", "bash", bash_command="true"),)
+    dag_id="other", fileloc="/dags/other.py", tasks=(TaskSpec("only", "bash", args={"bash_command": "true"}),)
 )
 
 

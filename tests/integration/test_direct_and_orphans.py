@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from executors.direct import direct_argv
-from executors.orphans import kill_orphaned_group, orphan_session_leader
+from executors.orphans import (
+    TRY_TOKEN_VARIABLE,
+    WORKER_MARKERS_VARIABLE,
+    kill_pids,
+    orphan_workers,
+    try_processes,
+)
 
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
 
@@ -64,39 +70,60 @@ def test_the_program_is_looked_up_on_the_task_path() -> None:
     assert direct_argv("true", {"PATH": "/nonexistent"}) is None
 
 
-def _start_session(argv: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(argv, start_new_session=True)
+def _start_session(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, start_new_session=True, env=env)
 
 
 def _wait_gone(process: subprocess.Popen[bytes], timeout: float = 5.0) -> int:
     return process.wait(timeout)
 
 
-def test_an_orphaned_session_is_killed_with_its_whole_group(tmp_path: os.PathLike[str]) -> None:
-    leader = _start_session(["/bin/bash", "-c", "sleep 300 & sleep 300"])
-    assert orphan_session_leader(f"pid:{leader.pid}") == leader.pid
-    assert kill_orphaned_group(f"pid:{leader.pid}")
-    assert _wait_gone(leader) == -9
-    # the background sleep was in the same group: no process of that group is left
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        survivors = subprocess.run(["pgrep", "-g", str(leader.pid)], capture_output=True).stdout.split()
-        if not survivors:
-            break
-    assert not survivors
-
-
-def test_a_pid_that_is_not_a_session_leader_is_left_alone() -> None:
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])  # our session
+def test_the_processes_of_a_try_are_found_by_their_token_and_killed_with_their_children() -> None:
+    env = {**os.environ, TRY_TOKEN_VARIABLE: "inst:1:-1:1:t"}
+    leader = _start_session(["/bin/bash", "-c", "sleep 300 & sleep 300"], env=env)
     try:
-        assert orphan_session_leader(f"pid:{child.pid}") is None
-        assert not kill_orphaned_group(f"pid:{child.pid}")
-        assert child.poll() is None
+        deadline = time.monotonic() + 5
+        found: list[int] = []
+        while time.monotonic() < deadline and len(found) < 3:  # bash and its two sleeps
+            found = try_processes("inst:1:-1:1:t")
+        assert leader.pid in found and len(found) >= 2
+        assert kill_pids(found, "test") >= 2
+        assert _wait_gone(leader) == -9
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and try_processes("inst:1:-1:1:t"):
+            pass
+        assert try_processes("inst:1:-1:1:t") == []
     finally:
-        child.kill()
-        child.wait()
+        if leader.poll() is None:
+            leader.kill()
 
 
-@pytest.mark.parametrize("external_id", [None, "", "pod:ns/name", "pid:abc", "pid:999999999"])
-def test_unknown_or_dead_ids_are_ignored(external_id: str | None) -> None:
-    assert not kill_orphaned_group(external_id)
+def test_a_process_without_the_token_is_not_taken_for_the_try() -> None:
+    """A reused pid (another process) never carries the try's token: it is not found."""
+    other = _start_session(
+        ["/bin/sleep", "300"], env={**os.environ, TRY_TOKEN_VARIABLE: "inst:1:-1:1:other"}
+    )
+    try:
+        assert other.pid not in try_processes("inst:1:-1:1:t")
+        assert try_processes("") == []
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_orphaned_python_workers_say_which_try_they_run(tmp_path: Path) -> None:
+    markers = tmp_path / "workers"
+    markers.mkdir()
+    worker = _start_session(["/bin/sleep", "300"], env={**os.environ, WORKER_MARKERS_VARIABLE: str(markers)})
+    try:
+        (markers / str(worker.pid)).write_text("inst:7:-1:2:py")
+        deadline = time.monotonic() + 5
+        found: dict[int, str] = {}
+        while time.monotonic() < deadline and not found:
+            found = orphan_workers(markers, own=set())
+        assert found == {worker.pid: "inst:7:-1:2:py"}
+        assert orphan_workers(markers, own={worker.pid}) == {}
+    finally:
+        worker.kill()
+        worker.wait()

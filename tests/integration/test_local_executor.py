@@ -7,16 +7,18 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import uvloop
 
 from executors.errors import ExecutorError
 from executors.local import SHUTDOWN_ERROR, LocalExecutor
+from orchestrator.core.kinds import BashPayload, PythonPayload
 from orchestrator.core.records import TaskKey
-from orchestrator.ports import NO_XCOM, LaunchRequest, PythonCall, TaskOutcome
+from orchestrator.ports import NO_XCOM, LaunchRequest, TaskOutcome
 
 pytestmark = pytest.mark.anyio
 
@@ -158,9 +160,8 @@ def bash(tmp_path: Path, task_id: str, command: str, *, try_number: int = 1, **k
         dag_id="d",
         run_id="r",
         try_number=try_number,
-        kind="bash",
+        payload=BashPayload(command),
         log_path=tmp_path / "logs" / task_id / f"attempt={try_number}.log",
-        bash_command=command,
         **kwargs,
     )
 
@@ -178,16 +179,24 @@ def python(
 ) -> LaunchRequest:
     task_id = task_id or function
     extra.setdefault("env", {})
+    context = extra.pop("context", {})
     return LaunchRequest(
         key=TaskKey(1, task_id),
         dag_id="py",
         run_id="r",
         try_number=try_number,
-        kind="python",
+        payload=PythonPayload(dag_file, "py", function, args or [], kwargs or {}, context),
         log_path=tmp_path / "logs" / task_id / f"attempt={try_number}.log",
-        python=PythonCall(dag_file, "py", function, args or [], kwargs or {}),
         **extra,
     )
+
+
+@dataclass(frozen=True)
+class _EchoPayload:
+    """A payload of a kind the local executor does not run."""
+
+    kind: ClassVar[str] = "echo"
+    text: str
 
 
 def gone(pid: int) -> bool:
@@ -273,7 +282,7 @@ async def test_bash_timeout_kills_the_group_and_says_timed_out(tmp_path: Path) -
     ("overrides", "message"),
     [
         ({"cwd": "/no/such/dir"}, "could not start the task: cwd '/no/such/dir' is not a directory"),
-        ({"bash_command": None}, "could not start the task: bash task d/r/t has no bash_command"),
+        ({"payload": _EchoPayload("hi")}, "could not start the task: the local executor cannot run 'echo' tasks"),
     ],
 )
 async def test_launch_errors_are_reported_as_failed_outcomes(

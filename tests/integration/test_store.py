@@ -50,7 +50,7 @@ TASKS = [
 
 
 def dag_spec(dag_id: str, fileloc: str = "/dags/a.py", **settings: object) -> DagSpec:
-    task = TaskSpec(task_id="t1", kind="bash", bash_command="echo hi")
+    task = TaskSpec(task_id="t1", kind="bash", args={"bash_command": "echo hi"})
     return DagSpec(dag_id=dag_id, fileloc=fileloc, tasks=(task,), **settings)  # type: ignore[arg-type]
 
 

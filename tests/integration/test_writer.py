@@ -12,9 +12,17 @@ import pytest
 
 from orchestrator.core.records import ChangeSet, NewTaskInstance, TaskKey
 from orchestrator.core.states import TaskState
+from orchestrator.engine.clock import SystemClock
+from orchestrator.engine.events import EventBus
+from orchestrator.engine.supervision import Supervisor
+from orchestrator.engine.timers import LoopTimers
 from orchestrator.engine.writer import GroupCommitWriter
 from storage.postgres import PostgresStateStore
 from tests.integration.test_store import new_run
+
+
+def _writer(store: PostgresStateStore, events: EventBus | None = None) -> GroupCommitWriter:
+    return GroupCommitWriter(store, LoopTimers(SystemClock()), events or EventBus(), Supervisor())
 
 pytestmark = pytest.mark.anyio
 
@@ -28,7 +36,7 @@ async def _run_with_tasks(store: PostgresStateStore, count: int) -> tuple[Any, l
 
 async def test_follow_ups_run_in_order_after_their_rows_are_committed(store: PostgresStateStore) -> None:
     run, tis = await _run_with_tasks(store, 3)
-    writer = GroupCommitWriter(store)
+    writer = _writer(store)
     seen: list[str] = []
 
     def after(task_id: str) -> None:
@@ -62,7 +70,7 @@ async def test_a_lost_connection_is_retried_and_nothing_is_lost(
     finally:
         await admin.close()
     assert killed >= 1
-    writer = GroupCommitWriter(store)
+    writer = _writer(store)
     done: list[str] = []
     async with anyio.create_task_group() as group:
         group.start_soon(writer.run)

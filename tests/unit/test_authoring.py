@@ -54,8 +54,8 @@ def test_the_documented_example_builds_the_expected_spec() -> None:
     assert (ex.kind, ex.upstream, ex.retries, ex.retry_delay) == ("bash", (), 2, 5.0)
     assert ex.retry_exponential_backoff is True
     assert ex.execution_timeout == 600.0
-    assert ex.bash_command == "echo extracting {{ params.day }} for run {{ run_id }}"
-    assert (tr.kind, tr.upstream, tr.op_args, tr.op_kwargs) == ("python", ("extract",), (21,), {})
+    assert ex.args["bash_command"] == "echo extracting {{ params.day }} for run {{ run_id }}"
+    assert (tr.kind, tr.upstream, tr.args) == ("python", ("extract",), {"op_args": [21], "op_kwargs": {}})
     assert tr.trigger_rule is TriggerRule.ALL_SUCCESS
     assert (lo.kind, lo.upstream, lo.trigger_rule) == ("bash", ("transform",), TriggerRule.ALL_DONE)
     assert lo.retry_delay == 300.0 and lo.execution_timeout is None
@@ -71,8 +71,8 @@ def test_xcomarg_arguments_become_xcomrefs_and_upstream_dependencies() -> None:
         b(a.output, y=[a.output["other"], {"deep": a.output}], z=(1, 2))
     spec = d.to_spec()
     assert spec.task("b").upstream == ("a",)
-    assert spec.task("b").op_args == (XComRef("a"),)
-    assert spec.task("b").op_kwargs == {
+    assert spec.task("b").args["op_args"] == [XComRef("a")]
+    assert spec.task("b").args["op_kwargs"] == {
         "y": [XComRef("a", "other"), {"deep": XComRef("a")}],
         "z": [1, 2],
     }
@@ -83,10 +83,10 @@ def test_python_operator_with_op_args_and_output() -> None:
         a = Python("a", noop, op_args=[1, "{{ ds }}"], op_kwargs={"k": None})
         Python("b", noop, op_kwargs={"v": a.output})
     spec = d.to_spec()
-    assert spec.task("a").op_args == (1, "{{ ds }}")
-    assert spec.task("a").op_kwargs == {"k": None}
+    assert spec.task("a").args["op_args"] == [1, "{{ ds }}"]
+    assert spec.task("a").args["op_kwargs"] == {"k": None}
     assert spec.task("b").upstream == ("a",)
-    assert spec.task("b").op_kwargs == {"v": XComRef("a")}
+    assert spec.task("b").args["op_kwargs"] == {"v": XComRef("a")}
 
 
 def test_airflow_names_are_the_same_operators() -> None:
@@ -267,7 +267,7 @@ def test_default_args_apply_to_operator_subclasses() -> None:
     with DAG("subclass", default_args={"retries": 4}) as d:
         Greet("g", "world")
     assert d.to_spec().task("g").retries == 4
-    assert d.to_spec().task("g").bash_command == "echo hello world"
+    assert d.to_spec().task("g").args["bash_command"] == "echo hello world"
 
 
 # --- TaskFlow -------------------------------------------------------------------------------
@@ -301,7 +301,7 @@ def test_task_decorator_options_and_override() -> None:
     assert first.operator.task_id == "custom" and second.operator.task_id == "other"
     assert (spec.task("custom").retries, spec.task("custom").execution_timeout) == (2, 30.0)
     assert spec.task("custom").trigger_rule is TriggerRule.NONE_FAILED
-    assert spec.task("other").retries == 0 and spec.task("other").op_args == (2,)
+    assert spec.task("other").retries == 0 and spec.task("other").args["op_args"] == [2]
 
 
 def test_taskflow_callable_is_the_original_function() -> None:

@@ -171,7 +171,7 @@ def test_helper_module_next_to_the_file_imports(tmp_path: Path) -> None:
         """,
     )
     [spec] = load_dag_specs(str(path))
-    assert spec.task("a").bash_command == "echo from helper"
+    assert spec.task("a").args["bash_command"] == "echo from helper"
     assert str(tmp_path) not in sys.path
 
 

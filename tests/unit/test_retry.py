@@ -29,7 +29,7 @@ def spec(
         retry_delay=retry_delay,
         retry_exponential_backoff=exponential,
         max_retry_delay=max_retry_delay,
-        bash_command="false",
+        args={"bash_command": "false"},
     )
 
 

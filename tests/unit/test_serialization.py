@@ -32,7 +32,7 @@ SPECS = [
             TaskSpec(
                 "a",
                 "bash",
-                bash_command="echo hi",
+                args={"bash_command": "echo hi"},
                 env={"A": "1"},
                 append_env=True,
                 cwd="/tmp",
@@ -48,8 +48,11 @@ SPECS = [
                 "python",
                 upstream=("a",),
                 trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
-                op_args=(1, "two", None, True, 2.5, [XComRef("a")], {"n": {"m": XComRef("a", "k")}}),
-                op_kwargs={"ref": XComRef("a"), "list": [1, [2, {"x": None}]]},
+                args={
+                    "op_args": [1, "two", None, True, 2.5, [XComRef("a")], {"n": {"m": XComRef("a", "k")}}],
+                    "op_kwargs": {"ref": XComRef("a"), "list": [1, [2, {"x": None}]]},
+                },
+                executor="local",
             ),
         ),
         schedule="0 3 * * *",
@@ -63,7 +66,7 @@ SPECS = [
     DagSpec(
         "rules",
         "/dags/rules.py",
-        tuple(TaskSpec(rule.value, "bash", bash_command="true", trigger_rule=rule) for rule in TriggerRule),
+        tuple(TaskSpec(rule.value, "bash", args={"bash_command": "true"}, trigger_rule=rule) for rule in TriggerRule),
     ),
     _authored(),
 ]
@@ -81,8 +84,8 @@ def test_xcomrefs_and_trigger_rules_are_written_as_documented() -> None:
     data = spec_to_dict(SPECS[1])
     b = data["tasks"][1]
     assert b["trigger_rule"] == "none_failed_min_one_success"
-    assert b["op_kwargs"]["ref"] == {"__xcom__": {"task_id": "a", "key": "return_value"}}
-    assert b["op_args"][6] == {"n": {"m": {"__xcom__": {"task_id": "a", "key": "k"}}}}
+    assert b["args"]["op_kwargs"]["ref"] == {"__xcom__": {"task_id": "a", "key": "return_value"}}
+    assert b["args"]["op_args"][6] == {"n": {"m": {"__xcom__": {"task_id": "a", "key": "k"}}}}
     assert data["tags"] == ["a", "b"]
     assert type(data["tasks"][0]["upstream"]) is list
 
@@ -95,7 +98,7 @@ def test_optional_fields_may_be_missing() -> None:
             "tasks": [{"task_id": "a", "kind": "bash", "bash_command": "true"}],
         }
     )
-    assert spec == DagSpec("d", "/f.py", (TaskSpec("a", "bash", bash_command="true"),))
+    assert spec == DagSpec("d", "/f.py", (TaskSpec("a", "bash", args={"bash_command": "true"}),))
 
 
 def _good() -> dict[str, Any]:
@@ -133,16 +136,16 @@ _DELETE = object()
         (_with("tags", ["a", 1]), "tags must be a list of strings"),
         (_with("is_paused_upon_creation", "yes"), "is_paused_upon_creation must be true or false"),
         (_with("tasks.0", "a"), "tasks[0]: expected an object"),
-        (_with("tasks.0.kind", "docker"), "tasks[0] ('a'): kind is 'docker'"),
+        (_with("tasks.0.kind", "docker"), "tasks[0] ('a'): task kind 'docker' is not known"),
         (_with("tasks.0.kind", _DELETE), "missing field(s) kind"),
         (_with("tasks.0.trigger_rule", "sometimes"), "trigger_rule 'sometimes' is not a known trigger rule"),
         (_with("tasks.0.retry_delay", "5m"), "retry_delay must be a number of seconds"),
         (_with("tasks.0.execution_timeout", False), "execution_timeout must be a number of seconds"),
         (_with("tasks.0.env", {"A": 1}), "env must map strings to strings"),
         (_with("tasks.0.upstream", "a"), "upstream must be a list"),
-        (_with("tasks.1.op_kwargs", {"r": {"__xcom__": {"key": "k"}}}), "malformed XCom reference"),
-        (_with("tasks.1.op_args", [{"__xcom__": "a"}]), "malformed XCom reference"),
-        (_with("tasks.1.op_args", [{"__xcom__": {"task_id": "a"}, "extra": 1}]), "malformed XCom reference"),
+        (_with("tasks.1.args.op_kwargs", {"r": {"__xcom__": {"key": "k"}}}), "malformed XCom reference"),
+        (_with("tasks.1.args.op_args", [{"__xcom__": "a"}]), "malformed XCom reference"),
+        (_with("tasks.1.args.op_args", [{"__xcom__": {"task_id": "a"}, "extra": 1}]), "malformed XCom reference"),
         (_with("tasks.1.colour", "red"), "tasks[1] ('b'): unknown field(s) colour"),
     ],
 )
@@ -150,3 +153,19 @@ def test_malformed_dicts_raise_a_clear_error(data: Any, expected: str) -> None:
     with pytest.raises(SpecFormatError) as info:
         spec_from_dict(data)
     assert expected in str(info.value)
+
+
+def test_specs_stored_before_kinds_had_args_are_read_into_args() -> None:
+    """A spec written with the flat bash_command/op_args/op_kwargs fields still loads."""
+    spec = spec_from_dict(
+        {
+            "dag_id": "d",
+            "fileloc": "/f.py",
+            "tasks": [
+                {"task_id": "a", "kind": "bash", "bash_command": "true", "op_args": [], "op_kwargs": {}},
+                {"task_id": "b", "kind": "python", "bash_command": None, "op_args": [1], "op_kwargs": {"k": 2}},
+            ],
+        }
+    )
+    assert spec.task("a").args == {"bash_command": "true"}
+    assert spec.task("b").args == {"op_args": [1], "op_kwargs": {"k": 2}}

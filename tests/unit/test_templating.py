@@ -30,7 +30,7 @@ XCOMS: dict[tuple[str, str], Any] = {
 
 
 def make_task(**overrides: Any) -> TaskSpec:
-    fields: dict[str, Any] = {"task_id": "render", "kind": "bash", "bash_command": "echo {{ ds }}"}
+    fields: dict[str, Any] = {"task_id": "render", "kind": "bash", "args": {"bash_command": "echo {{ ds }}"}}
     fields.update(overrides)
     return TaskSpec(**fields)
 

@@ -18,7 +18,7 @@ from orchestrator.core.validation import (
 
 
 def bash(task_id: str, *upstream: str, **fields: object) -> TaskSpec:
-    return TaskSpec(task_id, "bash", upstream=upstream, bash_command="true", **fields)  # type: ignore[arg-type]
+    return TaskSpec(task_id, "bash", upstream=upstream, args={"bash_command": "true"}, **fields)  # type: ignore[arg-type]
 
 
 def python(task_id: str, *upstream: str, **fields: object) -> TaskSpec:
@@ -34,8 +34,8 @@ def dag(*tasks: TaskSpec, **fields: object) -> DagSpec:
     [
         dag(),
         dag(bash("a")),
-        dag(bash("a"), bash("b", "a"), python("c", "a", "b", op_args=(XComRef("a"),))),
-        dag(bash("a"), python("b", "a", op_kwargs={"x": [{"y": XComRef("a", "k")}]})),
+        dag(bash("a"), bash("b", "a"), python("c", "a", "b", args={"op_args": [XComRef("a")]})),
+        dag(bash("a"), python("b", "a", args={"op_kwargs": {"x": [{"y": XComRef("a", "k")}]}})),
         dag(bash("a.b-c_1"), max_active_runs=1, max_active_tasks=1),
         dag(bash("a", execution_timeout=1.0, retries=3, retry_delay=0.0, max_retry_delay=10.0)),
     ],
@@ -60,8 +60,8 @@ def test_valid_specs_pass(spec: DagSpec) -> None:
         (replace(dag(bash("a")), dag_id="no/slash"), "dag_id 'no/slash' is invalid"),
         (dag(bash("a"), max_active_runs=0), "max_active_runs is 0; it must be at least 1"),
         (dag(bash("a"), max_active_tasks=0), "max_active_tasks is 0; it must be at least 1"),
-        (dag(bash("a"), python("b", "a", op_args=(XComRef("nope"),))), "pulls the XCom of 'nope'"),
-        (dag(python("b", op_kwargs={"x": {"y": [XComRef("nope")]}})), "pulls the XCom of 'nope'"),
+        (dag(bash("a"), python("b", "a", args={"op_args": [XComRef("nope")]})), "pulls the XCom of 'nope'"),
+        (dag(python("b", args={"op_kwargs": {"x": {"y": [XComRef("nope")]}}})), "pulls the XCom of 'nope'"),
         (dag(bash("a", retries=-1)), "retries=-1"),
         (dag(bash("a", retry_delay=-1.0)), "retry_delay=-1.0"),
         (dag(bash("a", execution_timeout=0.0)), "execution_timeout=0.0"),

@@ -1,7 +1,7 @@
-"""An engine under test: the real Scheduler, group-commit writer and LocalExecutor on a real store.
+"""An engine under test: the real Engine, group-commit writer and LocalExecutor on a real store.
 
 `running_engine` wires the parts the way `orchestrator.daemon` does (registry filled from DAG
-files loaded in-process, Scheduler + LocalExecutor attached to each other, the writer loop in a
+files loaded in-process, Engine + executors attached to each other through a Dispatcher, the writer loop in a
 task group, `recover` before anything is triggered) and takes them down again on exit: drained
 like a SIGTERM, or -- with `engine.crash()` -- cut off like a killed daemon, so that nothing the
 engine decides afterwards reaches the database.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import socket
 import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +28,12 @@ from orchestrator.authoring.loader import load_dag_specs
 from orchestrator.core.records import RunRecord, TaskInstanceRecord
 from orchestrator.core.states import FINISHED_RUN_STATES, RunState, TaskState
 from orchestrator.engine.clock import SystemClock
+from orchestrator.engine.dispatch import Dispatcher
+from orchestrator.engine.engine import Engine
 from orchestrator.engine.registry import DagRegistry
-from orchestrator.engine.scheduler import Scheduler
+from orchestrator.engine.timers import LoopTimers
 from orchestrator.logpaths import task_log_path
+from orchestrator.ports import Clock, Executor, ExecutorEvents, Timers
 from storage.postgres import PostgresStateStore
 
 T = TypeVar("T")
@@ -120,11 +123,11 @@ async def wait_ti(
 
 
 @dataclass
-class Engine:
+class EngineHarness:
     """The parts of one running engine, plus shortcuts the tests use."""
 
     store: PostgresStateStore
-    scheduler: Scheduler
+    engine: Engine
     executor: LocalExecutor
     registry: DagRegistry
     logs_dir: Path
@@ -134,7 +137,7 @@ class Engine:
     async def trigger(
         self, dag_id: str, run_id: str = "r1", conf: dict[str, Any] | None = None
     ) -> tuple[RunRecord, bool]:
-        return await self.scheduler.trigger_run(dag_id, run_id=run_id, conf=conf or {}, logical_date=None)
+        return await self.engine.trigger_run(dag_id, run_id=run_id, conf=conf or {}, logical_date=None)
 
     async def run(self, dag_id: str, run_id: str = "r1", timeout: float = DEFAULT_TIMEOUT) -> RunRecord:
         """Trigger a run and wait for it to finish."""
@@ -158,7 +161,7 @@ class Engine:
 
     async def drain(self, grace: float) -> None:
         """Shut down like SIGTERM: running tasks get `grace` s, queued ones stay queued."""
-        await self.scheduler.drain(grace)
+        await self.engine.drain(grace)
 
     def crash(self) -> None:
         """Die like a killed daemon: from now on nothing the engine decides is committed.
@@ -180,11 +183,17 @@ async def running_engine(
     python_workers: int = 1,
     kill_grace: float = 1.0,
     drain_grace: float = 5.0,
-) -> AsyncIterator[Engine]:
-    """A Scheduler + LocalExecutor + writer on `store`, with the DAGs of `dag_files` loaded and
+    clock: Clock | None = None,
+    timers: Timers | None = None,
+    extra_executors: Mapping[str, Callable[[ExecutorEvents], Executor]] | None = None,
+    state_dir: Path | None = None,
+) -> AsyncIterator[EngineHarness]:
+    """An Engine + LocalExecutor + writer on `store`, with the DAGs of `dag_files` loaded and
     the store's active runs recovered. Drains on exit (running tasks get `drain_grace` s, none
-    if the test failed) unless the test crashed it."""
-    clock = SystemClock()
+    if the test failed) unless the test crashed it. `clock` and `timers` default to the real
+    ones (tests/fakes.py has fakes that advance time); `extra_executors` adds executors by name."""
+    clock = clock or SystemClock()
+    timers = timers or LoopTimers(clock)
     registry = DagRegistry()
     for path in dag_files:
         specs = load_dag_specs(str(path))
@@ -192,40 +201,53 @@ async def running_engine(
         registry.replace_file(str(path), specs)
         await store.sync_dag_file(str(path), specs, clock.now())
     logs_dir.mkdir(parents=True, exist_ok=True)
-    scheduler = Scheduler(
+    engine = Engine(
         store,
         clock,
+        timers,
         registry,
         logs_dir,
         daemon_id="test",
         hostname=socket.gethostname(),
         base_env=os.environ,
     )
-    executor = LocalExecutor(scheduler, slots=slots, python_workers=python_workers, kill_grace=kill_grace)
-    scheduler.attach_executor(executor)
-    await executor.start()
+    engine.set_installation(await store.installation_id())
+    executor = LocalExecutor(
+        engine,
+        slots=slots,
+        python_workers=python_workers,
+        kill_grace=kill_grace,
+        state_dir=state_dir or logs_dir.parent / "state",
+    )
+    executors: dict[str, Executor] = {"local": executor}
+    for name, factory in (extra_executors or {}).items():
+        executors[name] = factory(engine)
+    dispatcher = Dispatcher(executors, default="local")
+    engine.attach_executors(dispatcher)
+    await dispatcher.start()
     try:
         async with anyio.create_task_group() as group:
             writer_scope = anyio.CancelScope()
 
             async def writer_loop() -> None:
                 with writer_scope:
-                    await scheduler.writer.run()
+                    await engine.writer.run()
 
             group.start_soon(writer_loop)
-            engine = Engine(store, scheduler, executor, registry, logs_dir, _stop_writer=writer_scope.cancel)
-            await scheduler.recover({})
+            harness = EngineHarness(store, engine, executor, registry, logs_dir, _stop_writer=writer_scope.cancel)
+            await engine.recover({})
             grace = drain_grace
             try:
-                yield engine
+                yield harness
             except BaseException:
                 grace = 0.0  # the test failed: do not wait for tasks blocked on a gate
                 raise
             finally:
                 with anyio.CancelScope(shield=True):
-                    if not engine.crashed:
-                        await scheduler.drain(grace)
+                    if not harness.crashed:
+                        await engine.drain(grace)
                     group.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
-            await executor.close()
+            await engine.supervisor.cancel_all()
+            await dispatcher.close()

@@ -22,7 +22,7 @@ from orchestrator.core.records import ChangeSet, NewRun, NewTaskInstance, XComRe
 from orchestrator.core.states import FINISHED_TASK_STATES, RunState, TaskState
 from orchestrator.engine.clock import SystemClock
 from storage.postgres import PostgresStateStore
-from tests.integration.scheduler_harness import (
+from tests.integration.engine_harness import (
     gate_wait,
     running_engine,
     task_instances,
@@ -140,7 +140,7 @@ async def test_max_active_tasks_bounds_concurrency_and_waiting_tasks_are_schedul
     # the executor has room for all six: only the DAG's max_active_tasks can hold them back
     async with running_engine(store, logs, [dag_file], slots=8) as engine:
         record, _ = await engine.trigger("capped")
-        await engine.scheduler.writer.flushed()
+        await engine.engine.writer.flushed()
         first = await task_instances(store, record.pk)
         run = await wait_run(store, "capped", "r1")
 
@@ -177,7 +177,7 @@ async def test_max_active_runs_holds_the_second_run_queued_until_the_first_ends(
         second, created = await engine.trigger("one_at_a_time", "second")
         assert created
         await wait_ti(store, first.pk, "wait", [TaskState.RUNNING])
-        await engine.scheduler.writer.flushed()
+        await engine.engine.writer.flushed()
         held = await store.get_run("one_at_a_time", "second")
         held_tis = await task_instances(store, second.pk)
         gate.touch()
@@ -294,7 +294,7 @@ async def test_a_template_error_in_a_task_waiting_for_capacity(
     )
     async with running_engine(store, logs, [dag_file]) as engine:
         record, _ = await engine.trigger("capped_error")
-        await engine.scheduler.writer.flushed()
+        await engine.engine.writer.flushed()
         queued_first = await task_instances(store, record.pk)
         run = await wait_run(store, "capped_error", "r1")
         tis = await task_instances(store, record.pk)
@@ -702,14 +702,14 @@ async def test_a_paused_dag_holds_new_runs_in_queued_until_unpaused(
         work,
     )
     async with running_engine(store, logs, [dag_file]) as engine:
-        assert await engine.scheduler.set_paused("pausable", True) is not None
+        assert await engine.engine.set_paused("pausable", True) is not None
         record, created = await engine.trigger("pausable", "while_paused")
         assert created
-        await engine.scheduler.writer.flushed()
+        await engine.engine.writer.flushed()
         held = await store.get_run("pausable", "while_paused")
         held_tis = await task_instances(store, record.pk)
         ran_while_paused = (work / "ran").exists()
-        unpaused = await engine.scheduler.set_paused("pausable", False)
+        unpaused = await engine.engine.set_paused("pausable", False)
         done = await wait_run(store, "pausable", "while_paused")
 
     assert held is not None and held.state == RunState.QUEUED and held.start_date is None
@@ -721,4 +721,4 @@ async def test_a_paused_dag_holds_new_runs_in_queued_until_unpaused(
 
 async def test_pausing_an_unknown_dag_answers_none(store: PostgresStateStore, logs: Path) -> None:
     async with running_engine(store, logs, []) as engine:
-        assert await engine.scheduler.set_paused("nope", True) is None
+        assert await engine.engine.set_paused("nope", True) is None

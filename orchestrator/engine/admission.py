@@ -1,0 +1,171 @@
+"""Admission: which runs may start, under pause and each DAG's `max_active_runs`.
+
+A created run is `queued` in the store. It starts at once when its DAG is not paused and has
+a free run slot; otherwise it simply stays `queued` in PostgreSQL: nothing about it is held
+in memory, however many wait. When a run of the DAG finishes, or the DAG is unpaused, the
+oldest waiting runs are read back from the store and started (a supervised background task,
+one at a time per DAG). A waiting run starts with the DAG version the store recorded for it
+when it has one, else the DAG as now loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+
+from orchestrator.core.records import RunRecord, TaskInstanceRecord
+from orchestrator.core.resolver import resolve
+from orchestrator.core.states import FINISHED_TASK_STATES, RunState, TaskState
+from orchestrator.core.transitions import check_run_transition
+from orchestrator.engine.live import Batch, LiveRun
+from orchestrator.engine.progress import RunProgress
+from orchestrator.engine.registry import LoadedDag
+from orchestrator.engine.supervision import Supervisor
+from orchestrator.ports import ActiveRun, Clock, StateStore
+
+log = logging.getLogger("orchestrator.engine.admission")
+
+#: turns a run read back from the store into the DAG it runs (its version), or None
+DagOfRun = Callable[[ActiveRun], LoadedDag | None]
+
+
+class Admission:
+    """Starts runs when their DAG has room; keeps the pause flags of the DAGs it has seen."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        clock: Clock,
+        progress: RunProgress,
+        supervisor: Supervisor,
+        dag_of_run: DagOfRun,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._progress = progress
+        self._supervisor = supervisor
+        self._dag_of_run = dag_of_run
+        #: DAGs whose new runs wait in `queued` (Airflow's pause); runs already running go on
+        self.paused: set[str] = set()
+        #: DAGs with an admission pass in flight, and those that need another one after it
+        self._filling: set[str] = set()
+        self._again: set[str] = set()
+        #: the DAG version of each run this daemon created that waits (a reference to a shared
+        #: LoadedDag, not a copy); after a restart a waiting run takes the store's version
+        self._versions: dict[int, LoadedDag] = {}
+        progress.on_run_finished = self._run_finished
+
+    async def refresh_paused(self, dag_ids: Iterable[str]) -> None:
+        """Read whether these DAGs are paused (the API and other daemons may have changed it)."""
+        wanted = set(dag_ids)
+        if wanted:
+            paused = await self._store.paused_dag_ids(sorted(wanted))
+            self.paused = (self.paused - wanted) | paused
+
+    def has_room(self, dag_id: str, loaded: LoadedDag) -> bool:
+        slots = self._progress.slots_of(dag_id)
+        return dag_id not in self.paused and len(slots.active_runs) < loaded.spec.max_active_runs
+
+    def admit_new(self, record: RunRecord, loaded: LoadedDag) -> None:
+        """A run was just created: start it if its DAG has room, else it waits in the store."""
+        if self.has_room(record.dag_id, loaded):
+            batch = Batch()
+            self.start_run(record, loaded, None, batch)
+            self._progress.commit(batch)
+        else:
+            self._versions[record.pk] = loaded
+
+    def start_run(
+        self, record: RunRecord, loaded: LoadedDag, tis: list[TaskInstanceRecord] | None, batch: Batch
+    ) -> None:
+        """Move a queued run to running and queue its first tasks."""
+        progress = self._progress
+        now = self._clock.now()
+        if tis is None:
+            tis = [new_task_instance(record, loaded, task_id) for task_id in loaded.tasks]
+        check_run_transition(record.state, RunState.RUNNING)
+        running = replace(record, state=RunState.RUNNING, start_date=record.start_date or now)
+        batch.changes.runs.append(running)
+        live = LiveRun.build(running, loaded, tis)
+        progress.runs[live.pk] = live
+        progress.slots_of(record.dag_id).active_runs.add(live.pk)
+        for ti in list(live.tis.values()):
+            if ti.task_id not in loaded.tasks and ti.state not in FINISHED_TASK_STATES:
+                progress.set_ti(live, ti, batch, state=TaskState.REMOVED)
+        progress.apply_resolution(live, resolve(loaded.graph, live.states), batch)
+        progress.settle_run(live, batch)
+
+    def _run_finished(self, dag_id: str, batch: Batch) -> None:
+        self.fill_from_store(dag_id)
+
+    def fill_from_store(self, dag_id: str) -> None:
+        """Start the oldest runs of `dag_id` that wait in the store, as far as room allows."""
+        if self._progress.draining:
+            return
+        if dag_id in self._filling:
+            self._again.add(dag_id)
+            return
+        self._filling.add(dag_id)
+        self._supervisor.spawn(self._fill(dag_id), name=f"admit waiting runs of {dag_id}")
+
+    async def _fill(self, dag_id: str) -> None:
+        try:
+            while True:
+                self._again.discard(dag_id)
+                await self._fill_once(dag_id)
+                if dag_id not in self._again:
+                    return
+        finally:
+            self._filling.discard(dag_id)
+
+    async def _fill_once(self, dag_id: str) -> None:
+        progress = self._progress
+        slots = progress.slots_of(dag_id)
+        if dag_id in self.paused or progress.draining:
+            return
+        # runs being started (their `running` row may not be committed yet) are left out
+        starting = [pk for pk in slots.active_runs]
+        candidates = await self._store.load_queued_runs(dag_id, limit=64, exclude=starting)
+        batch = Batch()
+        for item in candidates:
+            if item.run.pk in progress.runs:
+                continue
+            loaded = self._versions.get(item.run.pk) or self._dag_of_run(item)
+            if loaded is None:
+                log.error("run %s of %s cannot start: its DAG is not loaded", item.run.run_id, dag_id)
+                continue
+            if not self.has_room(dag_id, loaded) or progress.draining:
+                break
+            self.start_run(
+                item.run, fit_to_instances(loaded, item.task_instances), item.task_instances, batch
+            )
+        progress.commit(batch)
+
+
+def new_task_instance(record: RunRecord, loaded: LoadedDag, task_id: str) -> TaskInstanceRecord:
+    task = loaded.tasks[task_id]
+    return TaskInstanceRecord(
+        run_pk=record.pk,
+        dag_id=record.dag_id,
+        run_id=record.run_id,
+        task_id=task.task_id,
+        map_index=-1,
+        state=TaskState.NONE,
+        try_number=0,
+        max_tries=task.max_tries,
+        operator=loaded.operators[task_id],
+    )
+
+
+def fit_to_instances(loaded: LoadedDag, tis: list[TaskInstanceRecord]) -> LoadedDag:
+    """The DAG as a run knows it: tasks without a task instance are left out."""
+    known = {ti.task_id for ti in tis}
+    if all(task.task_id in known for task in loaded.spec.tasks):
+        return loaded
+    tasks = tuple(
+        replace(task, upstream=tuple(up for up in task.upstream if up in known))
+        for task in loaded.spec.tasks
+        if task.task_id in known
+    )
+    return LoadedDag.of(replace(loaded.spec, tasks=tasks))

@@ -1,0 +1,191 @@
+"""`Engine`: the one object the daemon, the API and the executors talk to.
+
+It wires the engine's rooms together and adds nothing of its own but the entry points:
+triggering (`trigger_run`, `set_paused`) for the API, the executor events
+(`task_started`, `task_finished`, guarded so that a failing handler fails its task
+instance instead of leaving the run stuck), start-up (`recover`) and shutdown (`drain`).
+
+- `progress.RunProgress`: task-instance state changes, retries, capacity, run outcomes;
+- `admission.Admission`: pause and max_active_runs, waiting runs admitted from the store;
+- `recovery.Recovery`: resuming active runs after a restart;
+- `dispatch.Dispatcher`: the executors by name and the routing rule;
+- `writer.GroupCommitWriter`: one commit at a time, rows published on the event bus;
+- `supervision.Supervisor`: background tasks and fatal errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from orchestrator.core.ids import check_run_id, default_run_id
+from orchestrator.core.model import DagSpec
+from orchestrator.core.records import DagRecord, NewRun, NewTaskInstance, RunRecord, TaskKey
+from orchestrator.engine.admission import Admission
+from orchestrator.engine.dispatch import Dispatcher
+from orchestrator.engine.events import EventBus
+from orchestrator.engine.progress import RunProgress, ValueCheck
+from orchestrator.engine.recovery import Recovery
+from orchestrator.engine.registry import DagRegistry
+from orchestrator.engine.supervision import Supervisor
+from orchestrator.engine.writer import GroupCommitWriter
+from orchestrator.errors import DagNotFound, InvalidRequest, ShuttingDown
+from orchestrator.ports import Clock, Events, StateStore, TaskOutcome, Timers
+
+log = logging.getLogger("orchestrator.engine")
+
+
+class Engine:
+    """Drives runs from trigger to outcome. Implements ExecutorEvents and the API's EngineApi."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        clock: Clock,
+        timers: Timers,
+        registry: DagRegistry,
+        logs_dir: Path,
+        daemon_id: str,
+        hostname: str,
+        base_env: Mapping[str, str],
+        *,
+        events: Events | None = None,
+        supervisor: Supervisor | None = None,
+        check_value: ValueCheck | None = None,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self.registry = registry
+        self.events: Events = events if events is not None else EventBus()
+        self.supervisor = supervisor if supervisor is not None else Supervisor()
+        self.writer = GroupCommitWriter(store, timers, self.events, self.supervisor)
+        self.progress = RunProgress(
+            clock=clock,
+            timers=timers,
+            writer=self.writer,
+            supervisor=self.supervisor,
+            logs_dir=logs_dir,
+            base_env=base_env,
+            daemon_id=daemon_id,
+            hostname=hostname,
+            check_value=check_value,
+        )
+        self._recovery: Recovery
+        self.admission = Admission(store, clock, self.progress, self.supervisor, self._dag_of_run)
+        self._recovery = Recovery(store, self.progress, self.admission, registry)
+        self._ready = False
+
+    def _dag_of_run(self, item: Any) -> Any:
+        return self._recovery.dag_of_run(item)
+
+    # --- wiring ---------------------------------------------------------------------
+
+    def attach_executors(self, dispatcher: Dispatcher) -> None:
+        self.progress.dispatcher = dispatcher
+
+    def set_installation(self, installation: str) -> None:
+        """The database's installation id, carried in every try's token (see launch.try_token)."""
+        self.progress.installation = installation
+
+    def is_ready(self) -> bool:
+        return self._ready and not self.progress.draining
+
+    # --- triggering -----------------------------------------------------------------
+
+    async def trigger_run(
+        self,
+        dag_id: str,
+        *,
+        run_id: str | None,
+        conf: dict[str, Any],
+        logical_date: datetime | None,
+        run_type: str = "manual",
+        note: str | None = None,
+    ) -> tuple[RunRecord, bool]:
+        """Create a run (unique on dag_id + run_id) and start it if its DAG has room."""
+        if self.progress.draining:
+            raise ShuttingDown()
+        loaded = self.registry.get(dag_id)
+        if loaded is None:
+            raise DagNotFound(
+                f"DAG {dag_id!r} is not loaded: check `orchestrator dags list` and `orchestrator dags errors`"
+            )
+        if not isinstance(conf, dict):
+            raise InvalidRequest("conf must be a JSON object")
+        if logical_date is not None and logical_date.tzinfo is None:
+            raise InvalidRequest("logical_date must include a timezone, e.g. 2026-01-01T00:00:00+00:00")
+        now = self._clock.now()
+        when = logical_date or now
+        chosen_run_id = run_id or default_run_id(run_type, when)
+        problem = check_run_id(chosen_run_id)
+        if problem is not None:
+            raise InvalidRequest(problem)
+        new_run = NewRun(
+            dag_id=dag_id,
+            run_id=chosen_run_id,
+            run_type=run_type,
+            conf=conf,
+            logical_date=when,
+            data_interval_start=when,
+            data_interval_end=when,
+            queued_at=now,
+            external_trigger=True,
+        )
+        tasks = [
+            NewTaskInstance(task.task_id, loaded.operators[task.task_id], task.max_tries)
+            for task in loaded.spec.tasks
+        ]
+        record, created = await self._store.create_run(new_run, tasks)
+        if created:
+            log.info("run %s of %s created (%s)", record.run_id, dag_id, run_type)
+            await self.admission.refresh_paused([dag_id])
+            self.admission.admit_new(record, loaded)
+        return record, created
+
+    async def set_paused(self, dag_id: str, is_paused: bool) -> DagRecord | None:
+        """Pause or unpause a DAG; unpausing starts the runs that waited while it was paused."""
+        record = await self._store.set_dag_paused(dag_id, is_paused)
+        if record is None:
+            return None
+        if is_paused:
+            self.admission.paused.add(dag_id)
+        else:
+            self.admission.paused.discard(dag_id)
+            self.admission.fill_from_store(dag_id)
+        log.info("DAG %s %s", dag_id, "paused" if is_paused else "unpaused")
+        return record
+
+    # --- executor events (guarded: a failing handler fails its task instance) ---------
+
+    def task_started(self, key: TaskKey, try_number: int, external_id: str) -> None:
+        try:
+            self.progress.task_started(key, try_number, external_id)
+        except Exception as exc:
+            self.progress.handler_failed(key, "its start", exc, traceback.format_exc())
+
+    def task_finished(self, outcome: TaskOutcome) -> None:
+        try:
+            self.progress.task_finished(outcome)
+        except Exception as exc:
+            self.progress.handler_failed(outcome.key, "its outcome", exc, traceback.format_exc())
+
+    # --- start-up and shutdown ------------------------------------------------------
+
+    async def recover(self, stored_specs: Mapping[str, DagSpec]) -> None:
+        """Resume every active run from the store, then take new work."""
+        count = await self._recovery.recover(stored_specs, self._clock.now())
+        self._ready = True
+        log.info("recovered %d active runs", count)
+
+    async def drain(self, grace: float) -> None:
+        """Stop taking new work; let running tasks finish within `grace`; commit everything."""
+        self.progress.draining = True
+        self.progress.cancel_timers()
+        dispatcher = self.progress.dispatcher
+        if dispatcher is not None:
+            await dispatcher.drain(grace)
+        await self.writer.flushed()

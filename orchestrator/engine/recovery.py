@@ -1,0 +1,128 @@
+"""Recovery: resume every active run from the store after a start or a crash.
+
+What was committed is the truth. A succeeded task is never run again. A try that was
+`queued` and had not started is started again as the same try. A try that was `running`,
+or `queued` while a process carrying its token is found alive (it had started, but its
+`running` row was still waiting on the lazy write when the daemon died), is offered to its
+executor for adoption; if the executor cannot adopt it, what is left of it is killed and the
+try counts as failed, then is retried or failed per its policy, with the reason in its log.
+Retry timers are re-armed. Runs still `queued` are admitted from the store.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+
+from orchestrator.core.model import DagSpec
+from orchestrator.core.resolver import resolve
+from orchestrator.core.states import ACTIVE_TASK_STATES, FINISHED_TASK_STATES, RunState, TaskState
+from orchestrator.engine.admission import Admission, fit_to_instances
+from orchestrator.engine.launch import try_token
+from orchestrator.engine.live import Batch, LiveRun
+from orchestrator.engine.progress import RunProgress
+from orchestrator.engine.registry import DagRegistry, LoadedDag
+from orchestrator.ports import ActiveRun, StateStore
+
+log = logging.getLogger("orchestrator.engine.recovery")
+
+
+class Recovery:
+    """Rebuilds the engine's runs from the store."""
+
+    def __init__(
+        self, store: StateStore, progress: RunProgress, admission: Admission, registry: DagRegistry
+    ) -> None:
+        self._store = store
+        self._progress = progress
+        self._admission = admission
+        self._registry = registry
+        self.stored_specs: Mapping[str, DagSpec] = {}
+
+    def dag_of_run(self, item: ActiveRun) -> LoadedDag | None:
+        """The DAG a stored run runs: its recorded version, else the loaded DAG, else the stored one."""
+        spec = getattr(item, "spec", None)
+        if isinstance(spec, DagSpec):
+            return LoadedDag.of(spec)
+        loaded = self._registry.get(item.run.dag_id)
+        if loaded is not None:
+            return loaded
+        stored = self.stored_specs.get(item.run.dag_id)
+        return LoadedDag.of(stored) if stored is not None else None
+
+    async def recover(self, stored_specs: Mapping[str, DagSpec], now: datetime) -> int:
+        """Resume every active run; returns how many there were."""
+        self.stored_specs = stored_specs
+        active = await self._store.load_active_runs()
+        await self._admission.refresh_paused(item.run.dag_id for item in active)
+        waiting_dags: set[str] = set()
+        for item in active:
+            if item.run.state == RunState.QUEUED:
+                waiting_dags.add(item.run.dag_id)
+                continue
+            loaded = self.dag_of_run(item)
+            if loaded is None:
+                log.error(
+                    "run %s of %s cannot resume: its DAG is not loaded", item.run.run_id, item.run.dag_id
+                )
+                continue
+            await self._resume_running(item, fit_to_instances(loaded, item.task_instances), now)
+        for dag_id in sorted(waiting_dags):
+            self._admission.fill_from_store(dag_id)
+        return len(active)
+
+    async def _resume_running(self, item: ActiveRun, loaded: LoadedDag, now: datetime) -> None:
+        progress = self._progress
+        xcoms = {(x.task_id, x.key): x.value for x in item.xcoms if x.map_index == -1}
+        live = LiveRun.build(item.run, loaded, list(item.task_instances), xcoms)
+        progress.runs[live.pk] = live
+        slots = progress.slots_of(live.record.dag_id)
+        slots.active_runs.add(live.pk)
+        slots.active_tasks += sum(1 for ti in live.tis.values() if ti.state in ACTIVE_TASK_STATES)
+        batch = Batch()
+        known = loaded.graph.upstream
+        lost: list[str] = []
+        dispatcher = progress.dispatcher
+        for ti in list(live.tis.values()):
+            task = loaded.tasks.get(ti.task_id)
+            if ti.task_id not in known or task is None:
+                if ti.state not in FINISHED_TASK_STATES:
+                    progress.set_ti(live, ti, batch, state=TaskState.REMOVED)
+                continue
+            if ti.state in ACTIVE_TASK_STATES:
+                executor = None
+                if dispatcher is not None:
+                    try:
+                        executor = dispatcher.get(dispatcher.route(task))
+                    except Exception:
+                        executor = None
+                token = try_token(progress.installation, ti) if progress.installation else ""
+                started = ti.state == TaskState.RUNNING
+                if executor is not None and not started:
+                    # a try whose process started but whose `running` row was not yet written
+                    started = await executor.find_started(ti, token)
+                if not started:
+                    progress.note(ti, now, "re-queued after a daemon restart (it had not started)")
+                    progress.prepare_launch(live, ti, batch, now)
+                    continue
+                if executor is not None and await executor.adopt(ti, token):
+                    continue
+                progress.note(
+                    ti,
+                    now,
+                    f"the daemon stopped while try {ti.try_number} was running "
+                    f"({ti.external_id or 'started'} on {ti.hostname or 'this host'}); "
+                    "the try is counted as failed",
+                )
+                if ti.state == TaskState.QUEUED:
+                    ti = progress.set_ti(live, ti, batch, state=TaskState.RUNNING)
+                progress.fail_try(live, ti, batch, now)
+                lost.append(ti.task_id)
+            elif ti.state == TaskState.UP_FOR_RETRY:
+                progress.arm_retry(ti.key, ti.next_retry_at or now)
+            elif ti.state == TaskState.SCHEDULED:
+                slots.waiting.append((live.pk, (ti.task_id, ti.map_index)))
+        progress.apply_resolution(live, resolve(loaded.graph, live.states), batch)
+        progress.after_change(live, [t for t in lost if live.states.get(t) in FINISHED_TASK_STATES], batch)
+        progress.commit(batch)

@@ -1,0 +1,86 @@
+"""Supervision: no background task or callback of the engine fails silently.
+
+Two tools. `Supervisor.spawn` runs a coroutine as a background task whose failure is fatal:
+the daemon is told (through `on_fatal`) and stops with the error as its last word, rather
+than run on with memory and the database apart. `guarded` wraps a synchronous callback (an
+executor event, a timer, an after-commit action) so that an exception is handed to a
+recovery function with the traceback: the engine fails the task instance concerned, with the
+error in its log, and only if that fails too is the failure fatal. Nothing is left hanging
+between the two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+log = logging.getLogger("orchestrator.engine.supervision")
+
+FatalHandler = Callable[[str], None]
+
+
+class Supervisor:
+    """Owns the engine's background tasks and knows whom to tell when something is beyond repair."""
+
+    def __init__(self, on_fatal: FatalHandler | None = None) -> None:
+        self._on_fatal = on_fatal
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.fatal_message: str | None = None
+
+    def set_fatal_handler(self, on_fatal: FatalHandler) -> None:
+        self._on_fatal = on_fatal
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run `coro` in the background; if it raises, the daemon stops with the error."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            trace = "".join(traceback.format_exception(exc))
+            self.fatal(f"background task {task.get_name()!r} failed: {exc!r}\n{trace}")
+
+    def fatal(self, message: str) -> None:
+        """Something cannot be repaired in place: log it and ask the daemon to stop."""
+        log.critical("%s; the daemon stops so that a restart recovers from the database", message)
+        if self.fatal_message is None:
+            self.fatal_message = message.splitlines()[0] if message else "fatal error"
+        if self._on_fatal is not None:
+            try:
+                self._on_fatal(self.fatal_message)
+            except Exception:
+                log.exception("the fatal-error handler failed")
+
+    async def cancel_all(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except BaseException:
+                pass
+
+
+def guarded(
+    callback: Callable[..., None],
+    recover: Callable[[BaseException, str], None],
+) -> Callable[..., None]:
+    """`callback`, but an exception goes to `recover(exc, traceback_text)` instead of the loop."""
+
+    def run(*args: Any) -> None:
+        try:
+            callback(*args)
+        except Exception as exc:
+            recover(exc, traceback.format_exc())
+
+    return run
