@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeAlias
 
@@ -39,8 +39,6 @@ from storage.sql import QUERIES
 
 logger = logging.getLogger(__name__)
 
-#: NOTIFY channel on which a new run's pk is announced to every daemon.
-RUNS_CHANNEL = "orchestrator_runs"
 #: DagSpec's default, for rows whose nullable max_active_* columns were written by hand
 _DEFAULT_MAX_ACTIVE = 16
 
@@ -199,8 +197,6 @@ class PostgresStateStore:
     def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
         self._pool = pool
         self._dsn = dsn
-        self._listen_conn: asyncpg.Connection | None = None
-        self._run_callbacks: list[Callable[[int], None]] = []
         # commits go through one connection of their own: a pool round trip (acquire, and the
         # reset query on release) costs as much as the commit itself
         self._commit_conn: asyncpg.Connection | None = None
@@ -224,9 +220,6 @@ class PostgresStateStore:
             await lock_conn.close()
         if self._commit_conn is not None:
             conn, self._commit_conn = self._commit_conn, None
-            await conn.close()
-        if self._listen_conn is not None:
-            conn, self._listen_conn = self._listen_conn, None
             await conn.close()
         await self._pool.close()
 
@@ -321,7 +314,6 @@ class PostgresStateStore:
                     [t.max_tries for t in tasks],
                     [t.operator for t in tasks],
                 )
-            await conn.execute(QUERIES["notify_run_created"], created.pk)
         return created, True
 
     async def get_run(self, dag_id: str, run_id: str) -> RunRecord | None:
@@ -336,11 +328,6 @@ class PostgresStateStore:
             rows = await conn.fetch(QUERIES["list_runs"], dag_id, state_values, limit, offset)
             total = await conn.fetchval(QUERIES["count_runs"], dag_id, state_values)
         return [_run(row) for row in rows], total
-
-    async def count_active_runs(self, dag_id: str) -> int:
-        """How many runs of the DAG are in state running (for max_active_runs)."""
-        count: int = await self._pool.fetchval(QUERIES["count_running_runs"], dag_id)
-        return count
 
     async def list_task_instances(self, run_pk: int) -> list[TaskInstanceRecord]:
         rows = await self._pool.fetch(QUERIES["list_task_instances"], run_pk)
@@ -456,41 +443,3 @@ class PostgresStateStore:
 
     async def deregister_daemon(self, daemon_id: str) -> None:
         await self._pool.execute(QUERIES["deregister_daemon"], daemon_id)
-
-    # --- notifications -------------------------------------------------------------------------
-    async def add_run_listener(self, callback: Callable[[int], None]) -> None:
-        """Call `callback(run_pk)` whenever any daemon creates a run (LISTEN orchestrator_runs).
-
-        The wake-up is a hint, not a queue: a notification sent while the listening connection
-        is down is lost, so the caller must still load runs from the store on start-up.
-        """
-        self._run_callbacks.append(callback)
-        if self._listen_conn is not None:
-            return
-        try:
-            conn = await asyncpg.connect(self._dsn)
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise StorageError(f"Could not open the LISTEN connection to PostgreSQL: {exc}") from exc
-        conn.add_termination_listener(self._on_listen_connection_lost)
-        await conn.add_listener(RUNS_CHANNEL, self._on_run_notification)
-        self._listen_conn = conn
-
-    def _on_run_notification(self, conn: object, pid: int, channel: str, payload: object) -> None:
-        try:
-            run_pk = int(str(payload))
-        except ValueError:
-            logger.warning("ignoring a malformed %s notification: %r", RUNS_CHANNEL, payload)
-            return
-        for callback in list(self._run_callbacks):
-            try:
-                callback(run_pk)
-            except Exception:
-                logger.exception("a run listener failed on run pk %s", run_pk)
-
-    def _on_listen_connection_lost(self, conn: object) -> None:
-        if self._listen_conn is conn:
-            self._listen_conn = None
-            logger.warning(
-                "the LISTEN connection to PostgreSQL was lost: new runs created by other daemons "
-                "are picked up only when this daemon reloads runs from the store"
-            )

@@ -86,10 +86,6 @@ SELECT $1, $2, $3, u.task_id, u.map_index, 'none', u.max_tries, u.operator
 FROM unnest($4::text[], $5::integer[], $6::integer[], $7::text[])
     AS u (task_id, map_index, max_tries, operator);
 
--- name: notify_run_created
--- Delivered to every listening daemon when the transaction commits.
-SELECT pg_notify('orchestrator_runs', $1::bigint::text);
-
 -- name: get_run
 SELECT pk, dag_id, run_id, state, run_type, conf, logical_date, data_interval_start,
        data_interval_end, queued_at, start_date, end_date, external_trigger
@@ -105,9 +101,6 @@ LIMIT $3 OFFSET $4;
 
 -- name: count_runs
 SELECT count(*) FROM dag_run WHERE dag_id = $1 AND ($2::text[] IS NULL OR state = ANY($2::text[]));
-
--- name: count_running_runs
-SELECT count(*) FROM dag_run WHERE dag_id = $1 AND state = 'running';
 
 -- name: list_active_runs
 SELECT pk, dag_id, run_id, state, run_type, conf, logical_date, data_interval_start,
