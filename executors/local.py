@@ -366,6 +366,7 @@ class LocalExecutor:
                     "context": call.context,
                     "source_hash": call.source_hash,
                     "env": request.env,
+                    "cwd": request.cwd,
                     "log_path": str(request.log_path),
                     "do_xcom_push": request.do_xcom_push,
                 },

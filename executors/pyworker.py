@@ -142,18 +142,24 @@ def output_to(log_fd: int) -> Iterator[None]:
 
 
 @contextmanager
-def environment(overlay: Mapping[str, str]) -> Iterator[None]:
-    """Add the task's environment variables for its duration, then put the old values back."""
-    previous = {name: os.environ.get(name) for name in overlay}
-    os.environ.update(overlay)
+def environment(env: Mapping[str, str]) -> Iterator[None]:
+    """Run with exactly the task's environment (as a shell task's process gets), then put the
+    worker's own back. Only the variables that differ are changed: a try's environment is
+    mostly the same from one task to the next."""
+    previous = dict(os.environ)
+    _switch_environment(previous, env)
     try:
         yield
     finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        _switch_environment(dict(os.environ), previous)
+
+
+def _switch_environment(current: Mapping[str, str], wanted: Mapping[str, str]) -> None:
+    for name in current.keys() - wanted.keys():
+        os.environ.pop(name, None)
+    for name, value in wanted.items():
+        if current.get(name) != value:
+            os.environ[name] = value
 
 
 #: this worker's marker file (see executors.orphans): the token of the try it is running
@@ -201,8 +207,22 @@ def _run_task(message: Mapping[str, Any]) -> dict[str, Any]:
     except OSError as exc:
         return {"ok": False, "error": f"cannot open the task log {message['log_path']!r}: {exc.strerror}"}
     try:
-        with output_to(log_fd), environment(message.get("env") or {}):
-            return _call(message, task_id)
+        with output_to(log_fd):
+            cwd = message.get("cwd")
+            home = os.getcwd() if cwd else ""
+            if cwd:
+                try:
+                    os.chdir(cwd)
+                except OSError as exc:
+                    error = f"cannot run {task_id} in its cwd {cwd!r}: {exc.strerror}"
+                    print(error, file=sys.stderr)
+                    return {"ok": False, "error": error}
+            try:
+                with environment(message.get("env") or {}):
+                    return _call(message, task_id)
+            finally:
+                if cwd:
+                    os.chdir(home)
     finally:
         os.close(log_fd)
 

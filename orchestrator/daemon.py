@@ -103,6 +103,8 @@ def build_executors(config: Config, events: ExecutorEvents, state_dir: Path) -> 
             python_workers=local.python_workers,
             kill_grace=local.kill_grace,
             state_dir=state_dir,
+            # Python workers start with what every child gets: no configuration overrides
+            worker_env=task_base_environment(os.environ),
         )
     }
 
