@@ -27,6 +27,7 @@ from orchestrator.api.app import create_app
 from orchestrator.config import Config
 from orchestrator.core.model import DagSpec
 from orchestrator.core.serialization import spec_from_dict
+from orchestrator.daemon_lock import DaemonLock
 from orchestrator.dagfolder import DagFolder
 from orchestrator.engine.clock import SystemClock
 from orchestrator.engine.dispatch import Dispatcher
@@ -178,7 +179,8 @@ async def _serve(config: Config) -> None:
             dsn, min_size=config.database.pool_min_size, max_size=config.database.pool_max_size
         )
         stack.push_async_callback(store.close)
-        await _refuse_if_another_daemon_runs(store, daemon_id)
+        daemon_lock = DaemonLock(store, timers, on_taken_over=supervisor.fatal)
+        await _refuse_if_another_daemon_runs(store, daemon_lock, daemon_id)
         await store.register_daemon(daemon_id, hostname, os.getpid(), clock.now())
         stack.push_async_callback(store.deregister_daemon, daemon_id)
 
@@ -217,7 +219,8 @@ async def _serve(config: Config) -> None:
             group.start_soon(folder.watch)
             await engine.recover(stored)
             runner = await _start_api(config, paths, store, engine)
-            group.start_soon(_heartbeat, store, daemon_id, clock, timers)
+            group.start_soon(daemon_lock.guard)
+            group.start_soon(_heartbeat, store, daemon_lock, daemon_id, clock, timers)
             group.start_soon(_wait_for_stop_signal, stop)
             log.info("orchestrator daemon %s ready", daemon_id)
 
@@ -233,14 +236,14 @@ async def _serve(config: Config) -> None:
         raise DaemonFailed(failure[0])
 
 
-async def _refuse_if_another_daemon_runs(store: StateStore, daemon_id: str) -> None:
+async def _refuse_if_another_daemon_runs(store: StateStore, lock: DaemonLock, daemon_id: str) -> None:
     """Two daemons on one database would both resume the same runs and run tasks twice.
 
     Until daemons share work (claims with FOR UPDATE SKIP LOCKED), a daemon holds the
     database's daemon lock while it runs, and a second one refuses to start. The lock goes
     with the first daemon's connection, however it ends (SIGKILL included), on any host.
     """
-    if await store.try_lock_single_daemon():
+    if await lock.acquire():
         for stale in await store.list_daemons():  # holding the lock, every other row is a dead daemon's
             if stale.daemon_id != daemon_id:
                 await store.deregister_daemon(stale.daemon_id)
@@ -296,14 +299,18 @@ async def _start_api(config: Config, paths: Paths, store: StateStore, engine: En
     return runner
 
 
-async def _heartbeat(store: StateStore, daemon_id: str, clock: SystemClock, timers: Timers) -> None:
-    """Record that this daemon is alive (for the survivors of a multi-daemon deployment)."""
+async def _heartbeat(
+    store: StateStore, lock: DaemonLock, daemon_id: str, clock: SystemClock, timers: Timers
+) -> None:
+    """Record that this daemon is alive (for the survivors of a multi-daemon deployment), and
+    make sure its daemon lock's connection still answers."""
     while True:
         await timers.sleep(HEARTBEAT_INTERVAL)  # a timer, not a poll between tasks
         try:
             await store.heartbeat(daemon_id, clock.now())
         except Exception as exc:
             log.warning("heartbeat failed: %s", exc)
+        await lock.check()
 
 
 async def _wait_for_stop_signal(stop: anyio.Event) -> None:

@@ -140,8 +140,15 @@ class StateStore(Protocol):
 
     async def heartbeat(self, daemon_id: str, now: datetime) -> None: ...
 
-    async def try_lock_single_daemon(self) -> bool:
-        """Hold the database's daemon lock while the store is open; False if another holds it."""
+    async def try_lock_single_daemon(self, on_lost: Callable[[], None] | None = None) -> bool:
+        """Hold the database's daemon lock while the store is open; False if another holds it.
+        `on_lost` is called if the lock's connection ends while the store is open."""
+
+    async def daemon_lock_held(self, timeout: float) -> bool:
+        """Whether the lock's connection still answers (one that does not is cut)."""
+
+    async def daemon_lock_holder(self) -> int | None:
+        """The database session (server pid) holding the daemon lock, if any."""
 
     async def list_daemons(self) -> list[DaemonRecord]: ...
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeAlias
 
@@ -110,6 +110,8 @@ def _xcom(row: Row) -> XComRecord:
 
 #: The advisory lock a daemon holds while it runs (one daemon per database for now).
 DAEMON_LOCK_KEY = 0x6F72636865737472  # "orchestr"
+#: seconds to open the daemon lock's own connection
+LOCK_CONNECT_TIMEOUT = 10.0
 
 #: Errors about the rows of a change set (not about the connection, which stays usable).
 _DATA_ERRORS = (
@@ -201,6 +203,9 @@ class PostgresStateStore:
         # reset query on release) costs as much as the commit itself
         self._commit_conn: asyncpg.Connection | None = None
         self._daemon_lock_conn: asyncpg.Connection | None = None
+        self._on_lock_lost: Callable[[], None] | None = None
+        #: server pids of the lock sessions this store held (to tell them from another daemon's)
+        self._former_lock_sessions: set[int] = set()
         self._commit_lock = asyncio.Lock()
 
     @classmethod
@@ -424,18 +429,64 @@ class PostgresStateStore:
     async def heartbeat(self, daemon_id: str, now: datetime) -> None:
         await self._pool.execute(QUERIES["heartbeat"], daemon_id, now)
 
-    async def try_lock_single_daemon(self) -> bool:
+    async def try_lock_single_daemon(self, on_lost: Callable[[], None] | None = None) -> bool:
         """Take the database's daemon lock for as long as this store is open (False: another
         daemon holds it). A session advisory lock on a connection of its own: PostgreSQL
-        releases it the moment that connection ends, however the daemon ended."""
-        if self._daemon_lock_conn is not None:
+        releases it the moment that connection ends, however the daemon ended. `on_lost` is
+        called (in the event loop) if that connection ends while the store is open."""
+        if self._daemon_lock_conn is not None and not self._daemon_lock_conn.is_closed():
             return True
-        conn = await asyncpg.connect(self._dsn)
-        if await conn.fetchval(QUERIES["try_lock_single_daemon"], DAEMON_LOCK_KEY):
-            self._daemon_lock_conn = conn
+        self._daemon_lock_conn = None
+        try:
+            conn = await asyncpg.connect(self._dsn, timeout=LOCK_CONNECT_TIMEOUT)
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            raise ConnectionError(f"cannot open the daemon lock connection: {exc}") from exc
+        try:
+            locked = await conn.fetchval(QUERIES["try_lock_single_daemon"], DAEMON_LOCK_KEY)
+            holder = None if locked else await conn.fetchval(QUERIES["daemon_lock_holder"], DAEMON_LOCK_KEY)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            conn.terminate()
+            raise ConnectionError(f"cannot take the daemon lock: {exc}") from exc
+        except BaseException:
+            conn.terminate()
+            raise
+        if not locked:
+            await conn.close()
+            if holder is not None and holder in self._former_lock_sessions:
+                # our own lost session has not ended on the server yet: not another daemon
+                raise ConnectionError(f"the previous daemon lock session (pid {holder}) is still ending")
+            return False
+        self._former_lock_sessions.add(conn.get_server_pid())
+        self._daemon_lock_conn = conn
+        self._on_lock_lost = on_lost
+        conn.add_termination_listener(self._lock_connection_ended)
+        return True
+
+    def _lock_connection_ended(self, conn: object) -> None:
+        if self._daemon_lock_conn is not conn:
+            return  # closed by the store itself, or an older lock connection
+        self._daemon_lock_conn = None
+        logger.warning("the daemon lock's connection to PostgreSQL ended: the lock is released")
+        if self._on_lock_lost is not None:
+            self._on_lock_lost()
+
+    async def daemon_lock_held(self, timeout: float) -> bool:
+        """Whether the lock connection still answers within `timeout` s (a connection that
+        does not is cut, which releases the lock and reports it lost)."""
+        conn = self._daemon_lock_conn
+        if conn is None or conn.is_closed():
+            return False
+        try:
+            await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout)
             return True
-        await conn.close()
-        return False
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            conn.terminate()
+            return False
+
+    async def daemon_lock_holder(self) -> int | None:
+        """The server pid of the session holding the daemon lock (None: nobody holds it)."""
+        pid: int | None = await self._pool.fetchval(QUERIES["daemon_lock_holder"], DAEMON_LOCK_KEY)
+        return pid
 
     async def list_daemons(self) -> list[DaemonRecord]:
         rows = await self._pool.fetch(QUERIES["list_daemons"])

@@ -248,6 +248,14 @@ UPDATE daemon SET heartbeat_at = $2 WHERE daemon_id = $1;
 -- name: try_lock_single_daemon
 SELECT pg_try_advisory_lock($1::bigint);
 
+-- name: daemon_lock_holder
+-- A bigint advisory lock shows in pg_locks as classid (high 32 bits) and objid (low 32 bits).
+SELECT pid FROM pg_locks
+WHERE locktype = 'advisory' AND granted AND objsubid = 1
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND classid::bigint = ($1::bigint >> 32) AND objid::bigint = ($1::bigint & 4294967295)
+LIMIT 1;
+
 -- name: list_daemons
 SELECT daemon_id, hostname, pid, started_at, heartbeat_at FROM daemon ORDER BY started_at, daemon_id;
 
