@@ -1,4 +1,4 @@
-"""DagFileParser imports DAG files in its own worker process: good, broken, changed, hanging, crashing."""
+"""DagParserPool imports DAG files in its worker processes: good, broken, changed, hanging, crashing."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from executors.errors import DagFileParseError
-from executors.parser import DagFileParser
+from executors.parser import DagParserPool
 
 pytestmark = pytest.mark.anyio
 
@@ -30,8 +30,8 @@ with DAG("good", schedule="@daily", tags=["t"]):
 
 
 @asynccontextmanager
-async def parser(timeout: float = 30.0) -> AsyncIterator[DagFileParser]:
-    dag_parser = DagFileParser(timeout=timeout)
+async def parser(timeout: float = 30.0) -> AsyncIterator[DagParserPool]:
+    dag_parser = DagParserPool(timeout=timeout)
     await dag_parser.start()
     try:
         yield dag_parser
@@ -122,7 +122,7 @@ async def test_concurrent_parses_are_serialised_and_all_answered(tmp_path: Path)
 
 
 async def test_parse_after_close_is_refused(tmp_path: Path) -> None:
-    dag_parser = DagFileParser()
+    dag_parser = DagParserPool()
     await dag_parser.start()
     await dag_parser.close()
     with pytest.raises(DagFileParseError, match="closed"):
