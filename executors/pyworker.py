@@ -9,7 +9,8 @@ and replies leave on fd 3 (not stdout: user code prints), as length-prefixed orj
 Requests:
 - ``{"op": "run", ...}`` call a task's callable with its arguments and Airflow-style context;
   fd 1 and fd 2 point at the task's log for the duration (so subprocesses log too).
-- ``{"op": "parse", "path": ...}`` import a DAG file fresh and return its DagSpecs as JSON.
+- ``{"op": "parse", "path": ..., "timeout": ..., "memory_mb": ...}`` import a DAG file in a child
+  forked for that parse (`executors.parse_process`) and return its DagSpecs as JSON.
 
 The process survives a failing task; if it dies, the daemon replaces it.
 """
@@ -27,6 +28,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import orjson
+
+from executors.parse_process import parse_in_child
 
 REQUEST_FD = 0
 REPLY_FD = 3
@@ -249,28 +252,9 @@ def _call(message: Mapping[str, Any], task_id: str) -> dict[str, Any]:
     return {"ok": True, "has_value": True, "value": orjson.Fragment(raw)}
 
 
-# --- parsing a DAG file --------------------------------------------------------------------------
-
-
-def parse_file(message: Mapping[str, Any]) -> dict[str, Any]:
-    """Import a DAG file (fresh) and return its DagSpecs as dicts, or the import error text."""
-    try:
-        from orchestrator.authoring.loader import DagFileError, load_dag_specs
-        from orchestrator.core.serialization import spec_to_dict
-    except BaseException:
-        return {"ok": False, "error": "the DAG loader could not be imported:\n" + traceback.format_exc()}
-    try:
-        specs = load_dag_specs(message["path"])
-        return {"ok": True, "dags": [spec_to_dict(spec) for spec in specs]}
-    except DagFileError as exc:
-        return {"ok": False, "error": str(exc)}
-    except BaseException:
-        return {"ok": False, "error": traceback.format_exc()}
-
-
 HANDLERS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     "run": run_task,
-    "parse": parse_file,
+    "parse": parse_in_child,
     "ping": lambda message: {"ok": True, "pid": os.getpid()},
 }
 

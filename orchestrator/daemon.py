@@ -1,7 +1,8 @@
 """The composition root: builds every part from the configuration and runs them in one process.
 
 Start-up order matters: database (embedded or configured) → migrations → store → executor
-and parser workers → DAG folder parsed → active runs recovered → API listening. Shutdown
+and parser workers → active runs recovered → API listening, while the DAG folder is parsed
+in the background (a slow DAG file never keeps the API closed). Shutdown
 (SIGTERM or SIGINT) is the reverse: the API stops taking runs, running tasks get
 `daemon.shutdown_grace` seconds, everything committed is flushed, workers and (if it is
 ours) the embedded PostgreSQL stop. All long-running parts live in one anyio task group on
@@ -19,6 +20,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 from aiohttp import web
@@ -38,6 +40,9 @@ from orchestrator.engine.supervision import Supervisor
 from orchestrator.engine.timers import LoopTimers
 from orchestrator.errors import AnotherDaemonRunning, OrchestratorError
 from orchestrator.ports import Executor, ExecutorEvents, StateStore, Timers
+
+if TYPE_CHECKING:
+    from executors.parser import DagParserPool
 
 log = logging.getLogger("orchestrator.daemon")
 
@@ -110,6 +115,20 @@ def build_executors(config: Config, events: ExecutorEvents, state_dir: Path) -> 
     }
 
 
+def build_parser(config: Config, environ: Mapping[str, str] = os.environ) -> DagParserPool:
+    """The DAG-file parser pool. DAG files see the environment tasks see: without the daemon's
+    configuration overrides (the DSN may hold a password)."""
+    from executors.parser import DagParserPool
+
+    dags = config.dags
+    return DagParserPool(
+        dags.parser_processes,
+        timeout=dags.parse_timeout,
+        memory_mb=dags.parse_memory_mb,
+        env=task_base_environment(environ),
+    )
+
+
 def migrate_database(config: Config) -> list[int]:
     """`orchestrator db migrate`: apply pending migrations to the configured database."""
     configure_logging()
@@ -149,8 +168,7 @@ async def _database(config: Config, *, owner: bool) -> AsyncIterator[str]:
 
 
 async def _serve(config: Config) -> None:
-    from executors.parser import DagFileParseError
-    from executors.parser import DagFileParser as WorkerDagFileParser
+    from executors.errors import DagFileParseError
     from storage.migrate import migrate_dsn
     from storage.postgres import PostgresStateStore
 
@@ -202,7 +220,7 @@ async def _serve(config: Config) -> None:
             build_executors(config, engine, paths.state_dir), default=config.executors.default
         )
         engine.attach_executors(dispatcher)
-        parser = WorkerDagFileParser()
+        parser = build_parser(config)
         await parser.start()
         stack.push_async_callback(parser.close)
         await dispatcher.start()
@@ -215,8 +233,9 @@ async def _serve(config: Config) -> None:
                 Path(config.daemon.dags_folder), parser, store, registry, clock, parse_error=DagFileParseError
             )
             stored = await _stored_specs(store)
-            await folder.load_all(known_files={spec.fileloc for spec in stored.values()})
-            group.start_soon(folder.watch)
+            # parsed in the background: a slow file must not keep the API closed (runs recover
+            # on their recorded DAG versions; a DAG not parsed yet cannot be triggered yet)
+            group.start_soon(folder.run, {dag_id: spec.fileloc for dag_id, spec in stored.items()})
             await engine.recover(stored)
             runner = await _start_api(config, paths, store, engine)
             group.start_soon(daemon_lock.guard)

@@ -315,3 +315,12 @@ class EngineApi(Protocol):
     async def set_paused(self, dag_id: str, is_paused: bool) -> DagRecord | None:
         """Pause or unpause a DAG (unpausing starts its runs held while it was paused).
         None if the DAG is unknown."""
+
+
+# --- what the DAG folder asks of its parser -------------------------------------------------
+
+
+class DagParser(Protocol):
+    """Parses one DAG file outside the daemon; raises an exception whose text is the import error."""
+
+    async def parse(self, path: str) -> list[DagSpec]: ...
