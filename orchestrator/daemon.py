@@ -152,9 +152,17 @@ async def _database(config: Config, *, owner: bool) -> AsyncIterator[str]:
     if config.database.dsn:
         yield config.database.dsn
         return
-    from storage.embedded import EmbeddedPostgres
+    from storage.embedded import EmbeddedPostgres, embedded_data_dir
 
-    embedded = EmbeddedPostgres(Paths.of(config).state_dir / "postgres", durable=True)
+    state_dir = Paths.of(config).state_dir
+    embedded = EmbeddedPostgres(embedded_data_dir(state_dir), durable=True)
+    if embedded.data_dir != state_dir / "postgres":
+        log.info(
+            "the `postgres` user cannot reach %s: the embedded PostgreSQL of this state directory "
+            "lives in %s",
+            state_dir,
+            embedded.data_dir,
+        )
     was_running = await anyio.to_thread.run_sync(embedded.is_running)
     if not was_running:
         log.info("no database.dsn configured: starting the embedded PostgreSQL in %s", embedded.data_dir)
