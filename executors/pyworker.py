@@ -234,7 +234,13 @@ def _call(message: Mapping[str, Any], task_id: str) -> dict[str, Any]:
     try:
         from orchestrator.authoring.loader import find_callable
 
-        func = find_callable(message["dag_file"], message["dag_id"], task_id)
+        func = find_callable(
+            message["dag_file"],
+            message["dag_id"],
+            task_id,
+            source_hash=message.get("source_hash"),
+            versions_dir=message.get("versions_dir"),
+        )
         args = list(message.get("args") or [])
         kwargs = call_arguments(func, args, dict(message.get("kwargs") or {}), message.get("context") or {})
         value = func(*args, **kwargs)

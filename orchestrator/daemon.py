@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("orchestrator.daemon")
 
 HEARTBEAT_INTERVAL = 10.0
+#: under the state directory: the source of every parsed DAG version, by hash
+DAG_VERSIONS_FOLDER = "dag_versions"
 
 
 @dataclass(frozen=True)
@@ -109,13 +111,16 @@ def build_executors(config: Config, events: ExecutorEvents, state_dir: Path) -> 
             python_workers=local.python_workers,
             kill_grace=local.kill_grace,
             state_dir=state_dir,
+            versions_dir=state_dir / DAG_VERSIONS_FOLDER,
             # Python workers start with what every child gets: no configuration overrides
             worker_env=task_base_environment(os.environ),
         )
     }
 
 
-def build_parser(config: Config, environ: Mapping[str, str] = os.environ) -> DagParserPool:
+def build_parser(
+    config: Config, environ: Mapping[str, str] = os.environ, versions_dir: Path | None = None
+) -> DagParserPool:
     """The DAG-file parser pool. DAG files see the environment tasks see: without the daemon's
     configuration overrides (the DSN may hold a password)."""
     from executors.parser import DagParserPool
@@ -126,6 +131,7 @@ def build_parser(config: Config, environ: Mapping[str, str] = os.environ) -> Dag
         timeout=dags.parse_timeout,
         memory_mb=dags.parse_memory_mb,
         env=task_base_environment(environ),
+        versions_dir=versions_dir,
     )
 
 
@@ -228,7 +234,7 @@ async def _serve(config: Config) -> None:
             build_executors(config, engine, paths.state_dir), default=config.executors.default
         )
         engine.attach_executors(dispatcher)
-        parser = build_parser(config)
+        parser = build_parser(config, versions_dir=paths.state_dir / DAG_VERSIONS_FOLDER)
         await parser.start()
         stack.push_async_callback(parser.close)
         await dispatcher.start()

@@ -31,7 +31,7 @@ from orchestrator.core.records import (
     TaskKey,
     XComRecord,
 )
-from orchestrator.core.serialization import spec_to_dict
+from orchestrator.core.serialization import spec_from_dict, spec_to_dict
 from orchestrator.core.states import RunState, TaskState
 from orchestrator.ports import ActiveRun
 from storage.errors import StorageError
@@ -84,6 +84,17 @@ def _dag(row: Row) -> DagRecord:
         last_parsed_time=row[9],
         spec=row[10],
     )
+
+
+def _version(spec: Any) -> DagSpec | None:
+    """A run's recorded DAG version, or None (none recorded, or written by an older format)."""
+    if spec is None:
+        return None
+    try:
+        return spec_from_dict(spec)
+    except Exception as exc:
+        logger.warning("a stored DAG version is unreadable (%s): the run uses the DAG as loaded", exc)
+        return None
 
 
 def _run(row: Row) -> RunRecord:
@@ -245,9 +256,16 @@ class PostgresStateStore:
             )
             for spec in dags
         ]
+        versions = [
+            (spec.dag_id, spec.source_hash, row[-1], now)
+            for spec, row in zip(dags, rows, strict=True)
+            if spec.source_hash
+        ]
         async with self._pool.acquire() as conn, conn.transaction():
             if rows:
                 await conn.executemany(QUERIES["upsert_dag"], rows)
+            if versions:
+                await conn.executemany(QUERIES["insert_dag_version"], versions)
             await conn.execute(
                 QUERIES["deactivate_dags_missing_from_file"], fileloc, [s.dag_id for s in dags]
             )
@@ -286,7 +304,9 @@ class PostgresStateStore:
         return [ImportErrorRecord(row[0], row[1], row[2]) for row in rows]
 
     # --- runs ----------------------------------------------------------------------------------
-    async def create_run(self, run: NewRun, tasks: Sequence[NewTaskInstance]) -> tuple[RunRecord, bool]:
+    async def create_run(
+        self, run: NewRun, tasks: Sequence[NewTaskInstance], source_hash: str | None = None
+    ) -> tuple[RunRecord, bool]:
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 QUERIES["insert_run"],
@@ -319,6 +339,8 @@ class PostgresStateStore:
                     [t.max_tries for t in tasks],
                     [t.operator for t in tasks],
                 )
+            if source_hash:
+                await conn.execute(QUERIES["insert_run_version"], created.pk, created.dag_id, source_hash)
         return created, True
 
     async def get_run(self, dag_id: str, run_id: str) -> RunRecord | None:
@@ -358,7 +380,9 @@ class PostgresStateStore:
             pks = [row[0] for row in run_rows]
             ti_rows = await conn.fetch(QUERIES["list_task_instances_of_runs"], pks) if pks else []
             xcom_rows = await conn.fetch(QUERIES["list_xcoms_of_runs"], pks) if pks else []
-        active = {row[0]: ActiveRun(_run(row), [], []) for row in run_rows}
+            version_rows = await conn.fetch(QUERIES["list_versions_of_runs"], pks) if pks else []
+        versions = {row[0]: row[1] for row in version_rows}
+        active = {row[0]: ActiveRun(_run(row), [], [], _version(versions.get(row[0]))) for row in run_rows}
         for row in ti_rows:
             active[row[0]].task_instances.append(_task_instance(row))
         for row in xcom_rows:

@@ -139,7 +139,7 @@ class Engine:
             NewTaskInstance(task.task_id, loaded.operators[task.task_id], task.max_tries)
             for task in loaded.spec.tasks
         ]
-        record, created = await self._store.create_run(new_run, tasks)
+        record, created = await self._store.create_run(new_run, tasks, loaded.spec.source_hash)
         if created:
             log.info("run %s of %s created (%s)", record.run_id, dag_id, run_type)
             await self.admission.refresh_paused([dag_id])

@@ -66,7 +66,7 @@ def build_launch(
         dag_id=spec.dag_id,
         dag_file=spec.fileloc,
         task_id=task.task_id,
-        source_hash=getattr(spec, "source_hash", None),
+        source_hash=spec.source_hash,
         render=lambda value: render_value(value, context, xcoms),
         json_context=lambda: json_context(context),
     )

@@ -18,6 +18,7 @@ import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -131,6 +132,7 @@ class EngineHarness:
     executor: LocalExecutor
     registry: DagRegistry
     logs_dir: Path
+    versions_dir: Path
     crashed: bool = False
     _stop_writer: Callable[[], None] = field(default=lambda: None, repr=False)
 
@@ -159,6 +161,10 @@ class EngineHarness:
             return []
         return sorted(p.name.removeprefix(prefix) for p in folder.glob(f"{prefix}attempt=*.log"))
 
+    async def reload(self, path: Path) -> None:
+        """Parse a changed DAG file again, as the daemon's DAG folder would."""
+        await load_dag_file(self.store, self.registry, path, self.versions_dir, SystemClock().now())
+
     async def drain(self, grace: float) -> None:
         """Shut down like SIGTERM: running tasks get `grace` s, queued ones stay queued."""
         await self.engine.drain(grace)
@@ -171,6 +177,16 @@ class EngineHarness:
         """
         self.crashed = True
         self._stop_writer()
+
+
+async def load_dag_file(
+    store: PostgresStateStore, registry: DagRegistry, path: Path, versions_dir: Path, now: datetime
+) -> None:
+    """Load a DAG file in process, keep its version's source, register and store its DAGs."""
+    specs = load_dag_specs(str(path), versions_dir=str(versions_dir))
+    registry.check_file(str(path), specs)
+    registry.replace_file(str(path), specs)
+    await store.sync_dag_file(str(path), specs, now)
 
 
 @asynccontextmanager
@@ -195,11 +211,10 @@ async def running_engine(
     clock = clock or SystemClock()
     timers = timers or LoopTimers(clock)
     registry = DagRegistry()
+    state_dir = state_dir or logs_dir.parent / "state"
+    versions_dir = state_dir / "dag_versions"
     for path in dag_files:
-        specs = load_dag_specs(str(path))
-        registry.check_file(str(path), specs)
-        registry.replace_file(str(path), specs)
-        await store.sync_dag_file(str(path), specs, clock.now())
+        await load_dag_file(store, registry, path, versions_dir, clock.now())
     logs_dir.mkdir(parents=True, exist_ok=True)
     engine = Engine(
         store,
@@ -217,7 +232,8 @@ async def running_engine(
         slots=slots,
         python_workers=python_workers,
         kill_grace=kill_grace,
-        state_dir=state_dir or logs_dir.parent / "state",
+        state_dir=state_dir,
+        versions_dir=versions_dir,
     )
     executors: dict[str, Executor] = {"local": executor}
     for name, factory in (extra_executors or {}).items():
@@ -234,7 +250,9 @@ async def running_engine(
                     await engine.writer.run()
 
             group.start_soon(writer_loop)
-            harness = EngineHarness(store, engine, executor, registry, logs_dir, _stop_writer=writer_scope.cancel)
+            harness = EngineHarness(
+                store, engine, executor, registry, logs_dir, versions_dir, _stop_writer=writer_scope.cancel
+            )
             await engine.recover({})
             grace = drain_grace
             try:
