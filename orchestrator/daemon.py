@@ -244,7 +244,13 @@ async def _serve(config: Config) -> None:
         async with anyio.create_task_group() as group:
             group.start_soon(engine.writer.run)
             folder = DagFolder(
-                Path(config.daemon.dags_folder), parser, store, registry, clock, parse_error=DagFileParseError
+                Path(config.daemon.dags_folder),
+                parser,
+                store,
+                registry,
+                clock,
+                parse_error=DagFileParseError,
+                events=engine.events,
             )
             stored = await _stored_specs(store)
             # parsed in the background: a slow file must not keep the API closed (runs recover
