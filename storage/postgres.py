@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -66,6 +68,44 @@ def _json_text(value: Any) -> str:
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec(
         "jsonb", schema="pg_catalog", encoder=_encode_jsonb, decoder=_decode_jsonb, format="binary"
+    )
+
+
+# --- connecting --------------------------------------------------------------------------------
+
+#: seconds to wait for the server to answer a new connection (database.connect_timeout)
+DEFAULT_CONNECT_TIMEOUT = 10.0
+_KEYWORD = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S*)")
+
+
+def dsn_address(dsn: str) -> str:
+    """The host and port a DSN points at, for messages (never the user or the password)."""
+    if "://" in dsn:
+        parts = urllib.parse.urlsplit(dsn)
+        query = urllib.parse.parse_qs(parts.query)
+        host = parts.hostname or (query.get("host") or ["localhost"])[0]
+        try:
+            port = parts.port or (query.get("port") or ["5432"])[0]
+        except ValueError:
+            port = "5432"
+    else:
+        keywords = {key: value.strip("'") for key, value in _KEYWORD.findall(dsn)}
+        host, port = keywords.get("host", "localhost"), keywords.get("port", "5432")
+    return f"{host}:{port}" if not str(host).startswith("/") else f"{host} (port {port})"
+
+
+def connect_failure(dsn: str, exc: BaseException, timeout: float, doing: str) -> str:
+    """One line saying why connecting to `dsn` failed, naming the server and what to check."""
+    where = dsn_address(dsn)
+    if isinstance(exc, TimeoutError):
+        return (
+            f"PostgreSQL at {where} did not answer within {timeout:g} s (database.connect_timeout) "
+            f"when {doing}: check database.dsn, that the server is up and that nothing else listens there"
+        )
+    reason = str(exc).strip() or type(exc).__name__
+    return (
+        f"cannot connect to PostgreSQL at {where} when {doing}: {reason}. "
+        "Check database.dsn and that the server is up"
     )
 
 
@@ -196,9 +236,12 @@ def _xcom_columns(xcoms: Iterable[XComRecord]) -> list[list[Any]]:
 class PostgresStateStore:
     """The state store on one PostgreSQL database (see `orchestrator.ports.StateStore`)."""
 
-    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, dsn: str, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    ) -> None:
         self._pool = pool
         self._dsn = dsn
+        self._connect_timeout = connect_timeout
         self._listen_conn: asyncpg.Connection | None = None
         self._run_callbacks: list[Callable[[int], None]] = []
         # commits go through one connection of their own: a pool round trip (acquire, and the
@@ -208,15 +251,23 @@ class PostgresStateStore:
         self._commit_lock = asyncio.Lock()
 
     @classmethod
-    async def connect(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> PostgresStateStore:
-        """Open a connection pool on a migrated database (see `storage.migrate`)."""
+    async def connect(
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 2,
+        max_size: int = 10,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ) -> PostgresStateStore:
+        """Open a connection pool on a migrated database (see `storage.migrate`). A server that
+        does not answer within `connect_timeout` seconds is a StorageError naming it."""
         try:
-            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection)
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise StorageError(
-                f"Could not connect to PostgreSQL: {exc}. Check database.dsn and that the server is up"
-            ) from exc
-        return cls(pool, dsn)
+            pool = await asyncpg.create_pool(
+                dsn, min_size=min_size, max_size=max_size, init=_init_connection, timeout=connect_timeout
+            )
+        except (OSError, asyncpg.PostgresError) as exc:  # TimeoutError is an OSError
+            raise StorageError(connect_failure(dsn, exc, connect_timeout, "opening the pool")) from exc
+        return cls(pool, dsn, connect_timeout)
 
     async def close(self) -> None:
         if self._daemon_lock_conn is not None:
@@ -402,7 +453,7 @@ class PostgresStateStore:
 
     async def _connect_for_commits(self) -> asyncpg.Connection:
         """The commit connection: outside the pool, so nothing else ever shares or reclaims it."""
-        conn = await asyncpg.connect(self._dsn)
+        conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
         await _init_connection(conn)
         return conn
 
@@ -443,7 +494,7 @@ class PostgresStateStore:
         releases it the moment that connection ends, however the daemon ended."""
         if self._daemon_lock_conn is not None:
             return True
-        conn = await asyncpg.connect(self._dsn)
+        conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
         if await conn.fetchval(QUERIES["try_lock_single_daemon"], DAEMON_LOCK_KEY):
             self._daemon_lock_conn = conn
             return True
@@ -468,7 +519,7 @@ class PostgresStateStore:
         if self._listen_conn is not None:
             return
         try:
-            conn = await asyncpg.connect(self._dsn)
+            conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
         except (OSError, asyncpg.PostgresError) as exc:
             raise StorageError(f"Could not open the LISTEN connection to PostgreSQL: {exc}") from exc
         conn.add_termination_listener(self._on_listen_connection_lost)
