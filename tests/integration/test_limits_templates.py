@@ -115,3 +115,20 @@ async def test_a_looping_template_renders_off_the_loop_while_other_runs_finish(
     after = (await task_instances(store, spin_run.pk))["spin"]
     assert after.state == TaskState.QUEUED and not (work / "rendered").exists()
     assert (await wait_run(store, "quick", "r1")).state == RunState.SUCCESS
+
+
+async def test_the_shipped_example_passes_conf_to_the_shell_as_data(
+    store: PostgresStateStore, tmp_path: Path
+) -> None:
+    example = Path(__file__).resolve().parents[2] / "dags" / "example_etl.py"
+    marker = tmp_path / "injected"
+    day = f"$(touch {marker})"
+    async with running_engine(store, tmp_path / "logs", [example]) as engine:
+        run, _ = await engine.trigger("example_etl", conf={"day": day})
+        finished = await wait_run(store, "example_etl", run.run_id)
+        extract = engine.log_text("example_etl", run.run_id, "extract", 1)
+        load = engine.log_text("example_etl", run.run_id, "load", 1)
+    assert finished.state == RunState.SUCCESS
+    assert not marker.exists()
+    assert f"extracting {day} for run {run.run_id}" in extract, extract
+    assert f"loading 42 rows for {day}" in load, load
