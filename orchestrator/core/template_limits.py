@@ -337,6 +337,22 @@ def is_cheap(tree: nodes.Template) -> bool:
     return True
 
 
+#: a cheap template with at most this many expressions in its output is joined in one go and
+#: measured after: each expression yields a value the size guard bounds (or a context value,
+#: bounded by the request that carried it), so the transient text stays bounded too
+JOIN_AT_ONCE_MAX_EXPRESSIONS = 16
+
+
+def output_expressions(tree: nodes.Template) -> int:
+    """How many expressions (not literal text) the template's output holds."""
+    return sum(
+        1
+        for output in tree.find_all(nodes.Output)
+        for node in output.nodes
+        if not isinstance(node, nodes.TemplateData)
+    )
+
+
 # --- the deadline ---------------------------------------------------------------------------
 
 

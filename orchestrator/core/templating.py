@@ -34,11 +34,13 @@ from orchestrator.core.model import DagSpec, TaskSpec, XComRef
 from orchestrator.core.records import RunRecord
 from orchestrator.core.template_limits import (
     DEFAULT_LIMITS,
+    JOIN_AT_ONCE_MAX_EXPRESSIONS,
     Deadline,
     LimitedEnvironment,
     TemplateLimitExceeded,
     TemplateLimits,
     is_cheap,
+    output_expressions,
     run_with_deadline,
 )
 from orchestrator.errors import OrchestratorError
@@ -234,13 +236,25 @@ def _globals(max_output_bytes: int) -> Mapping[str, Any]:
     return MappingProxyType(dict(_environment(max_output_bytes).globals))
 
 
+#: how a compiled template is rendered
+_JOIN = 0  # cheap, few expressions: joined at once, measured after (today's fast path)
+_STREAM = 1  # cheap, many expressions: measured while it streams
+_DEADLINE = 2  # can loop: streamed, under a deadline
+
+
 @functools.lru_cache(maxsize=1024)
-def _compile(template: str, max_output_bytes: int) -> tuple[jinja2.Template, bool]:
-    """The compiled template and whether it is cheap by construction (see template_limits)."""
+def _compile(template: str, max_output_bytes: int) -> tuple[jinja2.Template, int]:
+    """The compiled template and how to render it (see template_limits)."""
     # lru_cache does not store exceptions: a template that fails to compile is retried each time.
     env = _environment(max_output_bytes)
     tree = env.parse(template)
-    return env.from_string(tree), is_cheap(tree)
+    if not is_cheap(tree):
+        mode = _DEADLINE
+    elif output_expressions(tree) <= JOIN_AT_ONCE_MAX_EXPRESSIONS:
+        mode = _JOIN
+    else:
+        mode = _STREAM
+    return env.from_string(tree), mode
 
 
 def _needs_jinja(template: str) -> bool:
@@ -292,29 +306,40 @@ def is_cheap_template(template: str, limits: TemplateLimits = DEFAULT_LIMITS) ->
     if not _needs_jinja(template):
         return True
     try:
-        return _compile(template, limits.max_output_bytes)[1]
+        return _compile(template, limits.max_output_bytes)[1] != _DEADLINE
     except Exception:
         return True
 
 
 def _join_limited(chunks: Any, limit: int) -> str:
     parts: list[str] = []
+    append = parts.append  # the hot loop of every render: no attribute lookups in it
     size = 0
     for chunk in chunks:
+        append(chunk)
         size += len(chunk)
         if size > limit:
             raise TemplateLimitExceeded(
                 f"the rendered text is longer than templates.max_output_bytes ({limit:,}): "
                 "render less, or raise the limit in the configuration"
             )
-        parts.append(chunk)
     text = "".join(parts)
-    if size * 4 > limit and len(text.encode("utf-8", "surrogatepass")) > limit:
+    if size * 4 > limit:
+        _check_output(text, size, limit)
+    return text
+
+
+def _check_output(text: str, size: int, limit: int) -> None:
+    if size > limit:
+        raise TemplateLimitExceeded(
+            f"the rendered text is longer than templates.max_output_bytes ({limit:,}): "
+            "render less, or raise the limit in the configuration"
+        )
+    if len(text.encode("utf-8", "surrogatepass")) > limit:
         raise TemplateLimitExceeded(
             f"the rendered text is more than templates.max_output_bytes ({limit:,}) bytes of UTF-8: "
             "render less, or raise the limit in the configuration"
         )
-    return text
 
 
 def render_template(
@@ -336,11 +361,16 @@ def render_template(
         return template
     limit = limits.max_output_bytes
     try:
-        compiled, cheap = _compile(template, limit)
+        compiled, mode = _compile(template, limit)
         # What Template.render does, minus its per-call merge of the globals through a
         # ChainMap, which costs as much as the rendering itself for a one-line command.
         jinja_context = compiled.new_context({**_globals(limit), **context}, shared=True)
-        if cheap or limits.render_timeout is None:
+        if mode == _JOIN:
+            text = "".join(compiled.root_render_func(jinja_context))
+            if len(text) * 4 > limit:
+                _check_output(text, len(text), limit)
+            return text
+        if mode == _STREAM or limits.render_timeout is None:
             return _join_limited(compiled.root_render_func(jinja_context), limit)
         timeout = limits.render_timeout
         deadline = Deadline(now() + timeout, now, timeout)

@@ -112,8 +112,25 @@ def _template_strings(value: Any) -> Iterator[str]:
             yield from _template_strings(item)
 
 
+#: renders_inline's answers by task object (held, so that its id is not reused meanwhile)
+_INLINE: dict[int, tuple[TaskSpec, bool]] = {}
+_INLINE_KEPT = 4096
+
+
 def renders_inline(task: TaskSpec, limits: TemplateLimits = DEFAULT_LIMITS) -> bool:
-    """True if every template of the task is cheap by construction (rendered in the loop)."""
+    """True if every template of the task is cheap by construction (rendered in the loop).
+    Asked at every launch, so the answer is kept per task object (a DAG version's tasks)."""
+    known = _INLINE.get(id(task))
+    if known is not None and known[0] is task:
+        return known[1]
+    inline = _renders_inline(task, limits)
+    if len(_INLINE) >= _INLINE_KEPT:
+        _INLINE.clear()
+    _INLINE[id(task)] = (task, inline)
+    return inline
+
+
+def _renders_inline(task: TaskSpec, limits: TemplateLimits) -> bool:
     if not all(is_cheap_template(value, limits) for value in task.env.values()):
         return False
     try:

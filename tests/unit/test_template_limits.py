@@ -68,6 +68,13 @@ def test_the_rendered_output_is_limited_while_it_streams() -> None:
     assert "the rendered text is longer than templates.max_output_bytes" in str(info.value)
 
 
+def test_a_template_of_many_expressions_is_measured_while_it_streams() -> None:
+    context = {"params": {"part": "x" * 600}}
+    with pytest.raises(TemplateError, match=r"the rendered text is longer than templates\.max_output_bytes"):
+        render_template("{{ params.part }}" * 20, context, LIMITS)
+    assert render_template("{{ params.part }}" * 16, context, LIMITS) == "x" * 9600
+
+
 def test_the_output_limit_counts_utf8_bytes() -> None:
     context = {"params": {"big": "é" * 6000}}  # 6,000 characters, 12,000 bytes
     with pytest.raises(TemplateError, match="bytes of UTF-8"):
