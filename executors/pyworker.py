@@ -255,6 +255,13 @@ def _call(message: Mapping[str, Any], task_id: str) -> dict[str, Any]:
         error = f"return value of {task_id} is not JSON serialisable: {exc}"
         print(error, file=sys.stderr)
         return {"ok": False, "error": error}
+    if b"null" in raw:  # orjson writes NaN and Infinity as null: the value would vanish
+        from orchestrator.core.values import non_finite_refusal
+
+        refusal = non_finite_refusal(value)
+        if refusal is not None:
+            print(f"return value of {task_id} refused: {refusal}", file=sys.stderr)
+            return {"ok": False, "error": refusal}
     return {"ok": True, "has_value": True, "value": orjson.Fragment(raw)}
 
 

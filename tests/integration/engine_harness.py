@@ -203,11 +203,13 @@ async def running_engine(
     timers: Timers | None = None,
     extra_executors: Mapping[str, Callable[[ExecutorEvents], Executor]] | None = None,
     state_dir: Path | None = None,
+    engine_options: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[EngineHarness]:
     """An Engine + LocalExecutor + writer on `store`, with the DAGs of `dag_files` loaded and
     the store's active runs recovered. Drains on exit (running tasks get `drain_grace` s, none
     if the test failed) unless the test crashed it. `clock` and `timers` default to the real
-    ones (tests/fakes.py has fakes that advance time); `extra_executors` adds executors by name."""
+    ones (tests/fakes.py has fakes that advance time); `extra_executors` adds executors by name;
+    `engine_options` are more keyword arguments of Engine (check_value, template_limits)."""
     clock = clock or SystemClock()
     timers = timers or LoopTimers(clock)
     registry = DagRegistry()
@@ -225,6 +227,7 @@ async def running_engine(
         daemon_id="test",
         hostname=socket.gethostname(),
         base_env=os.environ,
+        **(engine_options or {}),
     )
     engine.set_installation(await store.installation_id())
     executor = LocalExecutor(
