@@ -157,8 +157,10 @@ class DagFolder:
                 self._errored.add(fileloc)
                 self._publish(fileloc, error)
             else:
-                await self._store.sync_dag_file(fileloc, specs, now)
+                # the engine first: once the store lists a DAG (what API clients see), a
+                # trigger for it must find it loaded
                 self._registry.replace_file(fileloc, specs)
+                await self._store.sync_dag_file(fileloc, specs, now)
                 self._cleared(fileloc)
                 log.info("loaded %s: %s", fileloc, ", ".join(spec.dag_id for spec in specs) or "no DAGs")
             freed = before - self._ids_of(fileloc)

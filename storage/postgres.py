@@ -167,6 +167,8 @@ _DATA_ERRORS = (
     asyncpg.IntegrityConstraintViolationError,
     asyncpg.DataError,
     asyncpg.SyntaxOrAccessError,
+    # a value too large for PostgreSQL (54xxx): the rows again, not the connection
+    asyncpg.ProgramLimitExceededError,
 )
 
 #: Change sets of task instances up to this size are written as a pipelined batch of one-row
