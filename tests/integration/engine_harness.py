@@ -34,6 +34,7 @@ from orchestrator.engine.registry import DagRegistry
 from orchestrator.engine.timers import LoopTimers
 from orchestrator.logpaths import task_log_path
 from orchestrator.ports import Clock, Executor, ExecutorEvents, Timers
+from storage.filelogs import FileTaskLogs, LogFiles
 from storage.postgres import PostgresStateStore
 
 T = TypeVar("T")
@@ -131,6 +132,7 @@ class EngineHarness:
     executor: LocalExecutor
     registry: DagRegistry
     logs_dir: Path
+    task_logs: FileTaskLogs
     crashed: bool = False
     _stop_writer: Callable[[], None] = field(default=lambda: None, repr=False)
 
@@ -187,6 +189,7 @@ async def running_engine(
     timers: Timers | None = None,
     extra_executors: Mapping[str, Callable[[ExecutorEvents], Executor]] | None = None,
     state_dir: Path | None = None,
+    log_max_bytes: int | None = None,
 ) -> AsyncIterator[EngineHarness]:
     """An Engine + LocalExecutor + writer on `store`, with the DAGs of `dag_files` loaded and
     the store's active runs recovered. Drains on exit (running tasks get `drain_grace` s, none
@@ -201,6 +204,8 @@ async def running_engine(
         registry.replace_file(str(path), specs)
         await store.sync_dag_file(str(path), specs, clock.now())
     logs_dir.mkdir(parents=True, exist_ok=True)
+    log_files = LogFiles() if log_max_bytes is None else LogFiles(log_max_bytes)
+    task_logs = FileTaskLogs(logs_dir, log_files)
     engine = Engine(
         store,
         clock,
@@ -210,6 +215,7 @@ async def running_engine(
         daemon_id="test",
         hostname=socket.gethostname(),
         base_env=os.environ,
+        task_logs=task_logs,
     )
     engine.set_installation(await store.installation_id())
     executor = LocalExecutor(
@@ -218,6 +224,7 @@ async def running_engine(
         python_workers=python_workers,
         kill_grace=kill_grace,
         state_dir=state_dir or logs_dir.parent / "state",
+        log_files=log_files,
     )
     executors: dict[str, Executor] = {"local": executor}
     for name, factory in (extra_executors or {}).items():
@@ -234,7 +241,9 @@ async def running_engine(
                     await engine.writer.run()
 
             group.start_soon(writer_loop)
-            harness = EngineHarness(store, engine, executor, registry, logs_dir, _stop_writer=writer_scope.cancel)
+            harness = EngineHarness(
+                store, engine, executor, registry, logs_dir, task_logs, _stop_writer=writer_scope.cancel
+            )
             await engine.recover({})
             grace = drain_grace
             try:
