@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections import deque
 from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
@@ -149,6 +150,7 @@ class TryLogWriter:
         "_tail",
         "_tail_len",
         "closed",
+        "external_output",
         "path",
     )
 
@@ -166,6 +168,8 @@ class TryLogWriter:
         self._dropped = 0
         self._followers: list[asyncio.Event] = []
         self.closed = False
+        #: another process writes the output (this writer only adds header and footer)
+        self.external_output = cap is None
         files._writers[self._key] = self
 
     @property
@@ -307,8 +311,9 @@ class LogFiles:
             return
         changed = asyncio.Event()
         writer._followers.append(changed)
-        watcher = asyncio.get_running_loop().create_task(_watch_file(path, changed))
-        watcher.add_done_callback(_log_watch_failure)
+        # output another process writes (a Python worker) is seen through inotify; the watch is
+        # in place before the first read, so nothing written after that read goes unnoticed
+        watch = _FileWatch(path, changed) if writer.external_output else None
         try:
             while True:
                 changed.clear()
@@ -320,39 +325,49 @@ class LogFiles:
                     return
                 await changed.wait()
         finally:
-            watcher.cancel()
+            if watch is not None:
+                watch.close()
             try:
                 writer._followers.remove(changed)
             except ValueError:
                 pass
 
 
-def _log_watch_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.warning("cannot watch a task log for changes: %s", task.exception())
+class _FileWatch:
+    """Sets `changed` whenever inotify sees the file `path` written, until `close`.
 
+    watchfiles' `RustNotify` is used directly (as `watchfiles.awatch` does) because it puts the
+    watch in place when it is created, whereas `awatch` does so some time after its first
+    iteration starts. Its wait runs in a thread of its own (not the loop's pool, which a few
+    followers would exhaust); `close` ends it within `_STEP_MS`.
+    """
 
-async def _watch_file(path: Path, changed: asyncio.Event) -> None:
-    """Set `changed` whenever inotify sees `path` written (by a process other than the daemon)."""
-    import anyio
-    import watchfiles
+    _STEP_MS = 5
 
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    target = str(path)
-    stop = anyio.Event()
-    try:
-        async for _ in watchfiles.awatch(
-            folder,
-            watch_filter=lambda _change, name: name == target,
-            debounce=20,
-            step=5,
-            stop_event=stop,
-            recursive=False,
-        ):
-            changed.set()
-    finally:
-        stop.set()
+    def __init__(self, path: Path, changed: asyncio.Event) -> None:
+        from watchfiles._rust_notify import RustNotify
+
+        self._changed = changed
+        self._stop = threading.Event()
+        target = path if path.exists() else path.parent
+        self._notify = RustNotify([str(target)], False, False, 0, False, False)
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=self._run, args=(loop,), name=f"follow {path.name}", daemon=True).start()
+
+    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            while not self._stop.is_set():
+                if isinstance(self._notify.watch(20, self._STEP_MS, 0, self._stop), set):
+                    loop.call_soon_threadsafe(self._changed.set)
+        except RuntimeError:
+            pass  # the loop closed under a follower: nobody is waiting any more
+        except Exception as exc:
+            logger.warning("cannot watch a task log for changes: %s", exc)
+        finally:
+            self._notify.close()
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 class FileTaskLogs:

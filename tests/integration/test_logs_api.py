@@ -20,6 +20,7 @@ from orchestrator.core.states import RunState, TaskState
 from orchestrator.logpaths import task_log_path
 from storage.postgres import PostgresStateStore
 from tests.integration.engine_harness import EngineHarness, running_engine, task_instances, write_dag
+from tests.integration.test_cli import cli
 
 pytestmark = pytest.mark.anyio
 
@@ -114,6 +115,10 @@ async def test_a_multi_megabyte_log_reads_whole_as_text_in_token_pages_and_as_fu
         _, first = await get_json(http, target)
         rest = await get_text(http, target, token=first["continuation_token"])
         assert first["content"] + rest == expected
+
+        result = await cli("logs", "big", "r1", "emit", "--url", url, cwd=tmp_path)
+        assert result.code == 0, result.err
+        assert result.out == expected
 
 
 async def test_a_page_never_ends_inside_a_utf8_character_and_bad_parameters_are_400(
