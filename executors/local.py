@@ -370,6 +370,7 @@ class LocalExecutor:
                     "context": call.context,
                     "source_hash": call.source_hash,
                     "env": request.env,
+                    "cwd": request.cwd,
                     "log_path": str(request.log_path),
                     "log_max_bytes": self._logs.max_bytes_per_try,
                     "do_xcom_push": request.do_xcom_push,

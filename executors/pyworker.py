@@ -11,7 +11,8 @@ Requests:
   fd 1 and fd 2 point at the task's log for the duration (so subprocesses log too). When it
   returns, a log past ``log_max_bytes`` is cut down to its head, a marker and its tail
   (`storage.filelogs.cap_written_log`).
-- ``{"op": "parse", "path": ...}`` import a DAG file fresh and return its DagSpecs as JSON.
+- ``{"op": "parse", "path": ..., "timeout": ..., "memory_mb": ...}`` import a DAG file in a child
+  forked for that parse (`executors.parse_process`) and return its DagSpecs as JSON.
 
 The process survives a failing task; if it dies, the daemon replaces it.
 """
@@ -30,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from executors.parse_process import parse_in_child
 from storage.filelogs import cap_written_log, open_for_append
 
 REQUEST_FD = 0
@@ -146,18 +148,24 @@ def output_to(log_fd: int) -> Iterator[None]:
 
 
 @contextmanager
-def environment(overlay: Mapping[str, str]) -> Iterator[None]:
-    """Add the task's environment variables for its duration, then put the old values back."""
-    previous = {name: os.environ.get(name) for name in overlay}
-    os.environ.update(overlay)
+def environment(env: Mapping[str, str]) -> Iterator[None]:
+    """Run with exactly the task's environment (as a shell task's process gets), then put the
+    worker's own back. Only the variables that differ are changed: a try's environment is
+    mostly the same from one task to the next."""
+    previous = dict(os.environ)
+    _switch_environment(previous, env)
     try:
         yield
     finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        _switch_environment(dict(os.environ), previous)
+
+
+def _switch_environment(current: Mapping[str, str], wanted: Mapping[str, str]) -> None:
+    for name in current.keys() - wanted.keys():
+        os.environ.pop(name, None)
+    for name, value in wanted.items():
+        if current.get(name) != value:
+            os.environ[name] = value
 
 
 #: this worker's marker file (see executors.orphans): the token of the try it is running
@@ -206,8 +214,22 @@ def _run_task(message: Mapping[str, Any]) -> dict[str, Any]:
     except OSError as exc:
         return {"ok": False, "error": f"cannot open the task log {log_path!r}: {exc.strerror}"}
     try:
-        with output_to(log_fd), environment(message.get("env") or {}):
-            return _call(message, task_id)
+        with output_to(log_fd):
+            cwd = message.get("cwd")
+            home = os.getcwd() if cwd else ""
+            if cwd:
+                try:
+                    os.chdir(cwd)
+                except OSError as exc:
+                    error = f"cannot run {task_id} in its cwd {cwd!r}: {exc.strerror}"
+                    print(error, file=sys.stderr)
+                    return {"ok": False, "error": error}
+            try:
+                with environment(message.get("env") or {}):
+                    return _call(message, task_id)
+            finally:
+                if cwd:
+                    os.chdir(home)
     finally:
         cap = message.get("log_max_bytes")
         if cap:
@@ -240,28 +262,9 @@ def _call(message: Mapping[str, Any], task_id: str) -> dict[str, Any]:
     return {"ok": True, "has_value": True, "value": orjson.Fragment(raw)}
 
 
-# --- parsing a DAG file --------------------------------------------------------------------------
-
-
-def parse_file(message: Mapping[str, Any]) -> dict[str, Any]:
-    """Import a DAG file (fresh) and return its DagSpecs as dicts, or the import error text."""
-    try:
-        from orchestrator.authoring.loader import DagFileError, load_dag_specs
-        from orchestrator.core.serialization import spec_to_dict
-    except BaseException:
-        return {"ok": False, "error": "the DAG loader could not be imported:\n" + traceback.format_exc()}
-    try:
-        specs = load_dag_specs(message["path"])
-        return {"ok": True, "dags": [spec_to_dict(spec) for spec in specs]}
-    except DagFileError as exc:
-        return {"ok": False, "error": str(exc)}
-    except BaseException:
-        return {"ok": False, "error": traceback.format_exc()}
-
-
 HANDLERS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     "run": run_task,
-    "parse": parse_file,
+    "parse": parse_in_child,
     "ping": lambda message: {"ok": True, "pid": os.getpid()},
 }
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,18 @@ class LogsConfig:
 
 
 @dataclass(frozen=True)
+class DagsConfig:
+    """[dags]: how DAG files are parsed: in a pool of parser processes, each parse bounded."""
+
+    #: parser processes: this many files are parsed at once (a hanging file holds up one of them)
+    parser_processes: int = 2
+    #: seconds one file may take to import before it is stopped (an import error)
+    parse_timeout: float = 30.0
+    #: address space one parse may use, in MB (RLIMIT_AS); 0 means no limit
+    parse_memory_mb: int = 2048
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration. `source` names the file it was read from, or "built-in defaults"."""
 
@@ -110,6 +123,7 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     executors: ExecutorsConfig = field(default_factory=ExecutorsConfig)
     logs: LogsConfig = field(default_factory=LogsConfig)
+    dags: DagsConfig = field(default_factory=DagsConfig)
     source: str = "built-in defaults"
 
 
@@ -124,6 +138,7 @@ _TABLES: dict[str, type[Any]] = {
     "executors": ExecutorsConfig,
     "executors.local": LocalExecutorConfig,
     "logs": LogsConfig,
+    "dags": DagsConfig,
 }
 
 _TYPE_NAMES: dict[type[Any], str] = {
@@ -398,3 +413,22 @@ def _check_ranges(config: Config, origins: Mapping[str, str]) -> None:
     at_least("executors.local.python_workers", local.python_workers, 1)
     at_least("executors.local.kill_grace", local.kill_grace, 0)
     at_least("logs.max_bytes_per_try", config.logs.max_bytes_per_try, MIN_LOG_BYTES_PER_TRY)
+    _check_dags(config.dags, where)
+
+
+#: below this a parse cannot even start Python with the orchestrator imported
+MIN_PARSE_MEMORY_MB = 128
+
+
+def _check_dags(dags: DagsConfig, where: Callable[[str], str]) -> None:
+    if dags.parser_processes < 1:
+        raise ConfigError(f"{where('dags.parser_processes')} must be at least 1, got {dags.parser_processes}")
+    if not math.isfinite(dags.parse_timeout) or dags.parse_timeout <= 0:
+        raise ConfigError(
+            f"{where('dags.parse_timeout')} must be a number of seconds above 0, got {dags.parse_timeout:g}"
+        )
+    if dags.parse_memory_mb != 0 and dags.parse_memory_mb < MIN_PARSE_MEMORY_MB:
+        raise ConfigError(
+            f"{where('dags.parse_memory_mb')} must be at least {MIN_PARSE_MEMORY_MB} (MB), "
+            f"or 0 for no limit, got {dags.parse_memory_mb}"
+        )

@@ -1,7 +1,8 @@
 """The composition root: builds every part from the configuration and runs them in one process.
 
 Start-up order matters: database (embedded or configured) → migrations → store → executor
-and parser workers → DAG folder parsed → active runs recovered → API listening. Shutdown
+and parser workers → active runs recovered → API listening, while the DAG folder is parsed
+in the background (a slow DAG file never keeps the API closed). Shutdown
 (SIGTERM or SIGINT) is the reverse: the API stops taking runs, running tasks get
 `daemon.shutdown_grace` seconds, everything committed is flushed, workers and (if it is
 ours) the embedded PostgreSQL stop. All long-running parts live in one anyio task group on
@@ -19,6 +20,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 from aiohttp import web
@@ -27,6 +29,7 @@ from orchestrator.api.app import create_app
 from orchestrator.config import Config
 from orchestrator.core.model import DagSpec
 from orchestrator.core.serialization import spec_from_dict
+from orchestrator.daemon_lock import DaemonLock
 from orchestrator.dagfolder import DagFolder
 from orchestrator.engine.clock import SystemClock
 from orchestrator.engine.dispatch import Dispatcher
@@ -38,6 +41,9 @@ from orchestrator.engine.timers import LoopTimers
 from orchestrator.errors import AnotherDaemonRunning, OrchestratorError
 from orchestrator.ports import Executor, ExecutorEvents, StateStore, TaskLogs, Timers
 from storage.filelogs import FileTaskLogs, LogFiles
+
+if TYPE_CHECKING:
+    from executors.parser import DagParserPool
 
 log = logging.getLogger("orchestrator.daemon")
 
@@ -107,8 +113,24 @@ def build_executors(
             kill_grace=local.kill_grace,
             state_dir=state_dir,
             log_files=log_files,
+            # Python workers start with what every child gets: no configuration overrides
+            worker_env=task_base_environment(os.environ),
         )
     }
+
+
+def build_parser(config: Config, environ: Mapping[str, str] = os.environ) -> DagParserPool:
+    """The DAG-file parser pool. DAG files see the environment tasks see: without the daemon's
+    configuration overrides (the DSN may hold a password)."""
+    from executors.parser import DagParserPool
+
+    dags = config.dags
+    return DagParserPool(
+        dags.parser_processes,
+        timeout=dags.parse_timeout,
+        memory_mb=dags.parse_memory_mb,
+        env=task_base_environment(environ),
+    )
 
 
 def migrate_database(config: Config) -> list[int]:
@@ -134,9 +156,17 @@ async def _database(config: Config, *, owner: bool) -> AsyncIterator[str]:
     if config.database.dsn:
         yield config.database.dsn
         return
-    from storage.embedded import EmbeddedPostgres
+    from storage.embedded import EmbeddedPostgres, embedded_data_dir
 
-    embedded = EmbeddedPostgres(Paths.of(config).state_dir / "postgres", durable=True)
+    state_dir = Paths.of(config).state_dir
+    embedded = EmbeddedPostgres(embedded_data_dir(state_dir), durable=True)
+    if embedded.data_dir != state_dir / "postgres":
+        log.info(
+            "the `postgres` user cannot reach %s: the embedded PostgreSQL of this state directory "
+            "lives in %s",
+            state_dir,
+            embedded.data_dir,
+        )
     was_running = await anyio.to_thread.run_sync(embedded.is_running)
     if not was_running:
         log.info("no database.dsn configured: starting the embedded PostgreSQL in %s", embedded.data_dir)
@@ -150,8 +180,7 @@ async def _database(config: Config, *, owner: bool) -> AsyncIterator[str]:
 
 
 async def _serve(config: Config) -> None:
-    from executors.parser import DagFileParseError
-    from executors.parser import DagFileParser as WorkerDagFileParser
+    from executors.errors import DagFileParseError
     from storage.migrate import migrate_dsn
     from storage.postgres import PostgresStateStore
 
@@ -180,7 +209,8 @@ async def _serve(config: Config) -> None:
             dsn, min_size=config.database.pool_min_size, max_size=config.database.pool_max_size
         )
         stack.push_async_callback(store.close)
-        await _refuse_if_another_daemon_runs(store, daemon_id)
+        daemon_lock = DaemonLock(store, timers, on_taken_over=supervisor.fatal)
+        await _refuse_if_another_daemon_runs(store, daemon_lock, daemon_id)
         await store.register_daemon(daemon_id, hostname, os.getpid(), clock.now())
         stack.push_async_callback(store.deregister_daemon, daemon_id)
 
@@ -205,7 +235,7 @@ async def _serve(config: Config) -> None:
             build_executors(config, engine, paths.state_dir, log_files), default=config.executors.default
         )
         engine.attach_executors(dispatcher)
-        parser = WorkerDagFileParser()
+        parser = build_parser(config)
         await parser.start()
         stack.push_async_callback(parser.close)
         await dispatcher.start()
@@ -218,11 +248,13 @@ async def _serve(config: Config) -> None:
                 Path(config.daemon.dags_folder), parser, store, registry, clock, parse_error=DagFileParseError
             )
             stored = await _stored_specs(store)
-            await folder.load_all(known_files={spec.fileloc for spec in stored.values()})
-            group.start_soon(folder.watch)
+            # parsed in the background: a slow file must not keep the API closed (runs recover
+            # on their recorded DAG versions; a DAG not parsed yet cannot be triggered yet)
+            group.start_soon(folder.run, {dag_id: spec.fileloc for dag_id, spec in stored.items()})
             await engine.recover(stored)
             runner = await _start_api(config, paths, store, engine, task_logs)
-            group.start_soon(_heartbeat, store, daemon_id, clock, timers)
+            group.start_soon(daemon_lock.guard)
+            group.start_soon(_heartbeat, store, daemon_lock, daemon_id, clock, timers)
             group.start_soon(_wait_for_stop_signal, stop)
             log.info("orchestrator daemon %s ready", daemon_id)
 
@@ -238,14 +270,14 @@ async def _serve(config: Config) -> None:
         raise DaemonFailed(failure[0])
 
 
-async def _refuse_if_another_daemon_runs(store: StateStore, daemon_id: str) -> None:
+async def _refuse_if_another_daemon_runs(store: StateStore, lock: DaemonLock, daemon_id: str) -> None:
     """Two daemons on one database would both resume the same runs and run tasks twice.
 
     Until daemons share work (claims with FOR UPDATE SKIP LOCKED), a daemon holds the
     database's daemon lock while it runs, and a second one refuses to start. The lock goes
     with the first daemon's connection, however it ends (SIGKILL included), on any host.
     """
-    if await store.try_lock_single_daemon():
+    if await lock.acquire():
         for stale in await store.list_daemons():  # holding the lock, every other row is a dead daemon's
             if stale.daemon_id != daemon_id:
                 await store.deregister_daemon(stale.daemon_id)
@@ -303,14 +335,18 @@ async def _start_api(
     return runner
 
 
-async def _heartbeat(store: StateStore, daemon_id: str, clock: SystemClock, timers: Timers) -> None:
-    """Record that this daemon is alive (for the survivors of a multi-daemon deployment)."""
+async def _heartbeat(
+    store: StateStore, lock: DaemonLock, daemon_id: str, clock: SystemClock, timers: Timers
+) -> None:
+    """Record that this daemon is alive (for the survivors of a multi-daemon deployment), and
+    make sure its daemon lock's connection still answers."""
     while True:
         await timers.sleep(HEARTBEAT_INTERVAL)  # a timer, not a poll between tasks
         try:
             await store.heartbeat(daemon_id, clock.now())
         except Exception as exc:
             log.warning("heartbeat failed: %s", exc)
+        await lock.check()
 
 
 async def _wait_for_stop_signal(stop: anyio.Event) -> None:

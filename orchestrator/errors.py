@@ -18,14 +18,6 @@ class DagNotFound(OrchestratorError):
     """No DAG with this id is loaded: check `orchestrator dags list` and `orchestrator dags errors`."""
 
 
-class RunNotFound(OrchestratorError):
-    """No run with this id exists for the DAG: check `orchestrator runs DAG_ID`."""
-
-
-class RunAlreadyExists(OrchestratorError):
-    """A run with this run id already exists for the DAG: pick another run id."""
-
-
 class InvalidRequest(OrchestratorError):
     """The request is malformed: the message names the field to fix."""
 

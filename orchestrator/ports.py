@@ -140,8 +140,15 @@ class StateStore(Protocol):
 
     async def heartbeat(self, daemon_id: str, now: datetime) -> None: ...
 
-    async def try_lock_single_daemon(self) -> bool:
-        """Hold the database's daemon lock while the store is open; False if another holds it."""
+    async def try_lock_single_daemon(self, on_lost: Callable[[], None] | None = None) -> bool:
+        """Hold the database's daemon lock while the store is open; False if another holds it.
+        `on_lost` is called if the lock's connection ends while the store is open."""
+
+    async def daemon_lock_held(self, timeout: float) -> bool:
+        """Whether the lock's connection still answers (one that does not is cut)."""
+
+    async def daemon_lock_holder(self) -> int | None:
+        """The database session (server pid) holding the daemon lock, if any."""
 
     async def list_daemons(self) -> list[DaemonRecord]: ...
 
@@ -308,6 +315,15 @@ class EngineApi(Protocol):
     async def set_paused(self, dag_id: str, is_paused: bool) -> DagRecord | None:
         """Pause or unpause a DAG (unpausing starts its runs held while it was paused).
         None if the DAG is unknown."""
+
+
+# --- what the DAG folder asks of its parser -------------------------------------------------
+
+
+class DagParser(Protocol):
+    """Parses one DAG file outside the daemon; raises an exception whose text is the import error."""
+
+    async def parse(self, path: str) -> list[DagSpec]: ...
 
 
 # --- task logs -------------------------------------------------------------------------------

@@ -75,6 +75,32 @@ def _can_traverse(path: Path, uid: int, gids: Sequence[int]) -> bool:
     return bool(st.st_mode & stat.S_IXOTH)
 
 
+#: where the embedded cluster goes when the state directory is out of the `postgres` user's reach
+SYSTEM_DATA_ROOT = Path("/var/lib/orchestrator")
+
+
+def embedded_data_dir(state_dir: Path, system_root: Path = SYSTEM_DATA_ROOT) -> Path:
+    """Where the embedded PostgreSQL of `state_dir` lives: `<state_dir>/postgres`, unless the
+    daemon runs as root and the `postgres` user cannot reach it (a clone in root's 0700 home
+    directory, the usual case in a container or a fresh VM). Then it is
+    `<system_root>/postgres-<hash of state_dir>`: the same place on every start, one per state
+    directory. A cluster already initialised under the state directory stays there."""
+    state_dir = state_dir.absolute()
+    preferred = state_dir / "postgres"
+    if os.geteuid() != 0 or (preferred / "pgdata" / "PG_VERSION").is_file():
+        return preferred
+    try:
+        user = pwd.getpwnam(SUPERUSER)
+    except KeyError:
+        return preferred  # ensure_started says that the user is missing
+    gids = os.getgrouplist(user.pw_name, user.pw_gid)
+    existing = [parent for parent in preferred.parents if parent.exists()]
+    if all(_can_traverse(parent, user.pw_uid, gids) for parent in existing):
+        return preferred
+    digest = hashlib.sha256(os.fsencode(state_dir)).hexdigest()[:16]
+    return system_root / f"postgres-{digest}"
+
+
 @dataclass(frozen=True)
 class EmbeddedPostgres:
     """A private PostgreSQL server whose files live under `data_dir`.
@@ -169,6 +195,9 @@ class EmbeddedPostgres:
 
     def _prepare_directories(self) -> None:
         user = self._server_user()
+        if user is not None and not self.root.parent.exists():
+            # e.g. SYSTEM_DATA_ROOT: a folder the server user can enter, holding only clusters
+            self.root.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         self.root.mkdir(parents=True, exist_ok=True)
         self.socket_dir.mkdir(parents=True, exist_ok=True)
         if user is None:

@@ -39,8 +39,6 @@ from storage.sql import QUERIES
 
 logger = logging.getLogger(__name__)
 
-#: NOTIFY channel on which a new run's pk is announced to every daemon.
-RUNS_CHANNEL = "orchestrator_runs"
 #: DagSpec's default, for rows whose nullable max_active_* columns were written by hand
 _DEFAULT_MAX_ACTIVE = 16
 
@@ -112,6 +110,8 @@ def _xcom(row: Row) -> XComRecord:
 
 #: The advisory lock a daemon holds while it runs (one daemon per database for now).
 DAEMON_LOCK_KEY = 0x6F72636865737472  # "orchestr"
+#: seconds to open the daemon lock's own connection
+LOCK_CONNECT_TIMEOUT = 10.0
 
 #: Errors about the rows of a change set (not about the connection, which stays usable).
 _DATA_ERRORS = (
@@ -199,12 +199,13 @@ class PostgresStateStore:
     def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
         self._pool = pool
         self._dsn = dsn
-        self._listen_conn: asyncpg.Connection | None = None
-        self._run_callbacks: list[Callable[[int], None]] = []
         # commits go through one connection of their own: a pool round trip (acquire, and the
         # reset query on release) costs as much as the commit itself
         self._commit_conn: asyncpg.Connection | None = None
         self._daemon_lock_conn: asyncpg.Connection | None = None
+        self._on_lock_lost: Callable[[], None] | None = None
+        #: server pids of the lock sessions this store held (to tell them from another daemon's)
+        self._former_lock_sessions: set[int] = set()
         self._commit_lock = asyncio.Lock()
 
     @classmethod
@@ -224,9 +225,6 @@ class PostgresStateStore:
             await lock_conn.close()
         if self._commit_conn is not None:
             conn, self._commit_conn = self._commit_conn, None
-            await conn.close()
-        if self._listen_conn is not None:
-            conn, self._listen_conn = self._listen_conn, None
             await conn.close()
         await self._pool.close()
 
@@ -321,7 +319,6 @@ class PostgresStateStore:
                     [t.max_tries for t in tasks],
                     [t.operator for t in tasks],
                 )
-            await conn.execute(QUERIES["notify_run_created"], created.pk)
         return created, True
 
     async def get_run(self, dag_id: str, run_id: str) -> RunRecord | None:
@@ -336,11 +333,6 @@ class PostgresStateStore:
             rows = await conn.fetch(QUERIES["list_runs"], dag_id, state_values, limit, offset)
             total = await conn.fetchval(QUERIES["count_runs"], dag_id, state_values)
         return [_run(row) for row in rows], total
-
-    async def count_active_runs(self, dag_id: str) -> int:
-        """How many runs of the DAG are in state running (for max_active_runs)."""
-        count: int = await self._pool.fetchval(QUERIES["count_running_runs"], dag_id)
-        return count
 
     async def list_task_instances(self, run_pk: int) -> list[TaskInstanceRecord]:
         rows = await self._pool.fetch(QUERIES["list_task_instances"], run_pk)
@@ -437,18 +429,64 @@ class PostgresStateStore:
     async def heartbeat(self, daemon_id: str, now: datetime) -> None:
         await self._pool.execute(QUERIES["heartbeat"], daemon_id, now)
 
-    async def try_lock_single_daemon(self) -> bool:
+    async def try_lock_single_daemon(self, on_lost: Callable[[], None] | None = None) -> bool:
         """Take the database's daemon lock for as long as this store is open (False: another
         daemon holds it). A session advisory lock on a connection of its own: PostgreSQL
-        releases it the moment that connection ends, however the daemon ended."""
-        if self._daemon_lock_conn is not None:
+        releases it the moment that connection ends, however the daemon ended. `on_lost` is
+        called (in the event loop) if that connection ends while the store is open."""
+        if self._daemon_lock_conn is not None and not self._daemon_lock_conn.is_closed():
             return True
-        conn = await asyncpg.connect(self._dsn)
-        if await conn.fetchval(QUERIES["try_lock_single_daemon"], DAEMON_LOCK_KEY):
-            self._daemon_lock_conn = conn
+        self._daemon_lock_conn = None
+        try:
+            conn = await asyncpg.connect(self._dsn, timeout=LOCK_CONNECT_TIMEOUT)
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            raise ConnectionError(f"cannot open the daemon lock connection: {exc}") from exc
+        try:
+            locked = await conn.fetchval(QUERIES["try_lock_single_daemon"], DAEMON_LOCK_KEY)
+            holder = None if locked else await conn.fetchval(QUERIES["daemon_lock_holder"], DAEMON_LOCK_KEY)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            conn.terminate()
+            raise ConnectionError(f"cannot take the daemon lock: {exc}") from exc
+        except BaseException:
+            conn.terminate()
+            raise
+        if not locked:
+            await conn.close()
+            if holder is not None and holder in self._former_lock_sessions:
+                # our own lost session has not ended on the server yet: not another daemon
+                raise ConnectionError(f"the previous daemon lock session (pid {holder}) is still ending")
+            return False
+        self._former_lock_sessions.add(conn.get_server_pid())
+        self._daemon_lock_conn = conn
+        self._on_lock_lost = on_lost
+        conn.add_termination_listener(self._lock_connection_ended)
+        return True
+
+    def _lock_connection_ended(self, conn: object) -> None:
+        if self._daemon_lock_conn is not conn:
+            return  # closed by the store itself, or an older lock connection
+        self._daemon_lock_conn = None
+        logger.warning("the daemon lock's connection to PostgreSQL ended: the lock is released")
+        if self._on_lock_lost is not None:
+            self._on_lock_lost()
+
+    async def daemon_lock_held(self, timeout: float) -> bool:
+        """Whether the lock connection still answers within `timeout` s (a connection that
+        does not is cut, which releases the lock and reports it lost)."""
+        conn = self._daemon_lock_conn
+        if conn is None or conn.is_closed():
+            return False
+        try:
+            await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout)
             return True
-        await conn.close()
-        return False
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            conn.terminate()
+            return False
+
+    async def daemon_lock_holder(self) -> int | None:
+        """The server pid of the session holding the daemon lock (None: nobody holds it)."""
+        pid: int | None = await self._pool.fetchval(QUERIES["daemon_lock_holder"], DAEMON_LOCK_KEY)
+        return pid
 
     async def list_daemons(self) -> list[DaemonRecord]:
         rows = await self._pool.fetch(QUERIES["list_daemons"])
@@ -456,41 +494,3 @@ class PostgresStateStore:
 
     async def deregister_daemon(self, daemon_id: str) -> None:
         await self._pool.execute(QUERIES["deregister_daemon"], daemon_id)
-
-    # --- notifications -------------------------------------------------------------------------
-    async def add_run_listener(self, callback: Callable[[int], None]) -> None:
-        """Call `callback(run_pk)` whenever any daemon creates a run (LISTEN orchestrator_runs).
-
-        The wake-up is a hint, not a queue: a notification sent while the listening connection
-        is down is lost, so the caller must still load runs from the store on start-up.
-        """
-        self._run_callbacks.append(callback)
-        if self._listen_conn is not None:
-            return
-        try:
-            conn = await asyncpg.connect(self._dsn)
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise StorageError(f"Could not open the LISTEN connection to PostgreSQL: {exc}") from exc
-        conn.add_termination_listener(self._on_listen_connection_lost)
-        await conn.add_listener(RUNS_CHANNEL, self._on_run_notification)
-        self._listen_conn = conn
-
-    def _on_run_notification(self, conn: object, pid: int, channel: str, payload: object) -> None:
-        try:
-            run_pk = int(str(payload))
-        except ValueError:
-            logger.warning("ignoring a malformed %s notification: %r", RUNS_CHANNEL, payload)
-            return
-        for callback in list(self._run_callbacks):
-            try:
-                callback(run_pk)
-            except Exception:
-                logger.exception("a run listener failed on run pk %s", run_pk)
-
-    def _on_listen_connection_lost(self, conn: object) -> None:
-        if self._listen_conn is conn:
-            self._listen_conn = None
-            logger.warning(
-                "the LISTEN connection to PostgreSQL was lost: new runs created by other daemons "
-                "are picked up only when this daemon reloads runs from the store"
-            )

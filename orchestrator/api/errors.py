@@ -18,8 +18,6 @@ from orchestrator.errors import (
     DagNotFound,
     InvalidRequest,
     OrchestratorError,
-    RunAlreadyExists,
-    RunNotFound,
     ShuttingDown,
 )
 
@@ -82,10 +80,8 @@ def problem_response(
 
 
 def _from_orchestrator_error(exc: OrchestratorError) -> ApiError:
-    if isinstance(exc, DagNotFound | RunNotFound):
+    if isinstance(exc, DagNotFound):
         return NotFound(str(exc))
-    if isinstance(exc, RunAlreadyExists):
-        return Conflict(str(exc))
     if isinstance(exc, InvalidRequest):
         return BadRequest(str(exc))
     if isinstance(exc, ShuttingDown):

@@ -11,6 +11,7 @@ keyword parameters the caller did not pass are filled from the DAG's default_arg
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
@@ -29,8 +30,12 @@ R = TypeVar("R", bound="BaseOperator | XComArg | Iterable[BaseOperator | XComArg
 def _apply_default_args(init: Callable[..., None]) -> Callable[..., None]:
     """Wrap an operator __init__ so keyword parameters not passed come from the DAG's default_args."""
     code = init.__code__
-    names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+    names = set(code.co_varnames[: code.co_argcount + code.co_kwonlyargcount])
     positional = code.co_varnames[: code.co_argcount]
+    if code.co_flags & inspect.CO_VARKEYWORDS:
+        # `def __init__(self, task_id, x, **kwargs)` passes the rest on to BaseOperator
+        base = BaseOperator.__init__.__code__
+        names |= set(base.co_varnames[: base.co_argcount + base.co_kwonlyargcount])
 
     @functools.wraps(init)
     def wrapper(self: BaseOperator, *args: Any, **kwargs: Any) -> None:
@@ -225,17 +230,8 @@ class Bash(BaseOperator):
             raise DagValidationError(
                 f"{where}: bash_command must be a non-empty string, got {bash_command!r}"
             )
-        if env is not None and (
-            not isinstance(env, Mapping)
-            or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
-        ):
-            raise DagValidationError(f"{where}: env must be a dict of strings to strings, got {env!r}")
-        if cwd is not None and not isinstance(cwd, str):
-            raise DagValidationError(f"{where}: cwd must be a directory path string, got {cwd!r}")
         self.bash_command = bash_command
-        self.env: dict[str, str] = dict(env or {})
-        self.append_env = bool(append_env)
-        self.cwd = cwd
+        self.env, self.append_env, self.cwd = _process_settings(where, env, append_env, cwd)
 
     def to_task_spec(self) -> TaskSpec:
         return self._spec(
@@ -262,6 +258,9 @@ class Python(BaseOperator):
         *,
         op_args: Sequence[Any] | None = None,
         op_kwargs: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        append_env: bool = False,
+        cwd: str | None = None,
         retries: int = 0,
         retry_delay: Duration = 300,
         retry_exponential_backoff: bool = False,
@@ -292,6 +291,7 @@ class Python(BaseOperator):
         if op_kwargs is not None and not isinstance(op_kwargs, Mapping):
             raise DagValidationError(f"{where}: op_kwargs must be a dict, got {type(op_kwargs).__name__}")
         self.python_callable = python_callable
+        self.env, self.append_env, self.cwd = _process_settings(where, env, append_env, cwd)
         refs: list[BaseOperator] = []
         self.op_args: list[Any] = json_value(
             _xcom_refs(list(op_args or ()), refs), f"{where}: op_args", allow_refs=True
@@ -303,7 +303,26 @@ class Python(BaseOperator):
             _add_edge(upstream, self)
 
     def to_task_spec(self) -> TaskSpec:
-        return self._spec(args={"op_args": list(self.op_args), "op_kwargs": dict(self.op_kwargs)})
+        return self._spec(
+            args={"op_args": list(self.op_args), "op_kwargs": dict(self.op_kwargs)},
+            env=dict(self.env),
+            append_env=self.append_env,
+            cwd=self.cwd,
+        )
+
+
+def _process_settings(
+    where: str, env: Mapping[str, str] | None, append_env: bool, cwd: str | None
+) -> tuple[dict[str, str], bool, str | None]:
+    """Check the process settings Bash and Python tasks share (env templates, append_env, cwd)."""
+    if env is not None and (
+        not isinstance(env, Mapping)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+    ):
+        raise DagValidationError(f"{where}: env must be a dict of strings to strings, got {env!r}")
+    if cwd is not None and not isinstance(cwd, str):
+        raise DagValidationError(f"{where}: cwd must be a directory path string, got {cwd!r}")
+    return dict(env or {}), bool(append_env), cwd
 
 
 BashOperator = Bash

@@ -34,6 +34,9 @@ class TaskOptions(TypedDict, total=False):
     trigger_rule: TriggerRule | str
     do_xcom_push: bool
     executor: str | None
+    env: dict[str, str] | None
+    append_env: bool
+    cwd: str | None
 
 
 _OPTION_NAMES = frozenset(TaskOptions.__annotations__)

@@ -140,6 +140,7 @@ class Admission:
             self.start_run(
                 item.run, fit_to_instances(loaded, item.task_instances), item.task_instances, batch
             )
+            self._versions.pop(item.run.pk, None)
         progress.commit(batch)
 
 

@@ -170,11 +170,16 @@ class RunProgress:
             return
         try:
             now = self._clock.now()
-            self.note(ti, now, f"internal error while handling {what}: {exc!r}; the try is failed")
+            self.note(ti, now, f"try {ti.try_number} failed: {what} failed: {type(exc).__name__}: {exc}")
             batch = Batch()
-            if ti.state not in (TaskState.QUEUED, TaskState.RUNNING, TaskState.UP_FOR_RETRY):
-                ti = self.set_ti(live, ti, batch, state=TaskState.QUEUED)
-            self.set_ti(live, ti, batch, state=TaskState.FAILED, end_date=now)
+            if ti.state in (TaskState.QUEUED, TaskState.RUNNING):
+                # like a failed launch: the task's retries apply (an API error may pass)
+                self.fail_try(live, ti, batch, now)
+            else:
+                # the handler of a waiting task (its retry timer) failed: do not loop on it
+                if ti.state != TaskState.UP_FOR_RETRY:
+                    ti = self.set_ti(live, ti, batch, state=TaskState.QUEUED)
+                self.set_ti(live, ti, batch, state=TaskState.FAILED, end_date=now)
             self.after_change(live, [ti.task_id], batch)
             self.commit(batch)
         except Exception as second:

@@ -86,10 +86,6 @@ SELECT $1, $2, $3, u.task_id, u.map_index, 'none', u.max_tries, u.operator
 FROM unnest($4::text[], $5::integer[], $6::integer[], $7::text[])
     AS u (task_id, map_index, max_tries, operator);
 
--- name: notify_run_created
--- Delivered to every listening daemon when the transaction commits.
-SELECT pg_notify('orchestrator_runs', $1::bigint::text);
-
 -- name: get_run
 SELECT pk, dag_id, run_id, state, run_type, conf, logical_date, data_interval_start,
        data_interval_end, queued_at, start_date, end_date, external_trigger
@@ -105,9 +101,6 @@ LIMIT $3 OFFSET $4;
 
 -- name: count_runs
 SELECT count(*) FROM dag_run WHERE dag_id = $1 AND ($2::text[] IS NULL OR state = ANY($2::text[]));
-
--- name: count_running_runs
-SELECT count(*) FROM dag_run WHERE dag_id = $1 AND state = 'running';
 
 -- name: list_active_runs
 SELECT pk, dag_id, run_id, state, run_type, conf, logical_date, data_interval_start,
@@ -254,6 +247,14 @@ UPDATE daemon SET heartbeat_at = $2 WHERE daemon_id = $1;
 
 -- name: try_lock_single_daemon
 SELECT pg_try_advisory_lock($1::bigint);
+
+-- name: daemon_lock_holder
+-- A bigint advisory lock shows in pg_locks as classid (high 32 bits) and objid (low 32 bits).
+SELECT pid FROM pg_locks
+WHERE locktype = 'advisory' AND granted AND objsubid = 1
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND classid::bigint = ($1::bigint >> 32) AND objid::bigint = ($1::bigint & 4294967295)
+LIMIT 1;
 
 -- name: list_daemons
 SELECT daemon_id, hostname, pid, started_at, heartbeat_at FROM daemon ORDER BY started_at, daemon_id;

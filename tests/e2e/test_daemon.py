@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from storage.embedded import SYSTEM_DATA_ROOT, EmbeddedPostgres, embedded_data_dir
 from tests.e2e.harness import Daemon, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -390,3 +393,27 @@ def test_a_second_daemon_on_the_same_database_refuses_to_start(
     assert first.stop(signal.SIGTERM) == 0
     second.start(timeout=30)  # a cleanly stopped daemon deregistered itself
     assert second.stop(signal.SIGTERM) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the postgres user only matters when running as root")
+def test_the_embedded_defaults_work_from_a_clone_in_a_0700_home_directory(workdir: Path) -> None:
+    home = workdir / "root-home"
+    home.mkdir(mode=0o700)
+    clone = home / "clone"
+    clone.mkdir()
+    daemon = Daemon(root=clone, database_dsn=None)
+    daemon.write_dag("etl.py", ETL)
+    data_dir = embedded_data_dir(daemon.state_dir)
+    assert data_dir.parent == SYSTEM_DATA_ROOT
+    try:
+        daemon.start()
+        assert "the embedded PostgreSQL of this state directory lives in" in daemon.logs()
+        daemon.wait_dag("etl")
+        daemon.trigger("etl", dag_run_id="from_home")
+        assert daemon.wait_run("etl", "from_home")["state"] == "success", daemon.logs()
+        assert daemon.stop(signal.SIGTERM) == 0
+    finally:
+        if daemon.process is not None:
+            daemon.kill()
+        EmbeddedPostgres(data_dir).stop()
+        shutil.rmtree(data_dir, ignore_errors=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from storage.embedded import EmbeddedPostgres, find_pg_bin_dir, socket_path_fits
+from storage.embedded import EmbeddedPostgres, embedded_data_dir, find_pg_bin_dir, socket_path_fits
 from storage.errors import EmbeddedPostgresError
 from tests.pgserver import run_in_fresh_loop
 
@@ -94,6 +94,24 @@ def test_a_parent_the_postgres_user_cannot_enter_is_named(base_dir: Path) -> Non
 
     with pytest.raises(EmbeddedPostgresError, match=rf"cannot enter {closed} .*chmod o\+x {closed}"):
         server.ensure_started()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the postgres user only matters when running as root")
+def test_a_state_dir_the_postgres_user_cannot_reach_gets_its_cluster_in_a_system_folder(base_dir: Path) -> None:
+    home = base_dir / "root-home"
+    home.mkdir(mode=0o700)
+    state = home / "clone" / "state"
+    system = base_dir / "var-lib-orchestrator"
+
+    chosen = embedded_data_dir(state, system_root=system)
+    assert chosen.parent == system and chosen.name.startswith("postgres-")
+    assert embedded_data_dir(state, system_root=system) == chosen  # the same on every start
+    assert embedded_data_dir(base_dir / "open" / "state", system_root=system) == base_dir / "open" / "state" / "postgres"
+    server = EmbeddedPostgres(chosen, durable=False)
+    try:
+        assert fetchval(server.ensure_started(), "SELECT 1") == 1
+    finally:
+        server.stop()
 
 
 def test_a_long_data_dir_gets_a_short_socket_dir() -> None:

@@ -1,7 +1,7 @@
-"""The engine end to end: the real Scheduler, writer and LocalExecutor on a real PostgreSQL.
+"""The engine end to end: the real Engine, writer and LocalExecutor on a real PostgreSQL.
 
 Each test writes DAG files with the authoring API into a temporary folder, loads them in
-process, triggers runs through `Scheduler.trigger_run` and checks what the store and the task
+process, triggers runs through `Engine.trigger_run` and checks what the store and the task
 logs show: order, XComs, capacity limits, retries, trigger rules, recovery after a crash and
 draining on shutdown.
 """
@@ -249,33 +249,6 @@ async def test_retries_until_success(store: PostgresStateStore, work: Path, dags
     last = engine.log_text("flaky", "r1", "flaky", 3)
     assert "\ntry 3\n" in last and "finished in" in last and ": success" in last
     assert len((work / "tries").read_text().split()) == 3
-
-
-async def test_a_retry_waits_for_its_retry_delay(
-    store: PostgresStateStore, work: Path, dags: Path, logs: Path
-) -> None:
-    dag_file = write_dag(
-        dags,
-        "delayed",
-        """
-        with DAG("delayed", default_args={"cwd": W}):
-            Bash("delayed", "echo x >> tries; [ $(wc -l < tries) -ge 2 ]", retries=1, retry_delay=0.5)
-        """,
-        work,
-    )
-    async with running_engine(store, logs, [dag_file]) as engine:
-        record, _ = await engine.trigger("delayed")
-        waiting = await wait_ti(store, record.pk, "delayed", [TaskState.UP_FOR_RETRY])
-        run = await wait_run(store, "delayed", "r1")
-        tis = await task_instances(store, record.pk)
-
-    assert waiting.try_number == 1 and waiting.end_date is not None and waiting.next_retry_at is not None
-    assert waiting.next_retry_at - waiting.end_date == timedelta(seconds=0.5)
-    assert run.state == RunState.SUCCESS
-    retried = tis["delayed"]
-    assert retried.try_number == 2 and retried.queued_at is not None
-    # not before it was due (5 ms for the event loop's timer granularity and wall-clock reads)
-    assert retried.queued_at >= waiting.next_retry_at - timedelta(milliseconds=5)
 
 
 async def test_a_template_error_in_a_task_waiting_for_capacity(

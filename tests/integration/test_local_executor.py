@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import anyio
 import pytest
 import uvloop
 
@@ -423,9 +424,8 @@ async def test_drain_kills_tasks_that_outlive_the_grace(tmp_path: Path, dag_file
         executor.submit(bash(tmp_path, "slow", "sleep 1000"))
         executor.submit(python(tmp_path, dag_file, "sleeps"))
         await recorder.until(lambda: len(recorder.started) == 2)
-        started = time.monotonic()
-        await executor.drain(0.2)
-        assert time.monotonic() - started < 3.0
+        with anyio.fail_after(30):  # a hang, not a speed limit: the tasks sleep for 1000 s
+            await executor.drain(0.2)
         assert executor.running_count() == 0
     assert {o.key.task_id: o.error for o in recorder.finished} == {
         "slow": SHUTDOWN_ERROR,

@@ -1,4 +1,4 @@
-"""DagFileParser imports DAG files in its own worker process: good, broken, changed, hanging, crashing."""
+"""DagParserPool imports DAG files in its worker processes: good, broken, changed, hanging, crashing."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from executors.errors import DagFileParseError
-from executors.parser import DagFileParser
+from executors.parser import DagParserPool
 
 pytestmark = pytest.mark.anyio
 
@@ -30,8 +30,8 @@ with DAG("good", schedule="@daily", tags=["t"]):
 
 
 @asynccontextmanager
-async def parser(timeout: float = 30.0) -> AsyncIterator[DagFileParser]:
-    dag_parser = DagFileParser(timeout=timeout)
+async def parser(timeout: float = 30.0) -> AsyncIterator[DagParserPool]:
+    dag_parser = DagParserPool(timeout=timeout)
     await dag_parser.start()
     try:
         yield dag_parser
@@ -114,7 +114,7 @@ async def test_crashing_file_is_reported_and_the_parser_recovers(tmp_path: Path)
         assert [s.dag_id for s in await dag_parser.parse(good)] == ["good"]
 
 
-async def test_concurrent_parses_are_serialised_and_all_answered(tmp_path: Path) -> None:
+async def test_concurrent_parses_are_all_answered(tmp_path: Path) -> None:
     paths = [write(tmp_path, f"dag{i}.py", GOOD.replace('"good"', f'"dag{i}"')) for i in range(8)]
     async with parser() as dag_parser:
         results = await asyncio.gather(*(dag_parser.parse(p) for p in paths))
@@ -122,7 +122,7 @@ async def test_concurrent_parses_are_serialised_and_all_answered(tmp_path: Path)
 
 
 async def test_parse_after_close_is_refused(tmp_path: Path) -> None:
-    dag_parser = DagFileParser()
+    dag_parser = DagParserPool()
     await dag_parser.start()
     await dag_parser.close()
     with pytest.raises(DagFileParseError, match="closed"):

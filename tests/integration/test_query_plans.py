@@ -152,7 +152,6 @@ HOT_QUERIES: dict[str, Callable[[asyncpg.Connection], Any]] = {
     "commit_changes": commit_all_args,
     "list_runs": constant("dag_7", None, 25, 0),
     "count_runs": constant("dag_7", None),
-    "count_running_runs": constant("dag_7"),
     "get_run": constant("dag_7", "run_12"),
     "list_active_runs": constant(),
     "list_task_instances_of_runs": active_pks,

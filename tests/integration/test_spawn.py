@@ -167,11 +167,9 @@ async def test_child_runs_in_its_own_session_with_default_signals(tmp_path: Path
 
 
 async def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
-    started = time.monotonic()
     result = await bash("sleep 1000 & echo $!; sleep 1000", tmp_path, timeout=0.3, kill_grace=5.0)
     assert result.timed_out
-    assert result.exit_code == -15
-    assert time.monotonic() - started < 3.0
+    assert result.exit_code == -15  # SIGTERM was enough: no SIGKILL after the 5 s grace
     background = int(result.last_line)  # type: ignore[arg-type]
     assert await wait_until_gone([result.pid, background]) == []
 

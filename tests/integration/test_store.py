@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
-import anyio
 import asyncpg
 import pytest
 
@@ -96,25 +95,6 @@ async def test_create_run_twice_returns_the_existing_run_and_writes_nothing(
         "mapped",
         "mapped",
     ]
-
-
-async def test_create_run_notifies_listeners_once_per_created_run(store: PostgresStateStore) -> None:
-    received: list[int] = []
-    two_arrived = anyio.Event()
-
-    def on_run(pk: int) -> None:
-        received.append(pk)
-        if len(received) == 2:
-            two_arrived.set()
-
-    await store.add_run_listener(on_run)
-    first, _ = await store.create_run(new_run(run_id="a"), TASKS)
-    await store.create_run(new_run(run_id="a"), TASKS)  # duplicate: no notification
-    third, _ = await store.create_run(new_run(run_id="b"), TASKS)
-
-    with anyio.fail_after(5):
-        await two_arrived.wait()
-    assert received == [first.pk, third.pk]
 
 
 async def test_create_run_with_thousands_of_tasks_creates_them_all(store: PostgresStateStore) -> None:
@@ -360,23 +340,6 @@ async def test_list_runs_pages_newest_first_with_total_and_state_filter(store: P
     queued, n_queued = await store.list_runs("etl", 10, 0, states=[RunState.QUEUED, RunState.RUNNING])
     assert n_queued == 4 and len(queued) == 4
     assert await store.list_runs("nope", 10, 0) == ([], 0)
-
-
-async def test_count_active_runs_counts_running_runs_of_the_dag(store: PostgresStateStore) -> None:
-    runs = [(await store.create_run(new_run(run_id=f"r{i}"), []))[0] for i in range(4)]
-    other, _ = await store.create_run(new_run(dag_id="other"), [])
-    await store.commit(
-        ChangeSet(
-            runs=[
-                dataclasses.replace(runs[0], state=RunState.RUNNING),
-                dataclasses.replace(runs[1], state=RunState.RUNNING),
-                dataclasses.replace(runs[2], state=RunState.SUCCESS),
-                dataclasses.replace(other, state=RunState.RUNNING),
-            ]
-        )
-    )
-    assert await store.count_active_runs("etl") == 2
-    assert await store.count_active_runs("missing") == 0
 
 
 async def test_missing_rows_read_as_none(store: PostgresStateStore) -> None:
