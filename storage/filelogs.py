@@ -154,7 +154,7 @@ class TryLogWriter:
         "path",
     )
 
-    def __init__(self, files: LogFiles, path: Path, header: bytes, cap: int | None) -> None:
+    def __init__(self, files: LogFiles, path: Path, header: str, cap: int | None) -> None:
         self.path = path
         self._key = str(path)
         self._files = files
@@ -214,8 +214,8 @@ class TryLogWriter:
         fd = open_for_append(self.path)
         self._fd = fd
         if self._header:
-            header, self._header = self._header, b""
-            self.write(header)
+            header, self._header = self._header, ""
+            self.write(header.encode("utf-8", "backslashreplace"))
         return fd
 
     def _overflow(self, fd: int, data: bytes) -> None:
@@ -250,9 +250,8 @@ class LogFiles:
     def writer(self, path: Path, header: str = "", *, capped: bool = True) -> TryLogWriter:
         """The writer of one try's log (created with `header` on the first write). `capped`
         False: the writer only adds header and footer (a Python worker writes the output)."""
-        return TryLogWriter(
-            self, path, header.encode("utf-8", "backslashreplace"), self.max_bytes_per_try if capped else None
-        )
+        # the header is encoded only if the log is opened: a quiet success never is
+        return TryLogWriter(self, path, header, self.max_bytes_per_try if capped else None)
 
     def append(self, path: Path, text: str) -> None:
         """Append whole lines (the daemon's notes), creating the log. Raises OSError."""
