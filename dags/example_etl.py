@@ -1,9 +1,13 @@
 """Example DAG shipped with the daemon: extract (bash) -> transform (@task) -> load (bash).
 
-Shows params and run_id in a template, XCom flowing from a bash task into a Python task
+Shows params and run_id in templates, XCom flowing from a bash task into a Python task
 (`extract.output`) and from a Python task into a bash command (`ti.xcom_pull`), retries
 with exponential backoff, an execution timeout and a trigger rule. Trigger it with
-`orchestrator dags trigger example_etl` (optionally `--conf '{"day": "2026-02-01"}'`).
+`orchestrator trigger example_etl` (optionally `--conf '{"day": "2026-02-01"}'`).
+
+Values reach the shell commands through `env=`, never by interpolating `{{ params.day }}` into
+the command text: a run's conf is anyone's input, and `--conf '{"day": "$(id)"}'` would
+otherwise run `id`. In the environment a value is only ever data ("$DAY" in double quotes).
 """
 
 from orchestrator import DAG, Bash, task
@@ -20,7 +24,9 @@ with DAG(
     # a bash task's XCom is the last line it prints: here "21"
     extract = Bash(
         "extract",
-        "echo extracting {{ params.day }} for run {{ run_id }} && echo 21",
+        'echo "extracting $DAY for run $RUN_ID" && echo 21',
+        env={"DAY": "{{ params.day }}", "RUN_ID": "{{ run_id }}"},
+        append_env=True,
         retries=2,
         retry_delay=1,
         retry_exponential_backoff=True,
@@ -34,7 +40,9 @@ with DAG(
 
     load = Bash(
         "load",
-        "echo loading {{ ti.xcom_pull('transform')['rows'] }} rows for {{ params.day }}",
+        'echo "loading $ROWS rows for $DAY"',
+        env={"ROWS": "{{ ti.xcom_pull('transform')['rows'] }}", "DAY": "{{ params.day }}"},
+        append_env=True,
         trigger_rule="all_done",
     )
 

@@ -136,6 +136,7 @@ class LocalExecutor:
         python_executable: str = sys.executable,
         state_dir: Path | None = None,
         log_files: LogFiles | None = None,
+        versions_dir: Path | None = None,
     ) -> None:
         if slots < 1:
             raise ExecutorError(f"the local executor needs at least 1 slot, got {slots}: raise `slots`")
@@ -143,6 +144,8 @@ class LocalExecutor:
         self._slots = slots
         #: every log line of a try goes through here (capped at logs.max_bytes_per_try)
         self._logs = log_files if log_files is not None else LogFiles()
+        #: where the DAG versions' sources are kept (Python tasks run their run's version)
+        self._versions_dir = None if versions_dir is None else str(versions_dir)
         self._kill_grace = kill_grace
         #: where Python workers say which try they are running (found again after a restart)
         self._markers: Path | None = None
@@ -369,6 +372,7 @@ class LocalExecutor:
                     "kwargs": call.kwargs,
                     "context": call.context,
                     "source_hash": call.source_hash,
+                    "versions_dir": self._versions_dir,
                     "env": request.env,
                     "cwd": request.cwd,
                     "log_path": str(request.log_path),

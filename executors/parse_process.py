@@ -77,7 +77,7 @@ def _child(  # pragma: no cover - the child ends in os._exit
         if memory_mb:
             limit = memory_mb * 1024 * 1024
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        reply = _parse(str(message["path"]))
+        reply = _parse(str(message["path"]), message.get("versions_dir"))
         data = orjson.dumps(reply)
         view = memoryview(data)
         while view:
@@ -93,14 +93,14 @@ def _child(  # pragma: no cover - the child ends in os._exit
         os._exit(code)
 
 
-def _parse(path: str) -> dict[str, Any]:
+def _parse(path: str, versions_dir: str | None = None) -> dict[str, Any]:
     try:
         from orchestrator.authoring.loader import DagFileError, load_dag_specs
         from orchestrator.core.serialization import spec_to_dict
     except BaseException:
         return {"ok": False, "error": "the DAG loader could not be imported:\n" + traceback.format_exc()}
     try:
-        specs = load_dag_specs(path)
+        specs = load_dag_specs(path, versions_dir=versions_dir)
         return {"ok": True, "dags": [spec_to_dict(spec) for spec in specs]}
     except DagFileError as exc:
         return {"ok": False, "error": str(exc), **_memory_limit(exc)}

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from executors.errors import DagFileParseError, PythonWorkerExited
@@ -47,6 +48,7 @@ class DagParserPool:
         python_executable: str = sys.executable,
         env: Mapping[str, str] | None = None,
         recycle_rss_mb: int | None = None,
+        versions_dir: Path | None = None,
     ) -> None:
         if size < 1:
             raise ValueError("a DAG parser pool needs at least one process")
@@ -55,6 +57,8 @@ class DagParserPool:
         self._memory_mb = memory_mb
         self._python = python_executable
         self._env = env
+        #: where each parsed DAG version's source is kept (by hash) for the runs that use it
+        self._versions_dir = None if versions_dir is None else str(versions_dir)
         self._recycle_rss_mb = recycle_rss_mb or (memory_mb // 2 if memory_mb else DEFAULT_RECYCLE_RSS_MB)
         self._idle: list[PythonWorker] = []
         self._busy: set[PythonWorker] = set()
@@ -138,7 +142,13 @@ class DagParserPool:
         self._idle.append(worker)
 
     async def _request(self, worker: PythonWorker, path: str) -> dict[str, Any]:
-        message = {"op": "parse", "path": path, "timeout": self._timeout, "memory_mb": self._memory_mb}
+        message = {
+            "op": "parse",
+            "path": path,
+            "timeout": self._timeout,
+            "memory_mb": self._memory_mb,
+            "versions_dir": self._versions_dir,
+        }
         try:
             return await worker.request(message, timeout=self._timeout + WORKER_MARGIN)
         except PythonWorkerExited as exc:

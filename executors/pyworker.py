@@ -244,7 +244,13 @@ def _call(message: Mapping[str, Any], task_id: str) -> dict[str, Any]:
     try:
         from orchestrator.authoring.loader import find_callable
 
-        func = find_callable(message["dag_file"], message["dag_id"], task_id)
+        func = find_callable(
+            message["dag_file"],
+            message["dag_id"],
+            task_id,
+            source_hash=message.get("source_hash"),
+            versions_dir=message.get("versions_dir"),
+        )
         args = list(message.get("args") or [])
         kwargs = call_arguments(func, args, dict(message.get("kwargs") or {}), message.get("context") or {})
         value = func(*args, **kwargs)
@@ -259,6 +265,13 @@ def _call(message: Mapping[str, Any], task_id: str) -> dict[str, Any]:
         error = f"return value of {task_id} is not JSON serialisable: {exc}"
         print(error, file=sys.stderr)
         return {"ok": False, "error": error}
+    if b"null" in raw:  # orjson writes NaN and Infinity as null: the value would vanish
+        from orchestrator.core.values import non_finite_refusal
+
+        refusal = non_finite_refusal(value)
+        if refusal is not None:
+            print(f"return value of {task_id} refused: {refusal}", file=sys.stderr)
+            return {"ok": False, "error": refusal}
     return {"ok": True, "has_value": True, "value": orjson.Fragment(raw)}
 
 

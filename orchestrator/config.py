@@ -40,6 +40,7 @@ NON_CONFIG_ENV: frozenset[str] = frozenset(
         "ORCHESTRATOR_RUN_ID",
         "ORCHESTRATOR_LOGICAL_DATE",
         "ORCHESTRATOR_TRY_NUMBER",
+        "ORCHESTRATOR_LOG_LEVEL",  # read as a deprecated alias of daemon.log_level (see _read_environ)
     }
 )
 NON_CONFIG_ENV_PREFIXES: tuple[str, ...] = ("ORCHESTRATOR_TEST_",)
@@ -57,6 +58,8 @@ class DaemonConfig:
     shutdown_grace: float = 30.0
     #: None: the daemon picks "<hostname>-<pid>" when it starts
     daemon_id: str | None = None
+    #: the daemon's log level: DEBUG, INFO, WARNING, ERROR or CRITICAL
+    log_level: str = "INFO"
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class DatabaseConfig:
     dsn: str | None = None
     pool_min_size: int = 2
     pool_max_size: int = 10
+    #: seconds to wait for PostgreSQL to answer a new connection
+    connect_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,24 @@ class DagsConfig:
 
 
 @dataclass(frozen=True)
+class TemplatesConfig:
+    """[templates]: limits on rendering one task's Jinja templates."""
+
+    #: the most bytes a template's output, or any value it builds, may have
+    max_output_bytes: int = 1_000_000
+    #: seconds a template that can loop may take to render
+    render_timeout: float = 2.0
+
+
+@dataclass(frozen=True)
+class XComConfig:
+    """[xcom]: limits on the values tasks return."""
+
+    #: the most bytes of JSON one XCom value may take
+    max_bytes: int = 1_000_000
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration. `source` names the file it was read from, or "built-in defaults"."""
 
@@ -124,6 +147,8 @@ class Config:
     executors: ExecutorsConfig = field(default_factory=ExecutorsConfig)
     logs: LogsConfig = field(default_factory=LogsConfig)
     dags: DagsConfig = field(default_factory=DagsConfig)
+    templates: TemplatesConfig = field(default_factory=TemplatesConfig)
+    xcom: XComConfig = field(default_factory=XComConfig)
     source: str = "built-in defaults"
 
 
@@ -139,7 +164,15 @@ _TABLES: dict[str, type[Any]] = {
     "executors.local": LocalExecutorConfig,
     "logs": LogsConfig,
     "dags": DagsConfig,
+    "templates": TemplatesConfig,
+    "xcom": XComConfig,
 }
+
+#: the log levels daemon.log_level accepts
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+#: the deprecated spelling of ORCHESTRATOR_DAEMON__LOG_LEVEL, still honoured (the new name wins)
+DEPRECATED_LOG_LEVEL_ENV = "ORCHESTRATOR_LOG_LEVEL"
 
 _TYPE_NAMES: dict[type[Any], str] = {
     int: "an integer",
@@ -212,7 +245,7 @@ def load_config(path: Path | None, environ: Mapping[str, str], *, cwd: Path | No
     path_bases = {key: base_dir for key in values}
     for key, value in _read_environ(environ).items():
         values[key] = value
-        origins[key] = KEYS[key].env_name
+        origins[key] = KEYS[key].env_name if KEYS[key].env_name in environ else DEPRECATED_LOG_LEVEL_ENV
         path_bases[key] = cwd
     for key, value in values.items():
         if KEYS[key].kind is Path and value is not None:
@@ -309,6 +342,8 @@ def _check_toml_type(key: _Key, value: Any, where: str) -> Any:
     if not ok:
         raise ConfigError(f"{where} must be {_TYPE_NAMES[kind]}, got {_show(value)}")
     if kind is float:
+        if not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
         return float(value)
     if kind is Path:
         return Path(value)
@@ -336,6 +371,8 @@ _FALSE = frozenset({"false", "0", "no", "off"})
 
 def _read_environ(environ: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
+    if DEPRECATED_LOG_LEVEL_ENV in environ and KEYS["daemon.log_level"].env_name not in environ:
+        values["daemon.log_level"] = environ[DEPRECATED_LOG_LEVEL_ENV]
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX) or _is_non_config(name):
             continue
@@ -361,7 +398,10 @@ def _convert_env(key: _Key, name: str, raw: str) -> Any:
         if kind is int:
             return int(text)
         if kind is float:
-            return float(text)
+            number = float(text)
+            if not math.isfinite(number):
+                raise ConfigError(f"{name}={raw!r} must be a finite number, not {number!r}")
+            return number
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not {_TYPE_NAMES[kind]}") from None
     if kind is bool:
@@ -408,6 +448,15 @@ def _check_ranges(config: Config, origins: Mapping[str, str]) -> None:
             f"{where('database.pool_min_size')} ({config.database.pool_min_size}) must not exceed "
             f"{where('database.pool_max_size')} ({config.database.pool_max_size})"
         )
+    if config.daemon.log_level.upper() not in LOG_LEVELS:
+        raise ConfigError(
+            f"{where('daemon.log_level')} is {config.daemon.log_level!r}, which is not a log level; "
+            f"use one of {', '.join(LOG_LEVELS)}"
+        )
+    at_least("database.connect_timeout", config.database.connect_timeout, 0.1)
+    at_least("templates.max_output_bytes", config.templates.max_output_bytes, 1024)
+    at_least("templates.render_timeout", config.templates.render_timeout, 0.01)
+    at_least("xcom.max_bytes", config.xcom.max_bytes, 1024)
     local = config.executors.local
     at_least("executors.local.slots", local.slots, 1)
     at_least("executors.local.python_workers", local.python_workers, 1)

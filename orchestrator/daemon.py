@@ -11,6 +11,9 @@ uvloop, so an unexpected failure in one stops the daemon instead of leaving it h
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import functools
 import logging
 import os
 import signal
@@ -26,9 +29,11 @@ import anyio
 from aiohttp import web
 
 from orchestrator.api.app import create_app
-from orchestrator.config import Config
+from orchestrator.config import DEPRECATED_LOG_LEVEL_ENV, Config
 from orchestrator.core.model import DagSpec
 from orchestrator.core.serialization import spec_from_dict
+from orchestrator.core.template_limits import TemplateLimits
+from orchestrator.core.values import xcom_refusal
 from orchestrator.daemon_lock import DaemonLock
 from orchestrator.dagfolder import DagFolder
 from orchestrator.engine.clock import SystemClock
@@ -48,6 +53,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("orchestrator.daemon")
 
 HEARTBEAT_INTERVAL = 10.0
+#: under the state directory: the source of every parsed DAG version, by hash
+DAG_VERSIONS_FOLDER = "dag_versions"
 
 
 @dataclass(frozen=True)
@@ -72,29 +79,56 @@ def task_base_environment(environ: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-def configure_logging() -> None:
-    level = os.environ.get("ORCHESTRATOR_LOG_LEVEL", "INFO").upper()
+def configure_logging(config: Config) -> None:
+    """Log to stderr at daemon.log_level (ORCHESTRATOR_LOG_LEVEL is its deprecated alias)."""
     logging.basicConfig(
-        level=level,
+        level=config.daemon.log_level.upper(),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if DEPRECATED_LOG_LEVEL_ENV in os.environ:
+        log.warning("%s is deprecated: set ORCHESTRATOR_DAEMON__LOG_LEVEL instead", DEPRECATED_LOG_LEVEL_ENV)
 
 
 class DaemonFailed(OrchestratorError):
     """The daemon stopped on an error it could not repair in place: a restart recovers from the database."""
 
 
+class ApiListenError(OrchestratorError):
+    """The REST API cannot listen on its address: choose another api.host / api.port."""
+
+
 def run_daemon(config: Config) -> int:
-    """`orchestrator run`: serve until SIGTERM/SIGINT. Returns the process exit code."""
-    configure_logging()
+    """`orchestrator run`: serve until SIGTERM/SIGINT. Returns the process exit code. A start-up
+    failure of ours (OrchestratorError) is raised as itself, not inside an exception group."""
+    configure_logging(config)
     try:
         anyio.run(_serve, config, backend="asyncio", backend_options={"use_uvloop": True})
     except DaemonFailed as exc:
         log.critical("the daemon stopped: %s", exc)
         return 1
+    except BaseExceptionGroup as group:
+        ours = _only_error_of_ours(group)
+        if ours is None:
+            raise
+        raise ours from None
     return 0
+
+
+def _only_error_of_ours(group: BaseExceptionGroup[BaseException]) -> OrchestratorError | None:
+    """The one OrchestratorError a task group failed with (cancellations aside), or None."""
+    errors = [exc for exc in _leaves(group) if not isinstance(exc, asyncio.CancelledError)]
+    if len(errors) == 1 and isinstance(errors[0], OrchestratorError):
+        return errors[0]
+    return None
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return leaves
 
 
 def build_executors(
@@ -113,13 +147,16 @@ def build_executors(
             kill_grace=local.kill_grace,
             state_dir=state_dir,
             log_files=log_files,
+            versions_dir=state_dir / DAG_VERSIONS_FOLDER,
             # Python workers start with what every child gets: no configuration overrides
             worker_env=task_base_environment(os.environ),
         )
     }
 
 
-def build_parser(config: Config, environ: Mapping[str, str] = os.environ) -> DagParserPool:
+def build_parser(
+    config: Config, environ: Mapping[str, str] = os.environ, versions_dir: Path | None = None
+) -> DagParserPool:
     """The DAG-file parser pool. DAG files see the environment tasks see: without the daemon's
     configuration overrides (the DSN may hold a password)."""
     from executors.parser import DagParserPool
@@ -130,18 +167,19 @@ def build_parser(config: Config, environ: Mapping[str, str] = os.environ) -> Dag
         timeout=dags.parse_timeout,
         memory_mb=dags.parse_memory_mb,
         env=task_base_environment(environ),
+        versions_dir=versions_dir,
     )
 
 
 def migrate_database(config: Config) -> list[int]:
     """`orchestrator db migrate`: apply pending migrations to the configured database."""
-    configure_logging()
+    configure_logging(config)
 
     async def _migrate() -> list[int]:
         from storage.migrate import migrate_dsn
 
         async with _database(config, owner=False) as dsn:
-            return await migrate_dsn(dsn)
+            return await migrate_dsn(dsn, config.database.connect_timeout)
 
     return anyio.run(_migrate)
 
@@ -202,11 +240,14 @@ async def _serve(config: Config) -> None:
 
     async with AsyncExitStack() as stack:
         dsn = await stack.enter_async_context(_database(config, owner=True))
-        applied = await migrate_dsn(dsn)
+        applied = await migrate_dsn(dsn, config.database.connect_timeout)
         if applied:
             log.info("applied migrations %s", applied)
         store = await PostgresStateStore.connect(
-            dsn, min_size=config.database.pool_min_size, max_size=config.database.pool_max_size
+            dsn,
+            min_size=config.database.pool_min_size,
+            max_size=config.database.pool_max_size,
+            connect_timeout=config.database.connect_timeout,
         )
         stack.push_async_callback(store.close)
         daemon_lock = DaemonLock(store, timers, on_taken_over=supervisor.fatal)
@@ -229,13 +270,18 @@ async def _serve(config: Config) -> None:
             task_logs=task_logs,
             events=EventBus(),
             supervisor=supervisor,
+            check_value=functools.partial(xcom_refusal, max_bytes=config.xcom.max_bytes),
+            template_limits=TemplateLimits(
+                max_output_bytes=config.templates.max_output_bytes,
+                render_timeout=config.templates.render_timeout,
+            ),
         )
         engine.set_installation(await store.installation_id())
         dispatcher = Dispatcher(
             build_executors(config, engine, paths.state_dir, log_files), default=config.executors.default
         )
         engine.attach_executors(dispatcher)
-        parser = build_parser(config)
+        parser = build_parser(config, versions_dir=paths.state_dir / DAG_VERSIONS_FOLDER)
         await parser.start()
         stack.push_async_callback(parser.close)
         await dispatcher.start()
@@ -245,7 +291,13 @@ async def _serve(config: Config) -> None:
         async with anyio.create_task_group() as group:
             group.start_soon(engine.writer.run)
             folder = DagFolder(
-                Path(config.daemon.dags_folder), parser, store, registry, clock, parse_error=DagFileParseError
+                Path(config.daemon.dags_folder),
+                parser,
+                store,
+                registry,
+                clock,
+                parse_error=DagFileParseError,
+                events=engine.events,
             )
             stored = await _stored_specs(store)
             # parsed in the background: a slow file must not keep the API closed (runs recover
@@ -322,7 +374,15 @@ async def _start_api(
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, config.api.host, config.api.port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        address = f"{config.api.host}:{config.api.port}"
+        reason = (
+            "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc)).lower()
+        )
+        raise ApiListenError(f"cannot listen on {address}: {reason}; set api.port") from None
     port = runner.addresses[0][1] if runner.addresses else config.api.port
     # a wildcard address is not one to connect to: the CLI on this machine uses loopback
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(config.api.host, config.api.host)

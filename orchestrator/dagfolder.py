@@ -28,7 +28,7 @@ import watchfiles
 
 from orchestrator.core.model import DagSpec
 from orchestrator.engine.registry import DagRegistry
-from orchestrator.ports import Clock, DagParser, StateStore
+from orchestrator.ports import Clock, DagParser, Events, ImportErrorChanged, StateStore
 
 log = logging.getLogger("orchestrator.dagfolder")
 
@@ -54,8 +54,12 @@ class DagFolder:
         registry: DagRegistry,
         clock: Clock,
         parse_error: type[Exception] = Exception,
+        events: Events | None = None,
     ) -> None:
         self.folder = folder.resolve()
+        self._events = events
+        #: files whose import error is recorded (a clearing is published only for these)
+        self._errored: set[str] = set()
         self._parser = parser
         self._store = store
         self._registry = registry
@@ -150,9 +154,12 @@ class DagFolder:
                 summary = error.strip().splitlines()[-1] if error.strip() else ""
                 log.warning("import error in %s: %s", fileloc, summary)
                 await self._store.record_import_error(fileloc, error, now)
+                self._errored.add(fileloc)
+                self._publish(fileloc, error)
             else:
                 await self._store.sync_dag_file(fileloc, specs, now)
                 self._registry.replace_file(fileloc, specs)
+                self._cleared(fileloc)
                 log.info("loaded %s: %s", fileloc, ", ".join(spec.dag_id for spec in specs) or "no DAGs")
             freed = before - self._ids_of(fileloc)
         await self._reevaluate(freed)
@@ -164,8 +171,19 @@ class DagFolder:
             self._refused.pop(fileloc, None)
             self._registry.remove_file(fileloc)
             await self._store.remove_dag_file(fileloc)
+            self._cleared(fileloc)
             log.info("removed %s", fileloc)
         await self._reevaluate(freed)
+
+    def _cleared(self, fileloc: str) -> None:
+        if fileloc in self._errored:
+            self._errored.discard(fileloc)
+            self._publish(fileloc, None)
+
+    def _publish(self, fileloc: str, message: str | None) -> None:
+        """Tell the event bus, once the store has the change."""
+        if self._events is not None:
+            self._events.publish(ImportErrorChanged(fileloc, message))
 
     def stop(self) -> None:
         """Make `watch` return promptly."""

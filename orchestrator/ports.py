@@ -69,6 +69,8 @@ class ActiveRun:
     run: RunRecord
     task_instances: list[TaskInstanceRecord]
     xcoms: list[XComRecord]
+    #: the DAG version the run was created with (None: none recorded; use the DAG as loaded)
+    spec: DagSpec | None = None
 
 
 class StateStore(Protocol):
@@ -100,7 +102,9 @@ class StateStore(Protocol):
     async def list_import_errors(self) -> list[ImportErrorRecord]: ...
 
     # --- runs ----------------------------------------------------------------------
-    async def create_run(self, run: NewRun, tasks: Sequence[NewTaskInstance]) -> tuple[RunRecord, bool]:
+    async def create_run(
+        self, run: NewRun, tasks: Sequence[NewTaskInstance], source_hash: str | None = None
+    ) -> tuple[RunRecord, bool]:
         """Insert the run (state queued) and its task instances (state none) in one transaction,
         unique on (dag_id, run_id), then NOTIFY. Returns the run and whether it was created;
         when it already existed, the existing run is returned and nothing is written."""

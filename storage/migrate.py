@@ -87,15 +87,15 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
         await conn.execute(QUERIES["migration_unlock"], MIGRATION_LOCK_KEY)
 
 
-async def migrate_dsn(dsn: str) -> list[int]:
-    """Connect to `dsn`, migrate, disconnect; return the versions applied."""
+async def migrate_dsn(dsn: str, connect_timeout: float = 60.0) -> list[int]:
+    """Connect to `dsn` (waiting at most `connect_timeout` s), migrate, disconnect; return the
+    versions applied."""
+    from storage.postgres import connect_failure
+
     try:
-        conn = await asyncpg.connect(dsn)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise MigrationError(
-            f"Could not connect to the database to migrate it: {exc}. "
-            "Check database.dsn and that PostgreSQL is up"
-        ) from exc
+        conn = await asyncpg.connect(dsn, timeout=connect_timeout)
+    except (OSError, asyncpg.PostgresError) as exc:  # TimeoutError is an OSError
+        raise MigrationError(connect_failure(dsn, exc, connect_timeout, "migrating the database")) from exc
     try:
         return await migrate(conn)
     finally:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -31,7 +33,7 @@ from orchestrator.core.records import (
     TaskKey,
     XComRecord,
 )
-from orchestrator.core.serialization import spec_to_dict
+from orchestrator.core.serialization import spec_from_dict, spec_to_dict
 from orchestrator.core.states import RunState, TaskState
 from orchestrator.ports import ActiveRun
 from storage.errors import StorageError
@@ -67,6 +69,44 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+# --- connecting --------------------------------------------------------------------------------
+
+#: seconds to wait for the server to answer a new connection (database.connect_timeout)
+DEFAULT_CONNECT_TIMEOUT = 10.0
+_KEYWORD = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S*)")
+
+
+def dsn_address(dsn: str) -> str:
+    """The host and port a DSN points at, for messages (never the user or the password)."""
+    if "://" in dsn:
+        parts = urllib.parse.urlsplit(dsn)
+        query = urllib.parse.parse_qs(parts.query)
+        host = parts.hostname or (query.get("host") or ["localhost"])[0]
+        try:
+            port = parts.port or (query.get("port") or ["5432"])[0]
+        except ValueError:
+            port = "5432"
+    else:
+        keywords = {key: value.strip("'") for key, value in _KEYWORD.findall(dsn)}
+        host, port = keywords.get("host", "localhost"), keywords.get("port", "5432")
+    return f"{host}:{port}" if not str(host).startswith("/") else f"{host} (port {port})"
+
+
+def connect_failure(dsn: str, exc: BaseException, timeout: float, doing: str) -> str:
+    """One line saying why connecting to `dsn` failed, naming the server and what to check."""
+    where = dsn_address(dsn)
+    if isinstance(exc, TimeoutError):
+        return (
+            f"PostgreSQL at {where} did not answer within {timeout:g} s (database.connect_timeout) "
+            f"when {doing}: check database.dsn, that the server is up and that nothing else listens there"
+        )
+    reason = str(exc).strip() or type(exc).__name__
+    return (
+        f"cannot connect to PostgreSQL at {where} when {doing}: {reason}. "
+        "Check database.dsn and that the server is up"
+    )
+
+
 # --- rows -> records ---------------------------------------------------------------------------
 
 
@@ -84,6 +124,17 @@ def _dag(row: Row) -> DagRecord:
         last_parsed_time=row[9],
         spec=row[10],
     )
+
+
+def _version(spec: Any) -> DagSpec | None:
+    """A run's recorded DAG version, or None (none recorded, or written by an older format)."""
+    if spec is None:
+        return None
+    try:
+        return spec_from_dict(spec)
+    except Exception as exc:
+        logger.warning("a stored DAG version is unreadable (%s): the run uses the DAG as loaded", exc)
+        return None
 
 
 def _run(row: Row) -> RunRecord:
@@ -110,8 +161,6 @@ def _xcom(row: Row) -> XComRecord:
 
 #: The advisory lock a daemon holds while it runs (one daemon per database for now).
 DAEMON_LOCK_KEY = 0x6F72636865737472  # "orchestr"
-#: seconds to open the daemon lock's own connection
-LOCK_CONNECT_TIMEOUT = 10.0
 
 #: Errors about the rows of a change set (not about the connection, which stays usable).
 _DATA_ERRORS = (
@@ -196,9 +245,12 @@ def _xcom_columns(xcoms: Iterable[XComRecord]) -> list[list[Any]]:
 class PostgresStateStore:
     """The state store on one PostgreSQL database (see `orchestrator.ports.StateStore`)."""
 
-    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, dsn: str, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    ) -> None:
         self._pool = pool
         self._dsn = dsn
+        self._connect_timeout = connect_timeout
         # commits go through one connection of their own: a pool round trip (acquire, and the
         # reset query on release) costs as much as the commit itself
         self._commit_conn: asyncpg.Connection | None = None
@@ -209,15 +261,23 @@ class PostgresStateStore:
         self._commit_lock = asyncio.Lock()
 
     @classmethod
-    async def connect(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> PostgresStateStore:
-        """Open a connection pool on a migrated database (see `storage.migrate`)."""
+    async def connect(
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 2,
+        max_size: int = 10,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ) -> PostgresStateStore:
+        """Open a connection pool on a migrated database (see `storage.migrate`). A server that
+        does not answer within `connect_timeout` seconds is a StorageError naming it."""
         try:
-            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection)
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise StorageError(
-                f"Could not connect to PostgreSQL: {exc}. Check database.dsn and that the server is up"
-            ) from exc
-        return cls(pool, dsn)
+            pool = await asyncpg.create_pool(
+                dsn, min_size=min_size, max_size=max_size, init=_init_connection, timeout=connect_timeout
+            )
+        except (OSError, asyncpg.PostgresError) as exc:  # TimeoutError is an OSError
+            raise StorageError(connect_failure(dsn, exc, connect_timeout, "opening the pool")) from exc
+        return cls(pool, dsn, connect_timeout)
 
     async def close(self) -> None:
         if self._daemon_lock_conn is not None:
@@ -245,9 +305,16 @@ class PostgresStateStore:
             )
             for spec in dags
         ]
+        versions = [
+            (spec.dag_id, spec.source_hash, row[-1], now)
+            for spec, row in zip(dags, rows, strict=True)
+            if spec.source_hash
+        ]
         async with self._pool.acquire() as conn, conn.transaction():
             if rows:
                 await conn.executemany(QUERIES["upsert_dag"], rows)
+            if versions:
+                await conn.executemany(QUERIES["insert_dag_version"], versions)
             await conn.execute(
                 QUERIES["deactivate_dags_missing_from_file"], fileloc, [s.dag_id for s in dags]
             )
@@ -286,7 +353,9 @@ class PostgresStateStore:
         return [ImportErrorRecord(row[0], row[1], row[2]) for row in rows]
 
     # --- runs ----------------------------------------------------------------------------------
-    async def create_run(self, run: NewRun, tasks: Sequence[NewTaskInstance]) -> tuple[RunRecord, bool]:
+    async def create_run(
+        self, run: NewRun, tasks: Sequence[NewTaskInstance], source_hash: str | None = None
+    ) -> tuple[RunRecord, bool]:
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 QUERIES["insert_run"],
@@ -319,6 +388,8 @@ class PostgresStateStore:
                     [t.max_tries for t in tasks],
                     [t.operator for t in tasks],
                 )
+            if source_hash:
+                await conn.execute(QUERIES["insert_run_version"], created.pk, created.dag_id, source_hash)
         return created, True
 
     async def get_run(self, dag_id: str, run_id: str) -> RunRecord | None:
@@ -358,7 +429,9 @@ class PostgresStateStore:
             pks = [row[0] for row in run_rows]
             ti_rows = await conn.fetch(QUERIES["list_task_instances_of_runs"], pks) if pks else []
             xcom_rows = await conn.fetch(QUERIES["list_xcoms_of_runs"], pks) if pks else []
-        active = {row[0]: ActiveRun(_run(row), [], []) for row in run_rows}
+            version_rows = await conn.fetch(QUERIES["list_versions_of_runs"], pks) if pks else []
+        versions = {row[0]: row[1] for row in version_rows}
+        active = {row[0]: ActiveRun(_run(row), [], [], _version(versions.get(row[0]))) for row in run_rows}
         for row in ti_rows:
             active[row[0]].task_instances.append(_task_instance(row))
         for row in xcom_rows:
@@ -394,7 +467,7 @@ class PostgresStateStore:
 
     async def _connect_for_commits(self) -> asyncpg.Connection:
         """The commit connection: outside the pool, so nothing else ever shares or reclaims it."""
-        conn = await asyncpg.connect(self._dsn)
+        conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
         await _init_connection(conn)
         return conn
 
@@ -438,7 +511,7 @@ class PostgresStateStore:
             return True
         self._daemon_lock_conn = None
         try:
-            conn = await asyncpg.connect(self._dsn, timeout=LOCK_CONNECT_TIMEOUT)
+            conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             raise ConnectionError(f"cannot open the daemon lock connection: {exc}") from exc
         try:

@@ -93,6 +93,9 @@ class DagSpec:
     params: dict[str, Any] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
     is_paused_upon_creation: bool = False
+    #: sha256 of the DAG file's source this spec was parsed from: the DAG version (a run's
+    #: Python tasks take their callables from this source, however the file changed since)
+    source_hash: str | None = None
 
     def task(self, task_id: str) -> TaskSpec:
         for spec in self.tasks:

@@ -43,6 +43,7 @@ def spec_to_dict(spec: DagSpec) -> dict[str, Any]:
         "params": _value_to_json(spec.params),
         "tags": list(spec.tags),
         "is_paused_upon_creation": spec.is_paused_upon_creation,
+        "source_hash": spec.source_hash,
         "tasks": [task_to_dict(task) for task in spec.tasks],
     }
 
@@ -111,6 +112,7 @@ def spec_from_dict(data: Any) -> DagSpec:
         params=_value_from_json(_field(obj, "params", dict, where, {}), f"{where}, params"),
         tags=tuple(_str_list(obj, "tags", where)),
         is_paused_upon_creation=_field(obj, "is_paused_upon_creation", bool, where, False),
+        source_hash=_optional(obj, "source_hash", str, where),
     )
 
 

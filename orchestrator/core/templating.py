@@ -10,22 +10,39 @@ This runs once per task launch, so it is kept cheap: the context holds the run a
 values themselves (no copies beyond a shallow one of ``params``), compiled templates are
 cached, and strings without template markup skip Jinja entirely. No file access: the
 environment has no loader, so ``{% include %}`` is not available.
+
+Limits (`orchestrator.core.template_limits`): no value a template builds, nor its output,
+may exceed ``templates.max_output_bytes``, and a template that can loop renders under a
+deadline of ``templates.render_timeout``. Going past either is a `TemplateError` naming it.
+``shquote`` quotes a value for a shell command (`shlex.quote`).
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping
+import shlex
+import time
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
 
 from orchestrator.core.model import DagSpec, TaskSpec, XComRef
 from orchestrator.core.records import RunRecord
+from orchestrator.core.template_limits import (
+    DEFAULT_LIMITS,
+    JOIN_AT_ONCE_MAX_EXPRESSIONS,
+    Deadline,
+    LimitedEnvironment,
+    TemplateLimitExceeded,
+    TemplateLimits,
+    is_cheap,
+    output_expressions,
+    run_with_deadline,
+)
 from orchestrator.errors import OrchestratorError
 
 RETURN_VALUE = "return_value"
@@ -125,6 +142,8 @@ _FILTERS = {
     "ts": lambda value: value.isoformat(),
     "ts_nodash": lambda value: value.strftime("%Y%m%dT%H%M%S"),
     "ts_nodash_with_tz": lambda value: _ts_nodash_with_tz(value.isoformat()),
+    # ours: a value made safe to put into a shell command as one word
+    "shquote": lambda value: shlex.quote(str(value)),
 }
 
 
@@ -195,20 +214,47 @@ def build_context(
 
 # --- rendering ----------------------------------------------------------------------------
 
-_ENV = SandboxedEnvironment(
-    undefined=jinja2.StrictUndefined,
-    extensions=["jinja2.ext.do"],
-    autoescape=False,
-    cache_size=0,  # no loader: the LRU below is the cache
-)
-_ENV.filters.update(_FILTERS)
-_GLOBALS: Mapping[str, Any] = MappingProxyType(dict(_ENV.globals))
+
+@functools.lru_cache(maxsize=8)
+def _environment(max_output_bytes: int) -> LimitedEnvironment:
+    env = LimitedEnvironment(
+        max_output_bytes,
+        undefined=jinja2.StrictUndefined,
+        extensions=["jinja2.ext.do"],
+        autoescape=False,
+        cache_size=0,  # no loader: the LRU below is the cache
+    )
+    env.filters.update(_FILTERS)
+    return env
+
+
+_ENV = _environment(DEFAULT_LIMITS.max_output_bytes)
+
+
+@functools.lru_cache(maxsize=8)
+def _globals(max_output_bytes: int) -> Mapping[str, Any]:
+    return MappingProxyType(dict(_environment(max_output_bytes).globals))
+
+
+#: how a compiled template is rendered
+_JOIN = 0  # cheap, few expressions: joined at once, measured after (today's fast path)
+_STREAM = 1  # cheap, many expressions: measured while it streams
+_DEADLINE = 2  # can loop: streamed, under a deadline
 
 
 @functools.lru_cache(maxsize=1024)
-def _compile(template: str) -> jinja2.Template:
+def _compile(template: str, max_output_bytes: int) -> tuple[jinja2.Template, int]:
+    """The compiled template and how to render it (see template_limits)."""
     # lru_cache does not store exceptions: a template that fails to compile is retried each time.
-    return _ENV.from_string(template)
+    env = _environment(max_output_bytes)
+    tree = env.parse(template)
+    if not is_cheap(tree):
+        mode = _DEADLINE
+    elif output_expressions(tree) <= JOIN_AT_ONCE_MAX_EXPRESSIONS:
+        mode = _JOIN
+    else:
+        mode = _STREAM
+    return env.from_string(tree), mode
 
 
 def _needs_jinja(template: str) -> bool:
@@ -254,23 +300,86 @@ def _template_lineno(error: Exception) -> int | None:
     return lineno
 
 
-def render_template(template: str, context: Mapping[str, Any]) -> str:
+def is_cheap_template(template: str, limits: TemplateLimits = DEFAULT_LIMITS) -> bool:
+    """True if `template` renders without a deadline (it cannot loop; see template_limits).
+    A template that does not compile counts as cheap: rendering it fails at once."""
+    if not _needs_jinja(template):
+        return True
+    try:
+        return _compile(template, limits.max_output_bytes)[1] != _DEADLINE
+    except Exception:
+        return True
+
+
+def _join_limited(chunks: Any, limit: int) -> str:
+    parts: list[str] = []
+    append = parts.append  # the hot loop of every render: no attribute lookups in it
+    size = 0
+    for chunk in chunks:
+        append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise TemplateLimitExceeded(
+                f"the rendered text is longer than templates.max_output_bytes ({limit:,}): "
+                "render less, or raise the limit in the configuration"
+            )
+    text = "".join(parts)
+    if size * 4 > limit:
+        _check_output(text, size, limit)
+    return text
+
+
+def _check_output(text: str, size: int, limit: int) -> None:
+    if size > limit:
+        raise TemplateLimitExceeded(
+            f"the rendered text is longer than templates.max_output_bytes ({limit:,}): "
+            "render less, or raise the limit in the configuration"
+        )
+    if len(text.encode("utf-8", "surrogatepass")) > limit:
+        raise TemplateLimitExceeded(
+            f"the rendered text is more than templates.max_output_bytes ({limit:,}) bytes of UTF-8: "
+            "render less, or raise the limit in the configuration"
+        )
+
+
+def render_template(
+    template: str,
+    context: Mapping[str, Any],
+    limits: TemplateLimits = DEFAULT_LIMITS,
+    now: Callable[[], float] = time.monotonic,
+) -> str:
     """Render one Jinja template string with `context`.
 
     An undefined variable raises (`StrictUndefined`, as in Airflow) instead of rendering
     as an empty string. Compiled templates are cached (LRU, 1024 entries keyed by the
     template text). Every failure -- syntax, undefined name, an exception inside an
-    expression -- raises `TemplateError` carrying the template snippet and Jinja's message.
+    expression, a limit of `limits` -- raises `TemplateError` carrying the template snippet
+    and the reason. A template that can loop renders under a deadline of
+    `limits.render_timeout` seconds on the clock `now` (None: the caller enforces one).
     """
     if not _needs_jinja(template):
         return template
+    limit = limits.max_output_bytes
     try:
-        compiled = _compile(template)
+        compiled, mode = _compile(template, limit)
         # What Template.render does, minus its per-call merge of the globals through a
         # ChainMap, which costs as much as the rendering itself for a one-line command.
-        jinja_context = compiled.new_context({**_GLOBALS, **context}, shared=True)
-        return "".join(compiled.root_render_func(jinja_context))
-    except Exception:
+        jinja_context = compiled.new_context({**_globals(limit), **context}, shared=True)
+        if mode == _JOIN:
+            text = "".join(compiled.root_render_func(jinja_context))
+            if len(text) * 4 > limit:
+                _check_output(text, len(text), limit)
+            return text
+        if mode == _STREAM or limits.render_timeout is None:
+            return _join_limited(compiled.root_render_func(jinja_context), limit)
+        timeout = limits.render_timeout
+        deadline = Deadline(now() + timeout, now, timeout)
+        return run_with_deadline(
+            lambda: _join_limited(compiled.root_render_func(jinja_context), limit), deadline
+        )
+    except Exception as raised:
+        if isinstance(raised, TemplateLimitExceeded):
+            raise TemplateError(f"cannot render template {_snippet(template, None)}: {raised}") from raised
         try:
             _ENV.handle_exception()  # re-raises with template line numbers in the traceback
         except Exception as error:
@@ -303,7 +412,12 @@ def _pull(ref: XComRef, xcoms: Mapping[tuple[str, str], Any]) -> Any:
         ) from None
 
 
-def render_value(value: Any, context: Mapping[str, Any], xcoms: Mapping[tuple[str, str], Any]) -> Any:
+def render_value(
+    value: Any,
+    context: Mapping[str, Any],
+    xcoms: Mapping[tuple[str, str], Any],
+    limits: TemplateLimits = DEFAULT_LIMITS,
+) -> Any:
     """Render a JSON-like value for a task's arguments.
 
     Strings are rendered as templates; lists, tuples and dicts are rendered element by
@@ -313,16 +427,16 @@ def render_value(value: Any, context: Mapping[str, Any], xcoms: Mapping[tuple[st
     (numbers, booleans, None) are returned unchanged.
     """
     if isinstance(value, str):
-        return render_template(value, context)
+        return render_template(value, context, limits)
     if isinstance(value, dict):
         ref = _xcom_ref(value)
         if ref is not None:
             return _pull(ref, xcoms)
-        return {key: render_value(item, context, xcoms) for key, item in value.items()}
+        return {key: render_value(item, context, xcoms, limits) for key, item in value.items()}
     if isinstance(value, list):
-        return [render_value(item, context, xcoms) for item in value]
+        return [render_value(item, context, xcoms, limits) for item in value]
     if isinstance(value, tuple):
-        return tuple(render_value(item, context, xcoms) for item in value)
+        return tuple(render_value(item, context, xcoms, limits) for item in value)
     if isinstance(value, XComRef):
         return _pull(value, xcoms)
     return value

@@ -18,7 +18,8 @@ from orchestrator.core.model import DagSpec, TaskSpec, TriggerRule, XComRef
 from orchestrator.errors import OrchestratorError
 
 #: Airflow's KEY_REGEX: what a dag_id or task_id may contain.
-KEY_REGEX = re.compile(r"^[\w.-]+$")
+#: matched whole (fullmatch): "$" alone would let a trailing newline through
+KEY_REGEX = re.compile(r"[\w.-]+")
 MAX_KEY_LENGTH = 250
 
 
@@ -38,7 +39,7 @@ def check_key(kind: str, value: object) -> str:
         raise DagValidationError(
             f"{kind} {value[:40]!r}... is {len(value)} characters long; the limit is {MAX_KEY_LENGTH}"
         )
-    if not KEY_REGEX.match(value):
+    if KEY_REGEX.fullmatch(value) is None:
         raise DagValidationError(
             f"{kind} {value!r} is invalid: use only letters, digits, '_', '-' and '.' (e.g. "
             f"{_suggest_key(value)!r})"

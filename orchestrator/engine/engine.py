@@ -25,6 +25,7 @@ from typing import Any
 from orchestrator.core.ids import check_run_id, default_run_id
 from orchestrator.core.model import DagSpec
 from orchestrator.core.records import DagRecord, NewRun, NewTaskInstance, RunRecord, TaskKey
+from orchestrator.core.template_limits import DEFAULT_LIMITS, TemplateLimits
 from orchestrator.engine.admission import Admission
 from orchestrator.engine.dispatch import Dispatcher
 from orchestrator.engine.events import EventBus
@@ -57,6 +58,7 @@ class Engine:
         events: Events | None = None,
         supervisor: Supervisor | None = None,
         check_value: ValueCheck | None = None,
+        template_limits: TemplateLimits = DEFAULT_LIMITS,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -75,6 +77,7 @@ class Engine:
             daemon_id=daemon_id,
             hostname=hostname,
             check_value=check_value,
+            template_limits=template_limits,
         )
         self._recovery: Recovery
         self.admission = Admission(store, clock, self.progress, self.supervisor, self._dag_of_run)
@@ -141,7 +144,7 @@ class Engine:
             NewTaskInstance(task.task_id, loaded.operators[task.task_id], task.max_tries)
             for task in loaded.spec.tasks
         ]
-        record, created = await self._store.create_run(new_run, tasks)
+        record, created = await self._store.create_run(new_run, tasks, loaded.spec.source_hash)
         if created:
             log.info("run %s of %s created (%s)", record.run_id, dag_id, run_type)
             await self.admission.refresh_paused([dag_id])
@@ -187,6 +190,7 @@ class Engine:
         """Stop taking new work; let running tasks finish within `grace`; commit everything."""
         self.progress.draining = True
         self.progress.cancel_timers()
+        self.progress.render_pool.close()
         dispatcher = self.progress.dispatcher
         if dispatcher is not None:
             await dispatcher.drain(grace)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime
@@ -25,14 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core.kinds import UnknownTaskKind
-from orchestrator.core.records import TaskInstanceRecord, TaskKey, XComRecord, evolve_ti
+from orchestrator.core.records import ChangeSet, RunRecord, TaskInstanceRecord, TaskKey, XComRecord, evolve_ti
 from orchestrator.core.resolver import Resolution, resolve_after, run_outcome
 from orchestrator.core.retry import next_retry_at, retry_jitter_key, should_retry
 from orchestrator.core.states import ACTIVE_TASK_STATES, FINISHED_TASK_STATES, RunState, TaskState
+from orchestrator.core.template_limits import DEFAULT_LIMITS, TemplateLimitExceeded, TemplateLimits
 from orchestrator.core.templating import TemplateError
 from orchestrator.core.transitions import check_run_transition, check_task_transition
 from orchestrator.engine.dispatch import Dispatcher, NoExecutorForTask
-from orchestrator.engine.launch import build_launch
+from orchestrator.engine.launch import RenderPool, build_launch, renders_inline
 from orchestrator.engine.live import Batch, DagSlots, LiveRun, TiId
 from orchestrator.engine.supervision import Supervisor
 from orchestrator.engine.writer import GroupCommitWriter
@@ -48,6 +50,9 @@ from orchestrator.ports import (
 )
 
 log = logging.getLogger("orchestrator.engine")
+
+#: how many settled runs `repair_refused` can still correct
+SETTLED_KEPT = 256
 
 #: checks a value a task returned before it is committed: None if it can be stored, else why not
 ValueCheck = Callable[[Any], str | None]
@@ -69,6 +74,7 @@ class RunProgress:
         daemon_id: str,
         hostname: str,
         check_value: ValueCheck | None = None,
+        template_limits: TemplateLimits = DEFAULT_LIMITS,
     ) -> None:
         self._clock = clock
         self._timers = timers
@@ -80,6 +86,10 @@ class RunProgress:
         self._daemon_id = daemon_id
         self._hostname = hostname
         self._check_value = check_value
+        self._limits = template_limits
+        #: renders the tries whose templates can loop, off the event loop
+        self.render_pool = RenderPool(template_limits)
+        writer.repair_refused = self.repair_refused
         self.runs: dict[int, LiveRun] = {}
         self.slots: dict[str, DagSlots] = {}
         self.dispatcher: Dispatcher | None = None
@@ -87,6 +97,8 @@ class RunProgress:
         self.installation = ""
         self.draining = False
         self._retry_timers: dict[TaskKey, TimerHandle] = {}
+        #: the runs settled last, should a commit refused later change their outcome
+        self._settled: OrderedDict[int, RunRecord] = OrderedDict()
         #: told when a run of a DAG finishes, so that admission can start the next one
         self.on_run_finished: Callable[[str, Batch], None] = lambda dag_id, batch: None
 
@@ -348,13 +360,109 @@ class RunProgress:
             if self.dispatcher is None:
                 raise NoExecutorForTask("no executor is attached to the engine")
             executor = self.dispatcher.route(task)
-            request = build_launch(live, task, ti, self._logs_dir, self._base_env, self.installation)
+            if not renders_inline(task, self._limits):
+                self._render_off_loop(live, task, ti, executor)
+                return True
+            request = build_launch(
+                live, task, ti, self._logs_dir, self._base_env, self.installation, self._limits
+            )
         except (TemplateError, NoExecutorForTask, UnknownTaskKind) as exc:
             self.note(ti, now, f"try {ti.try_number} failed: {exc}")
             self.fail_try(live, ti, batch, now)
             return live.states[ti.task_id] not in FINISHED_TASK_STATES
         batch.launches.append((executor, request))
         return True
+
+    def _render_off_loop(self, live: LiveRun, task: Any, ti: TaskInstanceRecord, executor: str) -> None:
+        """Render on the render pool; the try launches (or fails) when the render is done. Its
+        `queued` row is in the batch being built now, so it is committed before the launch."""
+        future = self.render_pool.render(live, task, ti, self._logs_dir, self._base_env, self.installation)
+        future.add_done_callback(partial(self._rendered, ti.key, ti.try_number, executor))
+
+    def _rendered(
+        self, key: TaskKey, try_number: int, executor: str, future: asyncio.Future[LaunchRequest]
+    ) -> None:
+        try:
+            self._launch_rendered(key, try_number, executor, future)
+        except Exception as exc:
+            self.handler_failed(key, "the end of a template render", exc, traceback.format_exc())
+
+    def _launch_rendered(
+        self, key: TaskKey, try_number: int, executor: str, future: asyncio.Future[LaunchRequest]
+    ) -> None:
+        if future.cancelled():
+            return
+        if self.draining:
+            future.exception()  # retrieved: the render was stopped by the drain, not by its template
+            return  # the try stays queued: the next start renders it again
+        live, ti = self._lookup(key, try_number)
+        if live is None or ti is None or ti.state != TaskState.QUEUED:
+            return
+        batch = Batch()
+        try:
+            request = future.result()
+        except (TemplateError, TemplateLimitExceeded, UnknownTaskKind) as exc:
+            now = self._clock.now()
+            self.note(ti, now, f"try {ti.try_number} failed: {exc}")
+            log.info("task %s of %s/%s failed: %s", ti.task_id, ti.dag_id, ti.run_id, exc)
+            self.fail_try(live, ti, batch, now)
+            self.after_change(live, [ti.task_id], batch)
+            self.commit(batch)
+            return
+        batch.launches.append((executor, request))
+        self.commit(batch)
+
+    def repair_refused(self, changes: ChangeSet, error: Exception) -> ChangeSet | None:
+        """The database refused `changes` (the writer's hook). If they hold XComs, the likely
+        culprits: the same rows without them, each try that pushed one recorded as failed (here
+        too, with the reason in its log). A run settled as a success by the same changes is
+        recorded failed (so is one settled already). Tasks whose trigger rules were already
+        resolved by the refused success keep that resolution. None: not repairable."""
+        if not changes.xcoms:
+            return None
+        refused = {(x.run_pk, x.task_id, x.map_index) for x in changes.xcoms}
+        now = self._clock.now()
+        reason = f"the database refused this try's return value ({error!r}); the try is failed"
+        tasks = []
+        for row in changes.tasks:
+            if (row.run_pk, row.task_id, row.map_index) in refused and row.state == TaskState.SUCCESS:
+                row = evolve_ti(row, state=TaskState.FAILED)
+                self._record_refused_value(row, now, reason)
+            tasks.append(row)
+        runs = [
+            replace(run, state=RunState.FAILED)
+            if run.pk in {pk for pk, _, _ in refused} and run.state == RunState.SUCCESS
+            else run
+            for run in changes.runs
+        ]
+        return ChangeSet(tasks=tasks, runs=runs, xcoms=[])
+
+    def _record_refused_value(self, failed: TaskInstanceRecord, now: datetime, reason: str) -> None:
+        self.note(failed, now, reason)
+        log.error("task %s of %s/%s failed: %s", failed.task_id, failed.dag_id, failed.run_id, reason)
+        live = self.runs.get(failed.run_pk)
+        if live is None:
+            # settled in memory already (the outcome was decided before the commit was refused):
+            # a success becomes a failure, committed after the rows that settled it
+            settled = self._settled.get(failed.run_pk)
+            if settled is not None and settled.state == RunState.SUCCESS:
+                self._settled[failed.run_pk] = corrected = replace(settled, state=RunState.FAILED)
+                self._writer.submit(ChangeSet(runs=[corrected]))
+            return
+        live.xcoms.pop((failed.task_id, "return_value"), None)
+        current = live.tis.get((failed.task_id, failed.map_index))
+        if (
+            current is not None
+            and current.try_number == failed.try_number
+            and current.state == TaskState.SUCCESS
+        ):
+            # not a transition the state machine allows (success is final): the success was
+            # never stored, so the outcome the database will hold is this failure
+            live.tis[(failed.task_id, failed.map_index)] = evolve_ti(current, state=TaskState.FAILED)
+            if failed.map_index < 0:
+                live.states[failed.task_id] = TaskState.FAILED
+            else:
+                live.refresh_task_state(failed.task_id)
 
     def fill_capacity(self, dag_id: str, batch: Batch) -> None:
         slots = self.slots_of(dag_id)
@@ -380,6 +488,9 @@ class RunProgress:
         finished = replace(live.record, state=outcome, end_date=self._clock.now())
         batch.changes.runs.append(finished)
         del self.runs[live.pk]
+        self._settled[live.pk] = finished
+        if len(self._settled) > SETTLED_KEPT:
+            self._settled.popitem(last=False)
         log.info("run %s of %s finished: %s", finished.run_id, finished.dag_id, outcome.value)
         self.slots_of(finished.dag_id).active_runs.discard(live.pk)
         self.on_run_finished(finished.dag_id, batch)

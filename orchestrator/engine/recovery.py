@@ -39,13 +39,20 @@ class Recovery:
         self._admission = admission
         self._registry = registry
         self.stored_specs: Mapping[str, DagSpec] = {}
+        #: earlier DAG versions that recovered or waiting runs use, shared between their runs
+        self._versions: dict[tuple[str, str | None], LoadedDag] = {}
 
     def dag_of_run(self, item: ActiveRun) -> LoadedDag | None:
         """The DAG a stored run runs: its recorded version, else the loaded DAG, else the stored one."""
-        spec = getattr(item, "spec", None)
-        if isinstance(spec, DagSpec):
-            return LoadedDag.of(spec)
         loaded = self._registry.get(item.run.dag_id)
+        if item.spec is not None:
+            if loaded is not None and loaded.spec.source_hash == item.spec.source_hash:
+                return loaded  # the version the file has now: share it
+            key = (item.spec.dag_id, item.spec.source_hash)
+            version = self._versions.get(key)
+            if version is None:
+                version = self._versions[key] = LoadedDag.of(item.spec)
+            return version
         if loaded is not None:
             return loaded
         stored = self.stored_specs.get(item.run.dag_id)

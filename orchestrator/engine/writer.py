@@ -22,6 +22,14 @@ database may then disagree, and only a restart (recovery from the database) is s
 A commit that fails on a lost connection is retried, with a backoff, until it succeeds;
 nothing after it is committed or acted on meanwhile. Retrying is safe even when the first
 attempt did commit: change sets hold whole rows, and no later change exists to overwrite.
+
+A commit the database *refuses* (an error about the rows, not the connection: a value
+PostgreSQL will not store that the engine's checks did not foresee) must not stop the daemon
+for everyone. The writer commits the merged change sets again one at a time, in order, so
+only the culprit is singled out; the engine's `repair_refused` hook turns it into a change
+set that can be stored (the try that returned the value is failed, without the value), which
+is committed instead. Only a change set that cannot be repaired, or whose repair is refused
+too, is fatal: the engine's own rows were refused, which is a bug, and the log says which.
 """
 
 from __future__ import annotations
@@ -39,6 +47,9 @@ log = logging.getLogger("orchestrator.engine.writer")
 
 AfterCommit = Callable[[], None]
 
+#: turns a change set the database refused into one it can store (None: it cannot be repaired)
+RepairRefused = Callable[[ChangeSet, Exception], ChangeSet | None]
+
 #: longest a lazy change waits for a commit to ride (seconds)
 LAZY_DELAY = 0.005
 
@@ -50,6 +61,8 @@ RETRY_BACKOFF = (0.05, 0.2, 1.0, 2.0, 5.0)
 class _Pending:
     changes: ChangeSet
     after: AfterCommit | None
+    #: the database refused these changes and they could not be repaired: nothing follows them
+    refused: bool = False
 
 
 class GroupCommitWriter:
@@ -67,6 +80,8 @@ class GroupCommitWriter:
         self._lazy_timer: TimerHandle | None = None
         self.commits = 0
         self.changes_committed = 0
+        #: set by the engine: see the module docstring
+        self.repair_refused: RepairRefused | None = None
 
     def submit(self, changes: ChangeSet, after: AfterCommit | None = None, *, lazy: bool = False) -> None:
         """Queue rows for the next commit; `after` runs once they are durable. A lazy change
@@ -101,6 +116,8 @@ class GroupCommitWriter:
                 if merged is not None:
                     self._events.publish_changes(merged)
                 for item in batch:
+                    if item.refused:
+                        continue
                     if item.after is not None:
                         try:
                             item.after()
@@ -114,16 +131,84 @@ class GroupCommitWriter:
             merged.extend(item.changes)
         if not merged:
             return None
+        try:
+            await self._commit_retrying(merged)
+        except Exception as exc:
+            if len(batch) == 1:
+                return await self._commit_refused(batch[0], exc)
+            log.error(
+                "the database refused a commit of %d change sets (%r); committing them one at a time "
+                "to find the refused one",
+                len(batch),
+                exc,
+            )
+            return await self._commit_one_by_one(batch)
+        self.commits += 1
+        self.changes_committed += len(batch)
+        return merged
+
+    async def _commit_retrying(self, changes: ChangeSet) -> None:
+        """Commit, retrying (with a backoff) while the connection is lost; any other error is raised."""
         attempt = 0
         while True:
             try:
-                await self._store.commit(merged)
-                break
+                await self._store.commit(changes)
+                return
             except OSError as exc:  # ConnectionError: the store's word for "retry me"
                 delay = RETRY_BACKOFF[min(attempt, len(RETRY_BACKOFF) - 1)]
                 attempt += 1
                 log.error("commit failed (%s); retrying in %.2f s, nothing is acted on meanwhile", exc, delay)
                 await self._timers.sleep(delay)  # backoff while the database is unreachable
-        self.commits += 1
-        self.changes_committed += len(batch)
-        return merged
+
+    async def _commit_one_by_one(self, batch: list[_Pending]) -> ChangeSet:
+        committed = ChangeSet()
+        for item in batch:
+            if not item.changes:
+                continue
+            try:
+                await self._commit_retrying(item.changes)
+            except Exception as exc:
+                stored = await self._commit_refused(item, exc)
+                if stored is not None:
+                    committed.extend(stored)
+                continue
+            self.commits += 1
+            self.changes_committed += 1
+            committed.extend(item.changes)
+        return committed
+
+    async def _commit_refused(self, item: _Pending, error: Exception) -> ChangeSet | None:
+        """`item` alone was refused: commit its repair, or stop the daemon saying what was refused."""
+        log.error("the database refused a change set (%r): %s", error, _describe(item.changes))
+        repaired = self.repair_refused(item.changes, error) if self.repair_refused is not None else None
+        if repaired is not None:
+            try:
+                await self._commit_retrying(repaired)
+            except Exception as second:
+                self._give_up(item, f"its repair was refused too ({second!r})", error)
+                return None
+            item.changes = repaired
+            self.commits += 1
+            self.changes_committed += 1
+            return repaired
+        self._give_up(item, "it holds no value that could be left out", error)
+        return None
+
+    def _give_up(self, item: _Pending, why: str, error: Exception) -> None:
+        item.refused = True
+        self._supervisor.fatal(
+            f"the database refused a change set and {why}: {error!r}; rows: {_describe(item.changes)}"
+        )
+
+
+def _describe(changes: ChangeSet) -> str:
+    """The rows of a change set, briefly: which task instances, runs and XComs (with their size)."""
+    parts = [
+        f"task {t.dag_id}/{t.run_id}/{t.task_id}[{t.map_index}] try {t.try_number} -> {t.state.value}"
+        for t in changes.tasks
+    ]
+    parts += [f"run {r.dag_id}/{r.run_id} -> {r.state.value}" for r in changes.runs]
+    parts += [
+        f"xcom {x.task_id}[{x.map_index}] {x.key!r} ({len(repr(x.value)):,} chars)" for x in changes.xcoms
+    ]
+    return "; ".join(parts[:20]) + (f"; and {len(parts) - 20} more" if len(parts) > 20 else "")

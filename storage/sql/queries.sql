@@ -80,6 +80,24 @@ ON CONFLICT (dag_id, run_id) DO NOTHING
 RETURNING pk, dag_id, run_id, state, run_type, conf, logical_date, data_interval_start,
           data_interval_end, queued_at, start_date, end_date, external_trigger;
 
+-- name: insert_dag_version
+-- A version is written once; the same source parsed again changes nothing.
+INSERT INTO dag_version (dag_id, source_hash, spec, created_at)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (dag_id, source_hash) DO NOTHING;
+
+-- name: insert_run_version
+INSERT INTO dag_run_version (run_pk, dag_id, source_hash)
+SELECT $1, $2, $3
+WHERE EXISTS (SELECT 1 FROM dag_version WHERE dag_id = $2 AND source_hash = $3);
+
+-- name: list_versions_of_runs
+-- The spec of the version each of these runs was created with (runs without one are left out).
+SELECT v.run_pk, d.spec
+FROM dag_run_version v
+JOIN dag_version d ON d.dag_id = v.dag_id AND d.source_hash = v.source_hash
+WHERE v.run_pk = ANY($1::bigint[]);
+
 -- name: insert_task_instances
 INSERT INTO task_instance (run_pk, dag_id, run_id, task_id, map_index, state, max_tries, operator)
 SELECT $1, $2, $3, u.task_id, u.map_index, 'none', u.max_tries, u.operator

@@ -18,6 +18,7 @@ import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -132,6 +133,7 @@ class EngineHarness:
     executor: LocalExecutor
     registry: DagRegistry
     logs_dir: Path
+    versions_dir: Path
     task_logs: FileTaskLogs
     crashed: bool = False
     _stop_writer: Callable[[], None] = field(default=lambda: None, repr=False)
@@ -161,6 +163,10 @@ class EngineHarness:
             return []
         return sorted(p.name.removeprefix(prefix) for p in folder.glob(f"{prefix}attempt=*.log"))
 
+    async def reload(self, path: Path) -> None:
+        """Parse a changed DAG file again, as the daemon's DAG folder would."""
+        await load_dag_file(self.store, self.registry, path, self.versions_dir, SystemClock().now())
+
     async def drain(self, grace: float) -> None:
         """Shut down like SIGTERM: running tasks get `grace` s, queued ones stay queued."""
         await self.engine.drain(grace)
@@ -173,6 +179,16 @@ class EngineHarness:
         """
         self.crashed = True
         self._stop_writer()
+
+
+async def load_dag_file(
+    store: PostgresStateStore, registry: DagRegistry, path: Path, versions_dir: Path, now: datetime
+) -> None:
+    """Load a DAG file in process, keep its version's source, register and store its DAGs."""
+    specs = load_dag_specs(str(path), versions_dir=str(versions_dir))
+    registry.check_file(str(path), specs)
+    registry.replace_file(str(path), specs)
+    await store.sync_dag_file(str(path), specs, now)
 
 
 @asynccontextmanager
@@ -190,19 +206,20 @@ async def running_engine(
     extra_executors: Mapping[str, Callable[[ExecutorEvents], Executor]] | None = None,
     state_dir: Path | None = None,
     log_max_bytes: int | None = None,
+    engine_options: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[EngineHarness]:
     """An Engine + LocalExecutor + writer on `store`, with the DAGs of `dag_files` loaded and
     the store's active runs recovered. Drains on exit (running tasks get `drain_grace` s, none
     if the test failed) unless the test crashed it. `clock` and `timers` default to the real
-    ones (tests/fakes.py has fakes that advance time); `extra_executors` adds executors by name."""
+    ones (tests/fakes.py has fakes that advance time); `extra_executors` adds executors by name;
+    `engine_options` are more keyword arguments of Engine (check_value, template_limits)."""
     clock = clock or SystemClock()
     timers = timers or LoopTimers(clock)
     registry = DagRegistry()
+    state_dir = state_dir or logs_dir.parent / "state"
+    versions_dir = state_dir / "dag_versions"
     for path in dag_files:
-        specs = load_dag_specs(str(path))
-        registry.check_file(str(path), specs)
-        registry.replace_file(str(path), specs)
-        await store.sync_dag_file(str(path), specs, clock.now())
+        await load_dag_file(store, registry, path, versions_dir, clock.now())
     logs_dir.mkdir(parents=True, exist_ok=True)
     log_files = LogFiles() if log_max_bytes is None else LogFiles(log_max_bytes)
     task_logs = FileTaskLogs(logs_dir, log_files)
@@ -216,6 +233,7 @@ async def running_engine(
         hostname=socket.gethostname(),
         base_env=os.environ,
         task_logs=task_logs,
+        **(engine_options or {}),
     )
     engine.set_installation(await store.installation_id())
     executor = LocalExecutor(
@@ -223,7 +241,8 @@ async def running_engine(
         slots=slots,
         python_workers=python_workers,
         kill_grace=kill_grace,
-        state_dir=state_dir or logs_dir.parent / "state",
+        state_dir=state_dir,
+        versions_dir=versions_dir,
         log_files=log_files,
     )
     executors: dict[str, Executor] = {"local": executor}
@@ -242,7 +261,14 @@ async def running_engine(
 
             group.start_soon(writer_loop)
             harness = EngineHarness(
-                store, engine, executor, registry, logs_dir, task_logs, _stop_writer=writer_scope.cancel
+                store,
+                engine,
+                executor,
+                registry,
+                logs_dir,
+                versions_dir,
+                task_logs,
+                _stop_writer=writer_scope.cancel,
             )
             await engine.recover({})
             grace = drain_grace

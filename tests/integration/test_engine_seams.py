@@ -458,3 +458,55 @@ def _alive(pid: int) -> bool:
             return stat.read().split(") ")[-1][:1] not in ("Z", "X")
     except FileNotFoundError:
         return False
+
+
+# --- a run keeps its DAG version -----------------------------------------------------------------
+
+VERSIONED = """
+def answer():
+    return "{version}"
+
+with DAG("versioned", max_active_runs=4):
+    Bash("gate", {gate!r}) >> Python("answer", answer)
+"""
+
+
+async def test_a_run_runs_the_python_callables_of_the_dag_version_it_was_triggered_with(
+    store: PostgresStateStore, work: Path, dags: Path, logs: Path
+) -> None:
+    gate = work / "gate"
+    dag_file = write_dag(dags, "versioned", VERSIONED.format(version="v1", gate=gate_wait(gate)), work)
+    async with running_engine(store, logs, [dag_file]) as engine:
+        first, _ = await engine.trigger("versioned", "first")
+        await wait_ti(store, first.pk, "gate", [TaskState.RUNNING])
+        write_dag(dags, "versioned", VERSIONED.format(version="v2", gate=gate_wait(gate)), work)
+        await engine.reload(dag_file)
+        second, _ = await engine.trigger("versioned", "second")
+        gate.touch()
+        await wait_run(store, "versioned", "first")
+        await wait_run(store, "versioned", "second")
+        answers = {
+            run.run_id: {x.task_id: x.value for x in await store.list_xcoms(run.pk)}["answer"]
+            for run in (first, second)
+        }
+
+    assert answers == {"first": "v1", "second": "v2"}
+
+
+async def test_a_run_waiting_across_a_restart_keeps_its_dag_version(
+    store: PostgresStateStore, work: Path, dags: Path, logs: Path
+) -> None:
+    dag_file = write_dag(dags, "versioned", VERSIONED.format(version="v1", gate="true"), work)
+    async with running_engine(store, logs, [dag_file]) as engine:
+        await engine.engine.set_paused("versioned", True)
+        waiting, _ = await engine.trigger("versioned", "waiting")
+    # the file changes while the daemon is down; the new daemon parses the new version
+    write_dag(dags, "versioned", VERSIONED.format(version="v2", gate="true"), work)
+    async with running_engine(store, logs, [dag_file]) as engine:
+        await engine.engine.set_paused("versioned", False)
+        run = await wait_run(store, "versioned", "waiting")
+        fresh = await engine.run("versioned", "fresh")
+        values = {r.run_id: {x.task_id: x.value for x in await store.list_xcoms(r.pk)} for r in (run, fresh)}
+
+    assert run.pk == waiting.pk and run.state == fresh.state == RunState.SUCCESS
+    assert values["waiting"]["answer"] == "v1" and values["fresh"]["answer"] == "v2"

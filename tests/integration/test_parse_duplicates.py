@@ -163,3 +163,32 @@ async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await anyio.sleep(0.02)  # pacing between checks of a condition, not synchronisation
+
+
+async def test_import_errors_recorded_and_cleared_are_published_on_the_event_bus(
+    tmp_path: Path, parsers: DagParserPool, store: PostgresStateStore
+) -> None:
+    from orchestrator.engine.events import EventBus
+    from orchestrator.ports import ImportErrorChanged
+
+    bus = EventBus()
+    subscription = bus.subscribe()
+    folder = DagFolder(
+        tmp_path / "dags", parsers, store, DagRegistry(), SystemClock(), parse_error=DagFileParseError, events=bus
+    )
+    (tmp_path / "dags").mkdir()
+    path = tmp_path / "dags" / "flaky.py"
+    path.write_text("raise RuntimeError('not today')\n")
+    await folder.refresh(path)
+    path.write_text(dag_file("flaky"))
+    await folder.refresh(path)
+    await folder.refresh(path)  # still fine: nothing more to say
+    subscription.close()
+    events = [event async for event in subscription]
+
+    assert [type(e) for e in events] == [ImportErrorChanged, ImportErrorChanged]
+    recorded, cleared = events
+    assert isinstance(recorded, ImportErrorChanged) and isinstance(cleared, ImportErrorChanged)
+    assert recorded.fileloc == cleared.fileloc == str(path)
+    assert recorded.message is not None and "not today" in recorded.message
+    assert cleared.message is None

@@ -10,7 +10,7 @@ import anyio
 import asyncpg
 import pytest
 
-from orchestrator.core.records import ChangeSet, NewTaskInstance, TaskKey
+from orchestrator.core.records import ChangeSet, NewTaskInstance, TaskKey, XComRecord
 from orchestrator.core.states import TaskState
 from orchestrator.engine.clock import SystemClock
 from orchestrator.engine.events import EventBus
@@ -86,3 +86,56 @@ async def test_a_lost_connection_is_retried_and_nothing_is_lost(
     assert after is not None and after.state == TaskState.QUEUED
     earlier = await store.get_task_instance(TaskKey(run.pk, "t0"))
     assert earlier is not None and earlier.state == TaskState.SCHEDULED
+
+
+async def test_a_refused_change_set_is_singled_out_and_repaired_and_the_others_commit(
+    store: PostgresStateStore,
+) -> None:
+    run, tis = await _run_with_tasks(store, 3)
+    writer = _writer(store)
+    repaired: list[ChangeSet] = []
+
+    def repair(changes: ChangeSet, error: Exception) -> ChangeSet:
+        repaired.append(changes)
+        return ChangeSet(tasks=[dataclasses.replace(t, state=TaskState.FAILED) for t in changes.tasks])
+
+    writer.repair_refused = repair
+    done: list[str] = []
+    async with anyio.create_task_group() as group:
+        group.start_soon(writer.run)
+        for ti, value in zip(tis, ["fine", "bad\x00", "fine too"], strict=True):
+            finished = dataclasses.replace(ti, state=TaskState.SUCCESS, try_number=1)
+            xcom = XComRecord(run.pk, ti.task_id, -1, "return_value", value)
+            writer.submit(ChangeSet(tasks=[finished], xcoms=[xcom]), lambda t=ti.task_id: done.append(t))
+        with anyio.fail_after(10):
+            await writer.flushed()
+        group.cancel_scope.cancel()
+    assert done == ["t0", "t1", "t2"]  # every follow-up ran, in order
+    assert [c.tasks[0].task_id for c in repaired] == ["t1"]
+    states = {ti.task_id: ti.state for ti in await store.list_task_instances(run.pk)}
+    assert states == {"t0": TaskState.SUCCESS, "t1": TaskState.FAILED, "t2": TaskState.SUCCESS}
+    assert {x.task_id for x in await store.list_xcoms(run.pk)} == {"t0", "t2"}
+
+
+async def test_a_refused_change_set_that_cannot_be_repaired_is_fatal_and_says_which(
+    store: PostgresStateStore,
+) -> None:
+    run, tis = await _run_with_tasks(store, 2)
+    supervisor = Supervisor()
+    writer = GroupCommitWriter(store, LoopTimers(SystemClock()), EventBus(), supervisor)
+    done: list[str] = []
+    async with anyio.create_task_group() as group:
+        group.start_soon(writer.run)
+        bad = XComRecord(run.pk, "t0", -1, "return_value", "bad\x00")
+        writer.submit(ChangeSet(xcoms=[bad]), lambda: done.append("bad"))
+        good = dataclasses.replace(tis[1], state=TaskState.QUEUED, try_number=1)
+        writer.submit(ChangeSet(tasks=[good]), lambda: done.append("good"))
+        with anyio.fail_after(10):
+            await writer.flushed()
+        group.cancel_scope.cancel()
+    assert done == ["good"]  # nothing follows the refused change set; the next one commits
+    assert supervisor.fatal_message is not None
+    assert "the database refused a change set" in supervisor.fatal_message
+    assert "xcom t0[-1] 'return_value'" in supervisor.fatal_message
+    after = await store.get_task_instance(TaskKey(run.pk, "t1"))
+    assert after is not None and after.state == TaskState.QUEUED

@@ -8,12 +8,15 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import (
+    KEYS,
     ApiConfig,
     Config,
     DaemonConfig,
     DatabaseConfig,
     ExecutorsConfig,
     LocalExecutorConfig,
+    TemplatesConfig,
+    XComConfig,
     load_config,
 )
 from orchestrator.errors import ConfigError
@@ -285,3 +288,99 @@ def test_an_unknown_key_far_from_any_lists_the_valid_keys(tmp_path: Path) -> Non
         load_config(path, {})
     assert "valid keys are" in str(info.value)
     assert "api.port" in str(info.value)
+
+
+FLOAT_KEYS = sorted(name for name, key in KEYS.items() if key.kind is float)
+
+
+def _toml_for(dotted: str, value: str) -> str:
+    table, _, name = dotted.rpartition(".")
+    return f"[{table}]\n{name} = {value}\n"
+
+
+def test_the_float_keys_include_the_graces_and_timeouts() -> None:
+    assert {"daemon.shutdown_grace", "executors.local.kill_grace", "database.connect_timeout"} <= set(
+        FLOAT_KEYS
+    )
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "+nan"])
+@pytest.mark.parametrize("dotted", FLOAT_KEYS)
+def test_non_finite_numbers_in_the_file_are_refused_naming_the_key(
+    tmp_path: Path, dotted: str, value: str
+) -> None:
+    path = write(tmp_path, _toml_for(dotted, value))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {}, cwd=tmp_path)
+    assert str(info.value).startswith(f"{dotted} in {path} must be a finite number, got ")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-Infinity", " NaN "])
+@pytest.mark.parametrize("dotted", FLOAT_KEYS)
+def test_non_finite_numbers_in_the_environment_are_refused_naming_the_variable(
+    tmp_path: Path, dotted: str, value: str
+) -> None:
+    name = KEYS[dotted].env_name
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {name: value}, cwd=tmp_path)
+    assert str(info.value).startswith(f"{name}={value!r} must be a finite number")
+
+
+def test_the_log_level_is_a_key_with_an_environment_override(tmp_path: Path) -> None:
+    assert load_config(None, {}, cwd=tmp_path).daemon.log_level == "INFO"
+    path = write(tmp_path, '[daemon]\nlog_level = "debug"\n')
+    assert load_config(path, {}, cwd=tmp_path).daemon.log_level == "debug"
+    overridden = load_config(path, {"ORCHESTRATOR_DAEMON__LOG_LEVEL": "WARNING"}, cwd=tmp_path)
+    assert overridden.daemon.log_level == "WARNING"
+
+
+def test_orchestrator_log_level_is_a_deprecated_alias_the_new_name_wins_over(tmp_path: Path) -> None:
+    assert load_config(None, {"ORCHESTRATOR_LOG_LEVEL": "ERROR"}, cwd=tmp_path).daemon.log_level == "ERROR"
+    both = {"ORCHESTRATOR_LOG_LEVEL": "ERROR", "ORCHESTRATOR_DAEMON__LOG_LEVEL": "DEBUG"}
+    assert load_config(None, both, cwd=tmp_path).daemon.log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        (
+            {"ORCHESTRATOR_DAEMON__LOG_LEVEL": "LOUD"},
+            "ORCHESTRATOR_DAEMON__LOG_LEVEL is 'LOUD', which is not a log level; "
+            "use one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
+        ),
+        (
+            {"ORCHESTRATOR_LOG_LEVEL": "LOUD"},
+            "ORCHESTRATOR_LOG_LEVEL is 'LOUD', which is not a log level; "
+            "use one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
+        ),
+        (
+            {"ORCHESTRATOR_DATABASE__CONNECT_TIMEOUT": "0"},
+            "ORCHESTRATOR_DATABASE__CONNECT_TIMEOUT must be at least 0.1, got 0",
+        ),
+        (
+            {"ORCHESTRATOR_TEMPLATES__MAX_OUTPUT_BYTES": "10"},
+            "ORCHESTRATOR_TEMPLATES__MAX_OUTPUT_BYTES must be at least 1024, got 10",
+        ),
+        (
+            {"ORCHESTRATOR_TEMPLATES__RENDER_TIMEOUT": "0"},
+            "ORCHESTRATOR_TEMPLATES__RENDER_TIMEOUT must be at least 0.01, got 0",
+        ),
+        (
+            {"ORCHESTRATOR_XCOM__MAX_BYTES": "-1"},
+            "ORCHESTRATOR_XCOM__MAX_BYTES must be at least 1024, got -1",
+        ),
+    ],
+)
+def test_bad_limits_and_log_levels_name_the_variable(
+    tmp_path: Path, environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, environ, cwd=tmp_path)
+    assert str(info.value) == message
+
+
+def test_the_limits_have_their_documented_defaults(tmp_path: Path) -> None:
+    config = load_config(None, {}, cwd=tmp_path)
+    assert config.database.connect_timeout == 10.0
+    assert config.templates == TemplatesConfig(max_output_bytes=1_000_000, render_timeout=2.0)
+    assert config.xcom == XComConfig(max_bytes=1_000_000)

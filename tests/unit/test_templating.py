@@ -397,3 +397,18 @@ def test_json_context_is_the_json_able_subset() -> None:
         "conf": {"c": 2},
         "run_type": "manual",
     }
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2026-01-01", "2026-01-01"),
+        ("$(id)", "'$(id)'"),
+        ("a b; rm -rf /", "'a b; rm -rf /'"),
+        ("it's", "'it'\"'\"'s'"),
+        ("", "''"),
+        (3, "3"),
+    ],
+)
+def test_shquote_makes_a_value_one_shell_word(value: Any, expected: str) -> None:
+    assert render_template("{{ params.x | shquote }}", {"params": {"x": value}}) == expected

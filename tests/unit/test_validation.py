@@ -137,6 +137,8 @@ def test_long_chains_do_not_hit_the_recursion_limit() -> None:
         ("a/b", False),
         ("", False),
         (5, False),
+        ("etl\n", False),  # "$" alone would let the trailing newline through
+        ("etl\nrm", False),
     ],
 )
 def test_check_key(value: object, ok: bool) -> None:
@@ -157,3 +159,20 @@ def test_check_trigger_rule_lists_valid_rules() -> None:
     with pytest.raises(DagValidationError) as info:
         check_trigger_rule(3)
     assert all(rule.value in str(info.value) for rule in TriggerRule)
+
+
+@pytest.mark.parametrize(
+    ("run_id", "ok"),
+    [
+        ("manual__2026-01-01T00:00:00+00:00", True),
+        ("r" * 250, True),
+        ("r" * 251, False),
+        ("r1\n", False),
+        ("r 1", False),
+        ("", False),
+    ],
+)
+def test_check_run_id_matches_the_whole_id(run_id: str, ok: bool) -> None:
+    from orchestrator.core.ids import check_run_id
+
+    assert (check_run_id(run_id) is None) == ok
