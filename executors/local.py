@@ -43,11 +43,12 @@ from typing import Any
 from executors.direct import direct_argv
 from executors.errors import ExecutorError, LaunchError, PythonWorkerExited
 from executors.orphans import WORKER_MARKERS_VARIABLE, kill_pids, orphan_workers, try_processes
-from executors.spawn import CommandResult, Launched, RunningCommand, launch, open_log, watch, write_all
+from executors.spawn import CommandResult, Launched, RunningCommand, launch, watch
 from executors.workers import PythonWorker, PythonWorkerPool
 from orchestrator.core.kinds import BashPayload, PythonPayload
 from orchestrator.core.records import TaskInstanceRecord, TaskKey
 from orchestrator.ports import NO_XCOM, ExecutorEvents, LaunchRequest, TaskOutcome
+from storage.filelogs import LogFiles, TryLogWriter
 
 log = logging.getLogger("executors.local")
 
@@ -64,8 +65,10 @@ class _Running:
     command: RunningCommand | None = None
     worker: PythonWorker | None = None
     stop_error: str | None = None
-    #: the footer went out with the command's own log descriptor (bash tasks)
+    #: the footer went out with the command's own log writer (bash tasks)
     footer_written: bool = False
+    #: the log writer of a Python try (header and footer; its worker writes the output)
+    log: TryLogWriter | None = None
 
 
 def _now() -> str:
@@ -92,6 +95,8 @@ def _bash_error(running: _Running, result: CommandResult) -> str | None:
     code = result.exit_code
     if running.stop_error is not None:
         return running.stop_error
+    if result.log_error is not None:
+        return result.log_error
     if result.timed_out:
         return f"timed out after {running.request.timeout:g} s: the process group was terminated"
     if code < 0:
@@ -106,15 +111,6 @@ def _label(request: LaunchRequest) -> str:
     if request.key.map_index >= 0:
         task = f"{task}[{request.key.map_index}]"
     return f"{request.dag_id}/{request.run_id}/{task}"
-
-
-def _append(path: Path, text: str) -> None:
-    """Append to a log, creating it (and its folder) when missing."""
-    fd = open_log(path)
-    try:
-        write_all(fd, text.encode("utf-8", "backslashreplace"))
-    finally:
-        os.close(fd)
 
 
 def _signal_name(number: int) -> str:
@@ -139,12 +135,15 @@ class LocalExecutor:
         kill_grace: float = 5.0,
         python_executable: str = sys.executable,
         state_dir: Path | None = None,
+        log_files: LogFiles | None = None,
         versions_dir: Path | None = None,
     ) -> None:
         if slots < 1:
             raise ExecutorError(f"the local executor needs at least 1 slot, got {slots}: raise `slots`")
         self._events = events
         self._slots = slots
+        #: every log line of a try goes through here (capped at logs.max_bytes_per_try)
+        self._logs = log_files if log_files is not None else LogFiles()
         #: where the DAG versions' sources are kept (Python tasks run their run's version)
         self._versions_dir = None if versions_dir is None else str(versions_dir)
         self._kill_grace = kill_grace
@@ -314,15 +313,18 @@ class LocalExecutor:
         except Exception:
             self._crashed(request, traceback.format_exc())
 
-    def _begin(self, request: LaunchRequest, what: str) -> None:
-        header = _header(request, what)
+    def _begin(self, request: LaunchRequest, what: str) -> TryLogWriter:
+        """Open a Python try's log with its header; its worker appends the output."""
+        writer = self._logs.writer(request.log_path, _header(request, what), capped=False)
         try:
-            _append(request.log_path, header)
+            writer.write(b"")
         except OSError as exc:
+            writer.close()
             raise LaunchError(
                 f"cannot write the task log {str(request.log_path)!r}: {exc.strerror}: "
                 "check that the logs folder is writable"
             ) from exc
+        return writer
 
     def _start_bash(self, request: LaunchRequest, payload: BashPayload) -> None:
         command = payload.bash_command
@@ -345,6 +347,7 @@ class LocalExecutor:
             footer=lambda result: _footer(
                 request, running.started, _bash_error(running, result), result.exit_code
             ),
+            logs=self._logs,
         )
         running.command = command
         self._add_running(running, f"pid:{command.pid}")
@@ -356,8 +359,9 @@ class LocalExecutor:
             self._python_queue[request.key] = (0, request)
             self._python_queue.move_to_end(request.key, last=False)
             return
+        log_writer: TryLogWriter | None = None
         try:
-            self._begin(request, f"python {call.task_id} from {call.dag_file}")
+            log_writer = self._begin(request, f"python {call.task_id} from {call.dag_file}")
             future = worker.send(
                 {
                     "op": "run",
@@ -372,17 +376,22 @@ class LocalExecutor:
                     "env": request.env,
                     "cwd": request.cwd,
                     "log_path": str(request.log_path),
+                    "log_max_bytes": self._logs.max_bytes_per_try,
                     "do_xcom_push": request.do_xcom_push,
                 },
                 timeout=request.timeout,
             )
         except TypeError as exc:
             self._pool.release(worker)
+            if log_writer is not None:
+                log_writer.close()
             raise LaunchError(f"the arguments of {_label(request)} are not JSON serialisable: {exc}") from exc
         except BaseException:
             self._pool.release(worker)
+            if log_writer is not None:
+                log_writer.close()
             raise
-        running = _Running(request, time.monotonic(), worker=worker)
+        running = _Running(request, time.monotonic(), worker=worker, log=log_writer)
         self._add_running(running, f"worker:{worker.pid}")
         future.add_done_callback(lambda done: self._python_done(running, done))
 
@@ -473,16 +482,14 @@ class LocalExecutor:
     def _finish(self, running: _Running, outcome: TaskOutcome) -> None:
         request = running.request
         if not running.footer_written:
+            footer = _footer(
+                request, running.started, None if outcome.success else outcome.error, outcome.exit_code
+            )
             try:
-                _append(
-                    request.log_path,
-                    _footer(
-                        request,
-                        running.started,
-                        None if outcome.success else outcome.error,
-                        outcome.exit_code,
-                    ),
-                )
+                if running.log is not None:
+                    running.log.close(footer.encode("utf-8", "backslashreplace"))
+                else:
+                    self._logs.append(request.log_path, footer)
             except OSError:
                 log.warning("cannot append the footer to %s", request.log_path)
         self._running.pop(request.key, None)
@@ -527,8 +534,7 @@ class LocalExecutor:
 
     def _note(self, request: LaunchRequest, message: str) -> None:
         try:
-            request.log_path.parent.mkdir(parents=True, exist_ok=True)
-            _append(
+            self._logs.append(
                 request.log_path, f"[{_now()}] try {request.try_number} of {_label(request)}: {message}\n"
             )
         except OSError:

@@ -8,7 +8,9 @@ and replies leave on fd 3 (not stdout: user code prints), as length-prefixed orj
 
 Requests:
 - ``{"op": "run", ...}`` call a task's callable with its arguments and Airflow-style context;
-  fd 1 and fd 2 point at the task's log for the duration (so subprocesses log too).
+  fd 1 and fd 2 point at the task's log for the duration (so subprocesses log too). When it
+  returns, a log past ``log_max_bytes`` is cut down to its head, a marker and its tail
+  (`storage.filelogs.cap_written_log`).
 - ``{"op": "parse", "path": ..., "timeout": ..., "memory_mb": ...}`` import a DAG file in a child
   forked for that parse (`executors.parse_process`) and return its DagSpecs as JSON.
 
@@ -30,6 +32,7 @@ from typing import Any
 import orjson
 
 from executors.parse_process import parse_in_child
+from storage.filelogs import cap_written_log, open_for_append
 
 REQUEST_FD = 0
 REPLY_FD = 3
@@ -205,10 +208,11 @@ def run_task(message: Mapping[str, Any]) -> dict[str, Any]:
 
 def _run_task(message: Mapping[str, Any]) -> dict[str, Any]:
     task_id = message["task_id"]
+    log_path = message["log_path"]
     try:
-        log_fd = os.open(message["log_path"], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        log_fd = open_for_append(log_path)
     except OSError as exc:
-        return {"ok": False, "error": f"cannot open the task log {message['log_path']!r}: {exc.strerror}"}
+        return {"ok": False, "error": f"cannot open the task log {log_path!r}: {exc.strerror}"}
     try:
         with output_to(log_fd):
             cwd = message.get("cwd")
@@ -227,6 +231,12 @@ def _run_task(message: Mapping[str, Any]) -> dict[str, Any]:
                 if cwd:
                     os.chdir(home)
     finally:
+        cap = message.get("log_max_bytes")
+        if cap:
+            try:
+                cap_written_log(log_fd, log_path, int(cap))
+            except OSError as exc:
+                print(f"cannot cap the task log {log_path!r}: {exc.strerror}", file=sys.stderr)
         os.close(log_fd)
 
 

@@ -6,9 +6,11 @@ vfork fast path. Instead a child is started with `os.posix_spawn(..., setsid=Tru
 session and process group, so a timeout can kill everything it started), its exit is watched
 through a pidfd registered with `loop.add_reader` (no SIGCHLD watcher, no thread), and it is reaped
 with `waitpid` once the pidfd is readable. stdout and stderr go into one pipe the loop reads,
-as Airflow's BashOperator merges them (its last line becomes the XCom). The log file is created
-when the first output arrives: a task that succeeds silently costs no file at all (creating a
-file here costs more than spawning the process).
+as Airflow's BashOperator merges them (its last line becomes the XCom). The output reaches the
+log through a `storage.filelogs.TryLogWriter` (which holds the log to `logs.max_bytes_per_try`
+and wakes its followers); the file is created when the first output arrives: a task that
+succeeds silently costs no file at all (creating a file here costs more than spawning the
+process). A log that cannot be written stops the command: the try fails with the reason.
 
 When the main process exits, whatever it left running in its process group is killed (SIGKILL):
 a task cannot leak processes past its end. A task that must start something long-lived should
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from executors.errors import LaunchError
+from storage.filelogs import LogFiles, TryLogWriter, check_folder
 
 logger = logging.getLogger("executors.spawn")
 
@@ -41,6 +44,9 @@ _MAX_FINAL_DRAIN = 16 * 1024 * 1024
 _CD_WRAPPER = 'cd -- "$1" || exit 127; shift; exec "$@"'
 
 FileAction = tuple[int, ...] | tuple[int, int, str, int, int]
+
+#: the log files of commands started without a `LogFiles` of their own (the default cap)
+_DEFAULT_LOGS = LogFiles()
 
 
 def spawn_session(argv: Sequence[str], env: Mapping[str, str], file_actions: Sequence[FileAction]) -> int:
@@ -125,6 +131,8 @@ class CommandResult:
     #: the last non-empty line the command wrote to stdout (right-stripped), None if there was none
     last_line: str | None
     duration: float
+    #: why the command's output could not be logged (the command was then stopped)
+    log_error: str | None = None
 
 
 def resolve_executable(name: str, env: Mapping[str, str]) -> str:
@@ -137,27 +145,6 @@ def resolve_executable(name: str, env: Mapping[str, str]) -> str:
     return found
 
 
-_LOG_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-
-
-def open_log(log_path: Path) -> int:
-    """Open (create) a task log for appending; its folder is created only when it is missing.
-    Raises OSError."""
-    try:
-        return os.open(log_path, _LOG_FLAGS, 0o644)
-    except FileNotFoundError:
-        os.makedirs(log_path.parent, exist_ok=True)
-        return os.open(log_path, _LOG_FLAGS, 0o644)
-
-
-def write_all(fd: int, data: bytes) -> None:
-    """os.write until everything is written (regular files may take a partial write)."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
 class RunningCommand:
     """A command started by `start_command`; await `wait()` for its `CommandResult`."""
 
@@ -166,8 +153,7 @@ class RunningCommand:
         loop: asyncio.AbstractEventLoop,
         pid: int,
         output_fd: int,
-        log_path: Path,
-        header: str,
+        log: TryLogWriter,
         timeout: float | None,
         kill_grace: float,
         footer: Callable[[CommandResult], str] | None = None,
@@ -177,10 +163,8 @@ class RunningCommand:
         self._loop = loop
         self._started = time.monotonic()
         self._stdout_fd: int | None = output_fd
-        self._log_path = log_path
-        self._header = header
-        self._log_fd: int | None = None
-        self._log_broken = False
+        self._log_writer = log
+        self._log_error: str | None = None
         self._kill_grace = kill_grace
         self._partial = b""
         self._last_line = b""
@@ -249,22 +233,20 @@ class RunningCommand:
             self._close_stdout()
 
     def _log(self, data: bytes) -> None:
-        """Append to the log, creating it (header first) on the first write."""
-        if self._log_fd is None:
-            if self._log_broken:
-                return
-            try:
-                self._log_fd = open_log(self._log_path)
-                if self._header:
-                    write_all(self._log_fd, self._header.encode("utf-8", "backslashreplace"))
-            except OSError as exc:
-                self._log_broken = True
-                logger.warning("the output of pid %s is lost: %s", self.pid, exc)
-                return
+        """Append to the log (created, header first, on the first write). A log that cannot be
+        written stops the command: its output would be lost, so the try fails with the reason."""
+        if self._log_error is not None:
+            return
         try:
-            write_all(self._log_fd, data)
+            self._log_writer.write(data)
         except OSError as exc:
-            logger.warning("the output of pid %s could not be logged: %s", self.pid, exc)
+            self._log_error = (
+                f"cannot write the task log {str(self._log_writer.path)!r}: {exc.strerror or exc}: "
+                "check that the logs folder is writable and has room"
+            )
+            logger.warning("pid %s is stopped: %s", self.pid, self._log_error)
+            if not self._result.done() and not self._terminated:
+                self._stop(None)
 
     def _consume(self, data: bytes) -> None:
         self._log(data)
@@ -321,6 +303,7 @@ class RunningCommand:
             terminated=self._terminated,
             last_line=last.decode("utf-8", "backslashreplace").rstrip() if last.strip() else None,
             duration=time.monotonic() - self._started,
+            log_error=self._log_error,
         )
         self._close_log(result)
         self._result.set_result(result)
@@ -329,16 +312,19 @@ class RunningCommand:
         """Write the footer and close the log. A quiet success (no output, exit 0) leaves no
         log file at all: creating one costs more than the whole rest of a short task."""
         quiet_success = result.exit_code == 0 and not result.timed_out and not result.terminated
-        if self._footer is not None and (self._log_fd is not None or not quiet_success):
-            self._log(self._footer(result).encode("utf-8", "backslashreplace"))
-        fd, self._log_fd = self._log_fd, None
-        if fd is not None:
-            os.close(fd)
+        footer = b""
+        if self._footer is not None and self._log_error is None:
+            if self._log_writer.opened or not quiet_success:
+                footer = self._footer(result).encode("utf-8", "backslashreplace")
+        try:
+            self._log_writer.close(footer)
+        except OSError as exc:
+            logger.warning("cannot finish the log of pid %s: %s", self.pid, exc)
 
 
 @dataclass(frozen=True, slots=True)
 class Launched:
-    """A started child: its pid, the read end of its stdout pipe and the open log descriptor."""
+    """A started child: its pid, the read end of its stdout pipe, and its log's path and header."""
 
     pid: int
     #: the read end of the pipe the child's stdout and stderr both go to
@@ -390,26 +376,15 @@ def launch(
     return Launched(pid, read_fd, log_path, header)
 
 
-_writable_folders: set[str] = set()
-
-
 def _check_log_folder(log_path: Path) -> None:
     """Create the log's folder if needed and check it is writable (once per folder)."""
-    folder = os.path.dirname(log_path)  # a str: hashing a Path costs more than this whole check
-    if folder in _writable_folders:
-        return
     try:
-        os.makedirs(folder, exist_ok=True)
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise PermissionError(13, "Permission denied")
+        check_folder(log_path)
     except OSError as exc:
         raise LaunchError(
             f"cannot open the task log {str(log_path)!r}: {exc.strerror}: "
             "check that the logs folder is writable"
         ) from exc
-    if len(_writable_folders) > 4096:
-        _writable_folders.clear()
-    _writable_folders.add(folder)
 
 
 def watch(
@@ -418,21 +393,16 @@ def watch(
     timeout: float | None = None,
     kill_grace: float = 5.0,
     footer: Callable[[CommandResult], str] | None = None,
+    logs: LogFiles | None = None,
 ) -> RunningCommand:
-    """Follow a launched child from the running event loop (its pidfd and stdout pipe)."""
+    """Follow a launched child from the running event loop (its pidfd and stdout pipe); its
+    output goes to its log through `logs` (default: LogFiles with the default cap)."""
     loop = asyncio.get_running_loop()
+    writer = (logs or _DEFAULT_LOGS).writer(launched.log_path, launched.header)
     try:
-        return RunningCommand(
-            loop,
-            launched.pid,
-            launched.output_fd,
-            launched.log_path,
-            launched.header,
-            timeout,
-            kill_grace,
-            footer,
-        )
+        return RunningCommand(loop, launched.pid, launched.output_fd, writer, timeout, kill_grace, footer)
     except BaseException:
+        writer.close()
         # Could not watch it (pidfd_open failed, fd limit...): do not leave it running or a zombie.
         kill_group(launched.pid, signal.SIGKILL)
         os.waitpid(launched.pid, 0)
@@ -453,6 +423,7 @@ def start_command(
     kill_grace: float = 5.0,
     header: str = "",
     footer: Callable[[CommandResult], str] | None = None,
+    logs: LogFiles | None = None,
 ) -> RunningCommand:
     """Start `argv` in its own session; stdout to the loop (and the log), stderr to the log.
 
@@ -461,4 +432,4 @@ def start_command(
     Must be called from the event loop's thread.
     """
     launched = launch(argv, env=env, log_path=log_path, cwd=cwd, header=header)
-    return watch(launched, timeout=timeout, kill_grace=kill_grace, footer=footer)
+    return watch(launched, timeout=timeout, kill_grace=kill_grace, footer=footer, logs=logs)

@@ -19,7 +19,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from orchestrator.config import Config, load_config
 from orchestrator.errors import ConfigError, OrchestratorError
@@ -70,6 +70,20 @@ class ApiClient:
             with self._opener.open(req, timeout=self.timeout) as response:
                 payload: bytes = response.read()
                 return payload
+        except urllib.error.HTTPError as exc:
+            raise CliError(_error_detail(exc), exit_code=1) from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+            message = f"cannot reach the orchestrator at {self.base_url}: is `orchestrator run` running?"
+            raise CliError(f"{message} ({_reason(exc)})", exit_code=2) from None
+
+    def copy(self, path: str, out: BinaryIO, *, accept: str, chunk: int = 64 * 1024) -> None:
+        """GET `path` and copy the answer to `out` as it arrives (a log can be large)."""
+        req = urllib.request.Request(self.base_url + path, method="GET", headers={"Accept": accept})
+        try:
+            with self._opener.open(req, timeout=self.timeout) as response:
+                while data := response.read(chunk):
+                    out.write(data)
+                    out.flush()
         except urllib.error.HTTPError as exc:
             raise CliError(_error_detail(exc), exit_code=1) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
@@ -272,13 +286,14 @@ def cmd_logs(args: argparse.Namespace, client: ApiClient) -> int:
             raise CliError(
                 f"task {args.task_id!r} has not started yet (state {ti['state'] or 'none'}): no log"
             )
-    accept = "application/json" if args.output == "json" else "text/plain"
-    content = client.request("GET", f"{ti_path}/logs/{try_number}", accept=accept)
+    log_path = f"{ti_path}/logs/{try_number}"
     if args.output == "json":
+        content = client.request("GET", log_path, query={"full_content": "true"})
         _print_json(json.loads(content))
     else:
-        sys.stdout.write(content.decode(errors="replace"))
+        # streamed by the daemon, copied as it comes: a log of any size in bounded memory
         sys.stdout.flush()
+        client.copy(log_path, sys.stdout.buffer, accept="text/plain")
     return 0
 
 

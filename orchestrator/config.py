@@ -45,6 +45,9 @@ NON_CONFIG_ENV: frozenset[str] = frozenset(
 )
 NON_CONFIG_ENV_PREFIXES: tuple[str, ...] = ("ORCHESTRATOR_TEST_",)
 
+#: the smallest logs.max_bytes_per_try: room for a header, a footer and the marker lines
+MIN_LOG_BYTES_PER_TRY = 4096
+
 
 @dataclass(frozen=True)
 class DaemonConfig:
@@ -97,6 +100,14 @@ class ExecutorsConfig:
 
 
 @dataclass(frozen=True)
+class LogsConfig:
+    """[logs]: task logs (one file per try under state_dir/logs)."""
+
+    #: past this size a try's log keeps its head, a marker line and its last MiB (see README)
+    max_bytes_per_try: int = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
 class DagsConfig:
     """[dags]: how DAG files are parsed: in a pool of parser processes, each parse bounded."""
 
@@ -134,6 +145,7 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     executors: ExecutorsConfig = field(default_factory=ExecutorsConfig)
+    logs: LogsConfig = field(default_factory=LogsConfig)
     dags: DagsConfig = field(default_factory=DagsConfig)
     templates: TemplatesConfig = field(default_factory=TemplatesConfig)
     xcom: XComConfig = field(default_factory=XComConfig)
@@ -150,6 +162,7 @@ _TABLES: dict[str, type[Any]] = {
     "api": ApiConfig,
     "executors": ExecutorsConfig,
     "executors.local": LocalExecutorConfig,
+    "logs": LogsConfig,
     "dags": DagsConfig,
     "templates": TemplatesConfig,
     "xcom": XComConfig,
@@ -448,6 +461,7 @@ def _check_ranges(config: Config, origins: Mapping[str, str]) -> None:
     at_least("executors.local.slots", local.slots, 1)
     at_least("executors.local.python_workers", local.python_workers, 1)
     at_least("executors.local.kill_grace", local.kill_grace, 0)
+    at_least("logs.max_bytes_per_try", config.logs.max_bytes_per_try, MIN_LOG_BYTES_PER_TRY)
     _check_dags(config.dags, where)
 
 

@@ -44,7 +44,8 @@ from orchestrator.engine.registry import DagRegistry
 from orchestrator.engine.supervision import Supervisor
 from orchestrator.engine.timers import LoopTimers
 from orchestrator.errors import AnotherDaemonRunning, OrchestratorError
-from orchestrator.ports import Executor, ExecutorEvents, StateStore, Timers
+from orchestrator.ports import Executor, ExecutorEvents, StateStore, TaskLogs, Timers
+from storage.filelogs import FileTaskLogs, LogFiles
 
 if TYPE_CHECKING:
     from executors.parser import DagParserPool
@@ -130,7 +131,9 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return leaves
 
 
-def build_executors(config: Config, events: ExecutorEvents, state_dir: Path) -> dict[str, Executor]:
+def build_executors(
+    config: Config, events: ExecutorEvents, state_dir: Path, log_files: LogFiles | None = None
+) -> dict[str, Executor]:
     """Every configured executor, by name. A new executor adds its construction here (the
     composition root is the one place that knows adapters) and its config table."""
     from executors.local import LocalExecutor
@@ -143,6 +146,7 @@ def build_executors(config: Config, events: ExecutorEvents, state_dir: Path) -> 
             python_workers=local.python_workers,
             kill_grace=local.kill_grace,
             state_dir=state_dir,
+            log_files=log_files,
             versions_dir=state_dir / DAG_VERSIONS_FOLDER,
             # Python workers start with what every child gets: no configuration overrides
             worker_env=task_base_environment(os.environ),
@@ -252,6 +256,8 @@ async def _serve(config: Config) -> None:
         stack.push_async_callback(store.deregister_daemon, daemon_id)
 
         registry = DagRegistry()
+        log_files = LogFiles(config.logs.max_bytes_per_try)
+        task_logs = FileTaskLogs(paths.logs_dir, log_files)
         engine = Engine(
             store,
             clock,
@@ -261,6 +267,7 @@ async def _serve(config: Config) -> None:
             daemon_id,
             hostname,
             base_env=task_base_environment(os.environ),
+            task_logs=task_logs,
             events=EventBus(),
             supervisor=supervisor,
             check_value=functools.partial(xcom_refusal, max_bytes=config.xcom.max_bytes),
@@ -271,7 +278,7 @@ async def _serve(config: Config) -> None:
         )
         engine.set_installation(await store.installation_id())
         dispatcher = Dispatcher(
-            build_executors(config, engine, paths.state_dir), default=config.executors.default
+            build_executors(config, engine, paths.state_dir, log_files), default=config.executors.default
         )
         engine.attach_executors(dispatcher)
         parser = build_parser(config, versions_dir=paths.state_dir / DAG_VERSIONS_FOLDER)
@@ -297,7 +304,7 @@ async def _serve(config: Config) -> None:
             # on their recorded DAG versions; a DAG not parsed yet cannot be triggered yet)
             group.start_soon(folder.run, {dag_id: spec.fileloc for dag_id, spec in stored.items()})
             await engine.recover(stored)
-            runner = await _start_api(config, paths, store, engine)
+            runner = await _start_api(config, paths, store, engine, task_logs)
             group.start_soon(daemon_lock.guard)
             group.start_soon(_heartbeat, store, daemon_lock, daemon_id, clock, timers)
             group.start_soon(_wait_for_stop_signal, stop)
@@ -360,8 +367,10 @@ async def _stored_specs(store: StateStore) -> dict[str, DagSpec]:
             return specs
 
 
-async def _start_api(config: Config, paths: Paths, store: StateStore, engine: Engine) -> web.AppRunner:
-    app = create_app(store, engine, paths.logs_dir)
+async def _start_api(
+    config: Config, paths: Paths, store: StateStore, engine: Engine, task_logs: TaskLogs
+) -> web.AppRunner:
+    app = create_app(store, engine, paths.logs_dir, task_logs)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, config.api.host, config.api.port)

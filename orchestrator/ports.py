@@ -10,7 +10,7 @@ API and the DAG folder see the engine only through `EngineApi`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -328,3 +328,39 @@ class DagParser(Protocol):
     """Parses one DAG file outside the daemon; raises an exception whose text is the import error."""
 
     async def parse(self, path: str) -> list[DagSpec]: ...
+
+
+# --- task logs -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TryLog:
+    """Names the log of one try of one task instance."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int
+    try_number: int
+
+
+class TaskLogs(Protocol):
+    """The logs of tries: the daemon and the executors append, the API and the CLI read, the
+    UI and streaming clients follow. `storage.filelogs.FileTaskLogs` (one file per try) is the
+    implementation; reads are in chunks, so no log is ever held in memory whole."""
+
+    def append(self, log: TryLog, text: str) -> None:
+        """Append `text` (whole lines) to the log, creating it. Raises OSError."""
+
+    def prepare(self, launches: Sequence[LaunchRequest]) -> None:
+        """A hint that these tries are about to start (their logs may be created now)."""
+
+    async def size(self, log: TryLog) -> int | None:
+        """The log's size in bytes now, or None when the try has no log (yet)."""
+
+    def read(self, log: TryLog, offset: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
+        """The log's bytes from `offset` to `end` (default: its end now), in bounded chunks."""
+
+    def follow(self, log: TryLog, offset: int = 0) -> AsyncGenerator[bytes, None]:
+        """The log's bytes from `offset`, then new chunks as they are written, until the try's
+        log is closed (the try ended). A log nobody is writing ends after what it holds."""

@@ -14,9 +14,9 @@ from aiohttp import web
 
 from orchestrator.api import dags, runs, task_instances
 from orchestrator.api.errors import error_middleware
-from orchestrator.api.keys import ENGINE, LOGS_DIR, STORE, UNIXNAME
+from orchestrator.api.keys import ENGINE, LOGS_DIR, STORE, TASK_LOGS, UNIXNAME
 from orchestrator.api.params import json_response
-from orchestrator.ports import EngineApi, StateStore
+from orchestrator.ports import EngineApi, StateStore, TaskLogs
 
 
 async def health(request: web.Request) -> web.Response:
@@ -38,13 +38,20 @@ def _unixname() -> str:
         return ""
 
 
-def create_app(store: StateStore, engine: EngineApi, logs_dir: Path) -> web.Application:
+def create_app(
+    store: StateStore, engine: EngineApi, logs_dir: Path, task_logs: TaskLogs | None = None
+) -> web.Application:
     """The REST API (Airflow's /api/v1 shapes) and /health, reading `store`, triggering via `engine`,
-    serving task logs from `logs_dir`."""
+    serving task logs through `task_logs` (default: the files under `logs_dir`)."""
     app = web.Application(middlewares=[error_middleware])
     app[STORE] = store
     app[ENGINE] = engine
     app[LOGS_DIR] = logs_dir
+    if task_logs is None:
+        from storage.filelogs import FileTaskLogs
+
+        task_logs = FileTaskLogs(logs_dir)
+    app[TASK_LOGS] = task_logs
     app[UNIXNAME] = _unixname()
     app.router.add_get("/health", health)
     app.router.add_get("/api/v1/health", health)

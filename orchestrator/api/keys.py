@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from orchestrator.ports import StateStore
+from orchestrator.ports import StateStore, TaskLogs
 
 if TYPE_CHECKING:
     from orchestrator.ports import EngineApi
@@ -18,4 +18,5 @@ if TYPE_CHECKING:
 STORE = web.AppKey("store", StateStore)
 ENGINE: web.AppKey[EngineApi] = web.AppKey("engine", Any)  # type: ignore[arg-type]
 LOGS_DIR = web.AppKey("logs_dir", Path)
+TASK_LOGS: web.AppKey[TaskLogs] = web.AppKey("task_logs", Any)  # type: ignore[arg-type]
 UNIXNAME = web.AppKey("unixname", str)

@@ -1,24 +1,22 @@
 """Routes about the task instances of a run, and the log of each try.
 
-Logs are served straight from the files the executors append to (Airflow's layout under the
-logs folder, `orchestrator.logpaths`), so a running task's log can be read while it grows.
+Logs are read through the `TaskLogs` port, in chunks (`orchestrator.api.logs`), so a running
+task's log can be read while it grows and no log is ever held in memory whole.
 """
 
 from __future__ import annotations
 
-import asyncio
-from pathlib import Path
-
 from aiohttp import web
 
 from orchestrator.api.errors import BadRequest, NotFound
-from orchestrator.api.keys import LOGS_DIR, STORE, UNIXNAME
+from orchestrator.api.keys import STORE, TASK_LOGS, UNIXNAME
+from orchestrator.api.logs import log_options, send_log
 from orchestrator.api.params import int_path_param, json_response, list_param, pagination
 from orchestrator.api.runs import get_run_or_404
 from orchestrator.api.serializers import task_instance_to_json
 from orchestrator.core.records import RunRecord, TaskInstanceRecord, TaskKey
 from orchestrator.core.states import TaskState
-from orchestrator.logpaths import task_log_path
+from orchestrator.ports import TryLog
 
 _RUN = "/api/v1/dags/{dag_id}/dagRuns/{run_id}"
 
@@ -97,38 +95,29 @@ async def get_mapped_task_instance(request: web.Request) -> web.Response:
     return json_response(task_instance_to_json(ti, run, request.app[UNIXNAME]))
 
 
-def _read_log(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-
-
-async def get_log(request: web.Request) -> web.Response:
-    """One try's log: text/plain, or Airflow's {"content", "continuation_token"} for Accept: JSON."""
+async def get_log(request: web.Request) -> web.StreamResponse:
+    """One try's log, streamed: text/plain, or Airflow's {"content", "continuation_token"} for
+    Accept: JSON, with Airflow's `full_content` and `token` parameters (`orchestrator.api.logs`)."""
     try_number = int_path_param(request, "try_number", 1)
     map_index = _map_index_query(request)
+    options = log_options(request)
     run = await _run(request)
     ti = await _task_instance(request, run, map_index)
-    path = task_log_path(request.app[LOGS_DIR], run.dag_id, run.run_id, ti.task_id, ti.map_index, try_number)
-    content = await asyncio.to_thread(_read_log, path)
-    if content is None:
-        if try_number > ti.try_number:
-            why = (
-                f"task {ti.task_id!r} has made {ti.try_number} tries so far (state {ti.state.value})"
-                if ti.try_number
-                else f"task {ti.task_id!r} has not started yet (state {ti.state.value})"
-            )
-            raise NotFound(
-                f"no log for try {try_number} of task {ti.task_id!r} in run {run.run_id!r}: {why}",
-                title="Log not found",
-            )
-        # a try that has printed nothing (yet) has no log file: its log is empty
-        content = b""
-    text = content.decode("utf-8", errors="replace")
-    if "application/json" in request.headers.get("Accept", ""):
-        return json_response({"content": text, "continuation_token": None})
-    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+    logs = request.app[TASK_LOGS]
+    log = TryLog(run.dag_id, run.run_id, ti.task_id, ti.map_index, try_number)
+    size = await logs.size(log)
+    if size is None and try_number > ti.try_number:
+        why = (
+            f"task {ti.task_id!r} has made {ti.try_number} tries so far (state {ti.state.value})"
+            if ti.try_number
+            else f"task {ti.task_id!r} has not started yet (state {ti.state.value})"
+        )
+        raise NotFound(
+            f"no log for try {try_number} of task {ti.task_id!r} in run {run.run_id!r}: {why}",
+            title="Log not found",
+        )
+    # a try that has printed nothing (yet) has no log file: its log is empty
+    return await send_log(request, logs, log, size or 0, options)
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

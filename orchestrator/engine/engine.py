@@ -35,7 +35,7 @@ from orchestrator.engine.registry import DagRegistry
 from orchestrator.engine.supervision import Supervisor
 from orchestrator.engine.writer import GroupCommitWriter
 from orchestrator.errors import DagNotFound, InvalidRequest, ShuttingDown
-from orchestrator.ports import Clock, Events, StateStore, TaskOutcome, Timers
+from orchestrator.ports import Clock, Events, StateStore, TaskLogs, TaskOutcome, Timers
 
 log = logging.getLogger("orchestrator.engine")
 
@@ -54,6 +54,7 @@ class Engine:
         hostname: str,
         base_env: Mapping[str, str],
         *,
+        task_logs: TaskLogs,
         events: Events | None = None,
         supervisor: Supervisor | None = None,
         check_value: ValueCheck | None = None,
@@ -71,6 +72,7 @@ class Engine:
             writer=self.writer,
             supervisor=self.supervisor,
             logs_dir=logs_dir,
+            task_logs=task_logs,
             base_env=base_env,
             daemon_id=daemon_id,
             hostname=hostname,

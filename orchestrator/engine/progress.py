@@ -34,12 +34,20 @@ from orchestrator.core.template_limits import DEFAULT_LIMITS, TemplateLimitExcee
 from orchestrator.core.templating import TemplateError
 from orchestrator.core.transitions import check_run_transition, check_task_transition
 from orchestrator.engine.dispatch import Dispatcher, NoExecutorForTask
-from orchestrator.engine.launch import RenderPool, build_launch, log_path_of, renders_inline
+from orchestrator.engine.launch import RenderPool, build_launch, renders_inline
 from orchestrator.engine.live import Batch, DagSlots, LiveRun, TiId
 from orchestrator.engine.supervision import Supervisor
 from orchestrator.engine.writer import GroupCommitWriter
-from orchestrator.ports import NO_XCOM, Clock, LaunchRequest, TaskOutcome, TimerHandle, Timers
-from orchestrator.tasklog import append_daemon_note, prepare_logs
+from orchestrator.ports import (
+    NO_XCOM,
+    Clock,
+    LaunchRequest,
+    TaskLogs,
+    TaskOutcome,
+    TimerHandle,
+    Timers,
+    TryLog,
+)
 
 log = logging.getLogger("orchestrator.engine")
 
@@ -61,6 +69,7 @@ class RunProgress:
         writer: GroupCommitWriter,
         supervisor: Supervisor,
         logs_dir: Path,
+        task_logs: TaskLogs,
         base_env: Mapping[str, str],
         daemon_id: str,
         hostname: str,
@@ -72,6 +81,7 @@ class RunProgress:
         self._writer = writer
         self._supervisor = supervisor
         self._logs_dir = logs_dir
+        self._task_logs = task_logs
         self._base_env = dict(base_env)
         self._daemon_id = daemon_id
         self._hostname = hostname
@@ -216,7 +226,8 @@ class RunProgress:
     def note(self, ti: TaskInstanceRecord, when: datetime, message: str) -> None:
         """A line of the daemon's own in the log of `ti`'s current try."""
         try:
-            append_daemon_note(log_path_of(self._logs_dir, ti), when, message)
+            log_of = TryLog(ti.dag_id, ti.run_id, ti.task_id, ti.map_index, ti.try_number)
+            self._task_logs.append(log_of, f"[{when.isoformat()}] orchestrator: {message}\n")
         except OSError as exc:
             log.warning("cannot write to the log of %s: %s (%s)", ti.key, exc, message)
 
@@ -490,7 +501,9 @@ class RunProgress:
         if batch.launches:
             self._writer.submit(batch.changes, partial(self._dispatch, batch.launches))
             # runs after the writer has sent the commit: file creation overlaps the round trip
-            asyncio.get_running_loop().call_soon(prepare_logs, [request for _, request in batch.launches])
+            asyncio.get_running_loop().call_soon(
+                self._task_logs.prepare, [request for _, request in batch.launches]
+            )
         elif batch.changes:
             self._writer.submit(batch.changes)
 

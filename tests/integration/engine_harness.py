@@ -35,6 +35,7 @@ from orchestrator.engine.registry import DagRegistry
 from orchestrator.engine.timers import LoopTimers
 from orchestrator.logpaths import task_log_path
 from orchestrator.ports import Clock, Executor, ExecutorEvents, Timers
+from storage.filelogs import FileTaskLogs, LogFiles
 from storage.postgres import PostgresStateStore
 
 T = TypeVar("T")
@@ -133,6 +134,7 @@ class EngineHarness:
     registry: DagRegistry
     logs_dir: Path
     versions_dir: Path
+    task_logs: FileTaskLogs
     crashed: bool = False
     _stop_writer: Callable[[], None] = field(default=lambda: None, repr=False)
 
@@ -203,6 +205,7 @@ async def running_engine(
     timers: Timers | None = None,
     extra_executors: Mapping[str, Callable[[ExecutorEvents], Executor]] | None = None,
     state_dir: Path | None = None,
+    log_max_bytes: int | None = None,
     engine_options: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[EngineHarness]:
     """An Engine + LocalExecutor + writer on `store`, with the DAGs of `dag_files` loaded and
@@ -218,6 +221,8 @@ async def running_engine(
     for path in dag_files:
         await load_dag_file(store, registry, path, versions_dir, clock.now())
     logs_dir.mkdir(parents=True, exist_ok=True)
+    log_files = LogFiles() if log_max_bytes is None else LogFiles(log_max_bytes)
+    task_logs = FileTaskLogs(logs_dir, log_files)
     engine = Engine(
         store,
         clock,
@@ -227,6 +232,7 @@ async def running_engine(
         daemon_id="test",
         hostname=socket.gethostname(),
         base_env=os.environ,
+        task_logs=task_logs,
         **(engine_options or {}),
     )
     engine.set_installation(await store.installation_id())
@@ -237,6 +243,7 @@ async def running_engine(
         kill_grace=kill_grace,
         state_dir=state_dir,
         versions_dir=versions_dir,
+        log_files=log_files,
     )
     executors: dict[str, Executor] = {"local": executor}
     for name, factory in (extra_executors or {}).items():
@@ -254,7 +261,14 @@ async def running_engine(
 
             group.start_soon(writer_loop)
             harness = EngineHarness(
-                store, engine, executor, registry, logs_dir, versions_dir, _stop_writer=writer_scope.cancel
+                store,
+                engine,
+                executor,
+                registry,
+                logs_dir,
+                versions_dir,
+                task_logs,
+                _stop_writer=writer_scope.cancel,
             )
             await engine.recover({})
             grace = drain_grace

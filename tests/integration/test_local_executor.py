@@ -20,6 +20,7 @@ from executors.local import SHUTDOWN_ERROR, LocalExecutor
 from orchestrator.core.kinds import BashPayload, PythonPayload
 from orchestrator.core.records import TaskKey
 from orchestrator.ports import NO_XCOM, LaunchRequest, TaskOutcome
+from storage.filelogs import LogFiles
 
 pytestmark = pytest.mark.anyio
 
@@ -75,9 +76,23 @@ def pid():
     return os.getpid()
 
 
+def loud():
+    for number in range(1, 200001):
+        print(number)
+    print("the-last-line")
+    return "done"
+
+
+def waits_for_gate(gate):
+    print("first", flush=True)
+    while not os.path.exists(gate):
+        time.sleep(0.01)
+    print("second", flush=True)
+
+
 with DAG("py"):
     for function in [returns_value, returns_none, raises, crashes, not_json, sleeps, wants_context,
-                     wants_kwargs, reads_env, pid]:
+                     wants_kwargs, reads_env, pid, loud, waits_for_gate]:
         Python(function.__name__, function)
 """
 
@@ -143,9 +158,16 @@ class Recorder:
 
 @asynccontextmanager
 async def local_executor(
-    recorder: Recorder, *, slots: int = 4, python_workers: int = 1, kill_grace: float = 1.0
+    recorder: Recorder,
+    *,
+    slots: int = 4,
+    python_workers: int = 1,
+    kill_grace: float = 1.0,
+    log_files: LogFiles | None = None,
 ) -> AsyncIterator[LocalExecutor]:
-    executor = LocalExecutor(recorder, slots=slots, python_workers=python_workers, kill_grace=kill_grace)
+    executor = LocalExecutor(
+        recorder, slots=slots, python_workers=python_workers, kill_grace=kill_grace, log_files=log_files
+    )
     recorder.executor = executor
     await executor.start()
     try:
@@ -600,3 +622,71 @@ def _parent(pid: int) -> int:
     except (FileNotFoundError, ProcessLookupError):
         return -1
     return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+# --- logs: the cap, following, logs that cannot be written -----------------------------------------
+
+
+async def test_a_python_log_past_the_cap_is_cut_to_its_head_a_marker_and_its_tail(
+    tmp_path: Path, dag_file: str
+) -> None:
+    recorder = Recorder()
+    async with local_executor(recorder, log_files=LogFiles(64 * 1024)) as executor:
+        executor.submit(python(tmp_path, dag_file, "loud"))
+        outcome = await recorder.finished_with("loud")
+    assert outcome.success and outcome.xcom_value == "done"
+    log = (tmp_path / "logs" / "loud" / "attempt=1.log").read_text()
+    assert cap_shape(log, 64 * 1024)
+    assert "started: python loud" in log.splitlines()[0]
+    assert "\n1\n2\n3\n" in log and "\n100000\n" not in log
+    assert "bytes were dropped here; the last 32768 bytes follow\n" in log
+    assert "\n199999\n200000\nthe-last-line\n" in log
+    assert log.splitlines()[-1].endswith("success")
+
+
+def cap_shape(log: str, cap: int) -> bool:
+    return cap < len(log) < cap + 1024 and log.count("reached logs.max_bytes_per_try") == 1
+
+
+async def test_following_a_python_try_sees_the_output_its_worker_writes(tmp_path: Path, dag_file: str) -> None:
+    logs = LogFiles()
+    gate = tmp_path / "gate"
+    request = python(tmp_path, dag_file, "waits_for_gate", args=[str(gate)])
+    recorder = Recorder()
+    received = bytearray()
+    first_seen = asyncio.Event()
+
+    async def follow() -> None:
+        async for chunk in logs.follow(request.log_path):
+            received.extend(chunk)
+            if b"first\n" in received:
+                first_seen.set()
+
+    async with local_executor(recorder, log_files=logs) as executor:
+        executor.submit(request)
+        await recorder.until(lambda: bool(recorder.started))
+        follower = asyncio.ensure_future(follow())
+        # the worker writes the file itself: inotify, not the daemon, tells the follower
+        await asyncio.wait_for(first_seen.wait(), 10)
+        assert not follower.done() and b"second" not in received
+        gate.touch()
+        outcome = await recorder.finished_with("waits_for_gate")
+        await asyncio.wait_for(follower, 10)
+    assert outcome.success
+    assert bytes(received) == request.log_path.read_bytes()
+    assert received.endswith(b"success\n") and b"first\nsecond\n" in received
+
+
+@pytest.mark.parametrize("kind", ["bash", "python"])
+async def test_a_log_that_cannot_be_opened_fails_the_try_with_the_reason(
+    tmp_path: Path, dag_file: str, kind: str
+) -> None:
+    recorder = Recorder()
+    too_long = tmp_path / "logs" / ("x" * 300 + ".log")
+    async with local_executor(recorder) as executor:
+        request = bash(tmp_path, "t", "echo lost") if kind == "bash" else python(tmp_path, dag_file, "pid", task_id="t")
+        executor.submit(LaunchRequest(**{**_fields(request), "log_path": too_long}))
+        outcome = await recorder.finished_with("t")
+    assert not outcome.success
+    assert outcome.error is not None
+    assert "cannot write the task log" in outcome.error and "File name too long" in outcome.error

@@ -13,6 +13,7 @@ import uvloop
 
 from executors.errors import LaunchError
 from executors.spawn import CommandResult, launch, start_command, watch
+from storage.filelogs import LogFiles
 
 pytestmark = pytest.mark.anyio
 
@@ -254,3 +255,72 @@ async def test_stdout_and_stderr_are_one_stream_whose_last_line_is_the_result(tm
     result = await watch(launched).wait()
     assert result.last_line == "err"  # Airflow's BashOperator reads stderr merged into stdout
     assert (tmp_path / "task.log").read_text().split() == ["out", "err"]
+
+
+async def test_output_past_the_cap_keeps_the_head_a_marker_and_the_tail_and_memory_stays_bounded(
+    tmp_path: Path,
+) -> None:
+    cap = 16 * 1024
+    result = await bash(
+        "head -c 5000000 /dev/zero | tr '\\0' 'x'; echo; echo the-end",
+        tmp_path,
+        header="HEADER\n",
+        footer=lambda r: f"FOOTER exit={r.exit_code}\n",
+        logs=LogFiles(cap),
+    )
+    assert result.exit_code == 0 and result.last_line == "the-end"
+    log = (tmp_path / "task.log").read_text()
+    assert log.startswith("HEADER\nxxx")
+    head, reached, rest = log.partition("this log reached logs.max_bytes_per_try (16384 bytes)")
+    assert reached and len(head) < cap
+    assert "bytes of output were dropped; the last 8192 bytes follow\n" in rest
+    assert rest.endswith("x\nthe-end\nFOOTER exit=0\n")
+    assert cap < len(log) < cap + 512
+
+
+async def test_a_log_that_cannot_be_opened_stops_the_command_and_says_why(tmp_path: Path) -> None:
+    log_path = tmp_path / ("t" * 300 + ".log")  # a file name longer than 255 bytes
+    running = start_command(
+        ["/bin/bash", "-c", "echo lost; sleep 1000"], env=ENV, log_path=log_path, kill_grace=0.5
+    )
+    result = await running.wait()
+    assert result.log_error is not None
+    assert "cannot write the task log" in result.log_error and "File name too long" in result.log_error
+    assert result.exit_code == -15  # stopped, not left running with its output lost
+
+
+async def test_a_follower_gets_output_as_it_is_written_and_ends_when_the_log_closes(tmp_path: Path) -> None:
+    logs = LogFiles()
+    gate = tmp_path / "gate"
+    log_path = tmp_path / "task.log"
+    running = start_command(
+        ["/bin/bash", "-c", f"echo first; while [ ! -e {gate} ]; do sleep 0.01; done; echo second"],
+        env=ENV,
+        log_path=log_path,
+        header="H\n",
+        footer=lambda r: "F\n",
+        logs=logs,
+    )
+    received = bytearray()
+    first_seen = asyncio.Event()
+
+    async def follow() -> None:
+        async for chunk in logs.follow(log_path):
+            received.extend(chunk)
+            if b"first\n" in received:
+                first_seen.set()
+
+    follower = asyncio.ensure_future(follow())
+    await asyncio.wait_for(first_seen.wait(), 10)
+    assert not follower.done() and b"second" not in received  # the command still waits
+    gate.touch()
+    await running.wait()
+    await asyncio.wait_for(follower, 10)  # the follow ends with the log
+    assert bytes(received) == b"H\nfirst\nsecond\nF\n" == log_path.read_bytes()
+
+
+async def test_following_a_log_nobody_writes_ends_after_what_it_holds(tmp_path: Path) -> None:
+    log_path = tmp_path / "old.log"
+    log_path.write_bytes(b"a" * 200_000)
+    chunks = [chunk async for chunk in LogFiles().follow(log_path, 100)]
+    assert b"".join(chunks) == b"a" * 199_900 and len(chunks) > 1
