@@ -8,6 +8,7 @@ any implementation of both. The daemon mounts this app on its own runner.
 from __future__ import annotations
 
 import getpass
+import logging
 from pathlib import Path
 
 from aiohttp import web
@@ -16,19 +17,36 @@ from orchestrator.api import dags, runs, task_instances
 from orchestrator.api.errors import error_middleware
 from orchestrator.api.keys import ENGINE, LOGS_DIR, STORE, UNIXNAME
 from orchestrator.api.params import json_response
+from orchestrator.errors import OrchestratorError
 from orchestrator.ports import EngineApi, StateStore
+
+log = logging.getLogger("orchestrator.api")
+
+#: Seconds /health waits for the database's answer before calling it unhealthy.
+HEALTH_DATABASE_TIMEOUT = 2.0
+
+
+async def _database_status(store: StateStore) -> str:
+    try:
+        await store.check_database(HEALTH_DATABASE_TIMEOUT)
+    except OrchestratorError as exc:
+        log.warning("health check: the metadatabase is unhealthy: %s", exc)
+        return "unhealthy"
+    return "healthy"
 
 
 async def health(request: web.Request) -> web.Response:
-    """Airflow's /health shape; 503 until the engine is ready, so load balancers wait for it."""
-    ready = request.app[ENGINE].is_ready()
-    status = "healthy" if ready else "unhealthy"
+    """Airflow's /health shape; 503 until the engine is ready and while the database does not
+    answer, so load balancers and supervisors see both."""
+    scheduler = "healthy" if request.app[ENGINE].is_ready() else "unhealthy"
+    metadatabase = await _database_status(request.app[STORE])
+    healthy = scheduler == metadatabase == "healthy"
     body = {
-        "status": status,
-        "metadatabase": {"status": status},
-        "scheduler": {"status": status},
+        "status": "healthy" if healthy else "unhealthy",
+        "metadatabase": {"status": metadatabase},
+        "scheduler": {"status": scheduler},
     }
-    return json_response(body, status=200 if ready else 503)
+    return json_response(body, status=200 if healthy else 503)
 
 
 def _unixname() -> str:

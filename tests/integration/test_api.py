@@ -87,6 +87,7 @@ class StoreEngine:
         conf: dict[str, Any],
         logical_date: datetime | None,
         run_type: str = "manual",
+        note: str | None = None,
     ) -> tuple[RunRecord, bool]:
         if self.fail_with is not None:
             raise self.fail_with
@@ -105,6 +106,7 @@ class StoreEngine:
             data_interval_start=logical,
             data_interval_end=logical,
             queued_at=now,
+            note=note,
         )
         operators = {"bash": "BashOperator", "python": "PythonOperator"}
         tasks = [NewTaskInstance(t.task_id, operators[t.kind], t.max_tries) for t in spec.tasks]
