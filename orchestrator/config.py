@@ -67,10 +67,13 @@ class DatabaseConfig:
 
 @dataclass(frozen=True)
 class ApiConfig:
-    """[api]: where the REST API listens. Port 0 picks a free port (written to state_dir/api.url)."""
+    """[api]: where the REST API listens (port 0 picks a free port, written to state_dir/api.url)
+    and how long its pages may be."""
 
     host: str = "127.0.0.1"
     port: int = 8080
+    #: the most items one page of a list holds; a larger `limit` is clamped to it (as in Airflow)
+    maximum_page_limit: int = 1000
 
 
 @dataclass(frozen=True)
@@ -379,6 +382,7 @@ def _check_ranges(config: Config, origins: Mapping[str, str]) -> None:
         )
     if not config.api.host.strip():
         raise ConfigError(f"{where('api.host')} must not be empty: use 127.0.0.1 or 0.0.0.0")
+    at_least("api.maximum_page_limit", config.api.maximum_page_limit, 1)
     at_least("daemon.shutdown_grace", config.daemon.shutdown_grace, 0)
     executor_names = [f.name for f in dataclasses.fields(ExecutorsConfig) if f.name != "default"]
     if config.executors.default not in executor_names:

@@ -15,8 +15,9 @@ from aiohttp import web
 
 from orchestrator.api import dags, runs, task_instances
 from orchestrator.api.errors import error_middleware
-from orchestrator.api.keys import ENGINE, LOGS_DIR, STORE, UNIXNAME
+from orchestrator.api.keys import ENGINE, LOGS_DIR, SETTINGS, STORE, UNIXNAME
 from orchestrator.api.params import json_response
+from orchestrator.config import ApiConfig
 from orchestrator.errors import OrchestratorError
 from orchestrator.ports import EngineApi, StateStore
 
@@ -56,14 +57,18 @@ def _unixname() -> str:
         return ""
 
 
-def create_app(store: StateStore, engine: EngineApi, logs_dir: Path) -> web.Application:
+def create_app(
+    store: StateStore, engine: EngineApi, logs_dir: Path, settings: ApiConfig | None = None
+) -> web.Application:
     """The REST API (Airflow's /api/v1 shapes) and /health, reading `store`, triggering via `engine`,
-    serving task logs from `logs_dir`."""
+    serving task logs from `logs_dir`, limited by the [api] `settings` (defaults if None)."""
+    settings = settings or ApiConfig()
     app = web.Application(middlewares=[error_middleware])
     app[STORE] = store
     app[ENGINE] = engine
     app[LOGS_DIR] = logs_dir
     app[UNIXNAME] = _unixname()
+    app[SETTINGS] = settings
     app.router.add_get("/health", health)
     app.router.add_get("/api/v1/health", health)
     dags.add_routes(app.router)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from orchestrator.api.bodies import json_object
 from orchestrator.api.errors import BadRequest, NotFound
 from orchestrator.api.keys import ENGINE, STORE
-from orchestrator.api.params import bool_param, int_path_param, json_object, json_response, pagination
+from orchestrator.api.params import MAX_BIGINT, bool_param, int_path_param, json_response, pagination
 from orchestrator.api.serializers import dag_to_json, downstream_ids, import_error_to_json, task_to_json
 from orchestrator.core.records import DagRecord
 from orchestrator.ports import StateStore
@@ -74,7 +75,7 @@ async def list_import_errors(request: web.Request) -> web.Response:
 
 
 async def get_import_error(request: web.Request) -> web.Response:
-    import_error_id = int_path_param(request, "import_error_id", 1)
+    import_error_id = int_path_param(request, "import_error_id", 1, MAX_BIGINT)
     errors = await request.app[STORE].list_import_errors()
     for error in errors:
         if error.import_error_id == import_error_id:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from orchestrator.config import ApiConfig
 from orchestrator.ports import StateStore
 
 if TYPE_CHECKING:
@@ -19,3 +20,5 @@ STORE = web.AppKey("store", StateStore)
 ENGINE: web.AppKey[EngineApi] = web.AppKey("engine", Any)  # type: ignore[arg-type]
 LOGS_DIR = web.AppKey("logs_dir", Path)
 UNIXNAME = web.AppKey("unixname", str)
+#: the [api] configuration (page limit, allowed origins)
+SETTINGS = web.AppKey("settings", ApiConfig)

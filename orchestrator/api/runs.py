@@ -9,10 +9,11 @@ from typing import Any
 
 from aiohttp import web
 
+from orchestrator.api.bodies import json_object, parse_datetime
 from orchestrator.api.dags import get_dag_or_404
 from orchestrator.api.errors import BadRequest, Conflict, NotFound
 from orchestrator.api.keys import ENGINE, STORE
-from orchestrator.api.params import json_object, json_response, list_param, pagination, parse_datetime
+from orchestrator.api.params import json_response, list_param, pagination
 from orchestrator.api.serializers import run_to_json
 from orchestrator.core.records import RunRecord
 from orchestrator.core.states import RunState

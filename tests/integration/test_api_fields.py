@@ -187,7 +187,7 @@ async def test_import_error_ids_stay_when_other_files_break_or_heal(api: Api) ->
     assert_problem(gone, 404, f"import error {ids['/dags/b.py']} not found")
 
 
-@pytest.mark.parametrize("raw", ["0", "x"])
+@pytest.mark.parametrize("raw", ["0", "x", "9223372036854775808"])
 async def test_a_malformed_import_error_id_is_400(api: Api, raw: str) -> None:
     status, body = await api.get(f"/api/v1/importErrors/{raw}")
     assert status == 400
