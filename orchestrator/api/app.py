@@ -15,6 +15,7 @@ from aiohttp import web
 
 from orchestrator.api import dags, runs, task_instances
 from orchestrator.api.errors import error_middleware
+from orchestrator.api.guards import origin_guard
 from orchestrator.api.keys import ENGINE, LOGS_DIR, SETTINGS, STORE, UNIXNAME
 from orchestrator.api.params import json_response
 from orchestrator.config import ApiConfig
@@ -63,7 +64,7 @@ def create_app(
     """The REST API (Airflow's /api/v1 shapes) and /health, reading `store`, triggering via `engine`,
     serving task logs from `logs_dir`, limited by the [api] `settings` (defaults if None)."""
     settings = settings or ApiConfig()
-    app = web.Application(middlewares=[error_middleware])
+    app = web.Application(middlewares=[error_middleware, origin_guard(settings.allowed_origins)])
     app[STORE] = store
     app[ENGINE] = engine
     app[LOGS_DIR] = logs_dir

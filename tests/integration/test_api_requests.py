@@ -2,7 +2,8 @@
 
 Page limits are clamped to api.maximum_page_limit (Airflow's behaviour); values PostgreSQL
 cannot store or count are 400s that say why; a body too large is 413 however it is sent; bodies
-that are not declared JSON are 415. Each case is checked to create or change nothing. Real HTTP on 127.0.0.1, real PostgreSQL.
+that are not declared JSON are 415; a state-changing request from a foreign web origin is 403.
+Each case is checked to create or change nothing. Real HTTP on 127.0.0.1, real PostgreSQL.
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ async def api_with(store: PostgresStateStore, tmp_path: Path, settings: ApiConfi
 @pytest.fixture
 async def small_pages(store: PostgresStateStore, tmp_path: Path) -> AsyncIterator[Api]:
     async for served in api_with(store, tmp_path, ApiConfig(maximum_page_limit=2)):
+        yield served
+
+
+@pytest.fixture
+async def with_ui_origin(store: PostgresStateStore, tmp_path: Path) -> AsyncIterator[Api]:
+    async for served in api_with(store, tmp_path, ApiConfig(allowed_origins=("https://ui.example.com",))):
         yield served
 
 
@@ -232,3 +239,42 @@ async def test_json_with_a_charset_is_json(api: Api) -> None:
         "POST", RUNS, data='{"dag_run_id": "r1"}', headers={"Content-Type": "application/json; charset=utf-8"}
     )
     assert status == 200
+
+
+@pytest.mark.parametrize(
+    "origin", ["https://evil.example", "http://127.0.0.1:1", "null", "http://localhost.evil.example"]
+)
+async def test_a_state_change_from_a_foreign_origin_is_403_and_changes_nothing(api: Api, origin: str) -> None:
+    status, body = await api.post(RUNS, json={"dag_run_id": "csrf"}, headers={"Origin": origin})
+    assert status == 403
+    assert_problem(body, 403, f"Origin {origin!r} refused", "api.allowed_origins")
+    assert await no_runs(api)
+    status, _ = await api.call(
+        "PATCH", "/api/v1/dags/etl", json={"is_paused": True}, headers={"Origin": origin}
+    )
+    assert status == 403
+    dag = await api.store.get_dag("etl")
+    assert dag is not None and dag.is_paused is False
+
+
+async def test_the_apis_own_origin_and_no_origin_may_change_state(api: Api) -> None:
+    status, _ = await api.post(RUNS, json={"dag_run_id": "same-origin"}, headers={"Origin": api.url})
+    assert status == 200
+    status, _ = await api.post(RUNS, json={"dag_run_id": "no-origin"})
+    assert status == 200
+
+
+async def test_reads_from_a_foreign_origin_are_not_refused(api: Api) -> None:
+    status, _ = await api.get("/api/v1/dags", headers={"Origin": "https://evil.example"})
+    assert status == 200
+
+
+async def test_an_allowed_origin_may_change_state(with_ui_origin: Api) -> None:
+    status, _ = await with_ui_origin.post(
+        RUNS, json={"dag_run_id": "from-ui"}, headers={"Origin": "https://UI.example.com:443"}
+    )
+    assert status == 200
+    status, _ = await with_ui_origin.post(
+        RUNS, json={"dag_run_id": "other-port"}, headers={"Origin": "https://ui.example.com:8443"}
+    )
+    assert status == 403
