@@ -19,6 +19,7 @@ import math
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,10 +76,16 @@ class DatabaseConfig:
 
 @dataclass(frozen=True)
 class ApiConfig:
-    """[api]: where the REST API listens. Port 0 picks a free port (written to state_dir/api.url)."""
+    """[api]: where the REST API listens (port 0 picks a free port, written to state_dir/api.url),
+    how long its pages may be, and which other web origins may change state through it."""
 
     host: str = "127.0.0.1"
     port: int = 8080
+    #: the most items one page of a list holds; a larger `limit` is clamped to it (as in Airflow)
+    maximum_page_limit: int = 1000
+    #: origins ("https://ui.example.com:8443") other than the API's own whose pages may POST,
+    #: PATCH, PUT or DELETE; requests without an Origin header (curl, the CLI) are always allowed
+    allowed_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -180,6 +187,7 @@ _TYPE_NAMES: dict[type[Any], str] = {
     bool: "a boolean (true or false)",
     str: "a string",
     Path: "a path (a string)",
+    tuple: "a list of strings",
 }
 
 
@@ -213,6 +221,8 @@ def _leaf_keys() -> dict[str, _Key]:
             if isinstance(hint, types.UnionType) and type(None) in args:
                 (kind,) = (a for a in args if a is not type(None))
                 keys[dotted] = _Key(dotted, kind, optional=True)
+            elif typing.get_origin(hint) is tuple:  # tuple[str, ...]: a TOML array of strings
+                keys[dotted] = _Key(dotted, tuple, optional=False)
             else:
                 keys[dotted] = _Key(dotted, hint, optional=False)
 
@@ -338,6 +348,7 @@ def _check_toml_type(key: _Key, value: Any, where: str) -> Any:
         or (kind is int and isinstance(value, int) and not isinstance(value, bool))
         or (kind is float and isinstance(value, int | float) and not isinstance(value, bool))
         or (kind in (str, Path) and isinstance(value, str))
+        or (kind is tuple and isinstance(value, list) and all(isinstance(item, str) for item in value))
     )
     if not ok:
         raise ConfigError(f"{where} must be {_TYPE_NAMES[kind]}, got {_show(value)}")
@@ -347,6 +358,8 @@ def _check_toml_type(key: _Key, value: Any, where: str) -> Any:
         return float(value)
     if kind is Path:
         return Path(value)
+    if kind is tuple:
+        return tuple(value)
     return value
 
 
@@ -412,6 +425,8 @@ def _convert_env(key: _Key, name: str, raw: str) -> Any:
         raise ConfigError(f"{name}={raw!r} is not a boolean: use true or false")
     if kind is Path:
         return Path(text)
+    if kind is tuple:  # comma-separated
+        return tuple(item.strip() for item in text.split(",") if item.strip())
     return raw
 
 
@@ -432,6 +447,13 @@ def _check_ranges(config: Config, origins: Mapping[str, str]) -> None:
         )
     if not config.api.host.strip():
         raise ConfigError(f"{where('api.host')} must not be empty: use 127.0.0.1 or 0.0.0.0")
+    at_least("api.maximum_page_limit", config.api.maximum_page_limit, 1)
+    for origin in config.api.allowed_origins:
+        if not _is_origin(origin):
+            raise ConfigError(
+                f"{where('api.allowed_origins')} holds {origin!r}, which is not a web origin: "
+                "write scheme://host[:port] with no path, e.g. 'https://ui.example.com:8443'"
+            )
     at_least("daemon.shutdown_grace", config.daemon.shutdown_grace, 0)
     executor_names = [f.name for f in dataclasses.fields(ExecutorsConfig) if f.name != "default"]
     if config.executors.default not in executor_names:
@@ -481,3 +503,20 @@ def _check_dags(dags: DagsConfig, where: Callable[[str], str]) -> None:
             f"{where('dags.parse_memory_mb')} must be at least {MIN_PARSE_MEMORY_MB} (MB), "
             f"or 0 for no limit, got {dags.parse_memory_mb}"
         )
+
+
+def _is_origin(text: str) -> bool:
+    """An origin as browsers send it in the Origin header: http(s)://host[:port], nothing more."""
+    try:
+        parts = urllib.parse.urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and parts.path in ("", "/")
+        and not parts.query
+        and not parts.fragment
+        and "@" not in parts.netloc
+    )

@@ -370,7 +370,7 @@ async def _stored_specs(store: StateStore) -> dict[str, DagSpec]:
 async def _start_api(
     config: Config, paths: Paths, store: StateStore, engine: Engine, task_logs: TaskLogs
 ) -> web.AppRunner:
-    app = create_app(store, engine, paths.logs_dir, task_logs)
+    app = create_app(store, engine, paths.logs_dir, task_logs, config.api)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, config.api.host, config.api.port)

@@ -111,6 +111,9 @@ class StateStore(Protocol):
 
     async def get_run(self, dag_id: str, run_id: str) -> RunRecord | None: ...
 
+    async def set_run_note(self, dag_id: str, run_id: str, note: str) -> RunRecord | None:
+        """Replace a run's note (the engine never writes it); None if the run does not exist."""
+
     async def list_runs(
         self, dag_id: str, limit: int, offset: int, states: Sequence[RunState] | None = None
     ) -> tuple[list[RunRecord], int]:
@@ -135,6 +138,10 @@ class StateStore(Protocol):
         A later row for the same key in the same change set wins. Raises ConnectionError when
         the database cannot be reached or the connection failed (the caller may retry: the
         rows are whole, so writing them again is harmless)."""
+
+    async def check_database(self, timeout: float) -> None:
+        """Raise an OrchestratorError unless the database answers a trivial query within `timeout` seconds
+        (GET /health's metadatabase status)."""
 
     # --- daemons -------------------------------------------------------------------
     async def installation_id(self) -> str:
@@ -312,6 +319,7 @@ class EngineApi(Protocol):
         conf: dict[str, Any],
         logical_date: datetime | None,
         run_type: str = "manual",
+        note: str | None = None,
     ) -> tuple[RunRecord, bool]:
         """Create a run (unique on dag_id, run_id) and return it and whether it was created.
         Raises orchestrator.errors.DagNotFound or InvalidRequest."""

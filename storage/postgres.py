@@ -123,6 +123,8 @@ def _dag(row: Row) -> DagRecord:
         tags=tuple(row[8]),
         last_parsed_time=row[9],
         spec=row[10],
+        owners=tuple(row["owners"]),
+        has_import_errors=row["has_import_errors"],
     )
 
 
@@ -139,9 +141,30 @@ def _version(spec: Any) -> DagSpec | None:
 
 def _run(row: Row) -> RunRecord:
     return RunRecord(
-        row[0], row[1], row[2], RunState(row[3]), row[4], row[5], row[6], row[7], row[8], row[9],
-        row[10], row[11], row[12],
-    )  # fmt: skip
+        pk=row["pk"],
+        dag_id=row["dag_id"],
+        run_id=row["run_id"],
+        state=RunState(row["state"]),
+        run_type=row["run_type"],
+        conf=row["conf"],
+        logical_date=row["logical_date"],
+        data_interval_start=row["data_interval_start"],
+        data_interval_end=row["data_interval_end"],
+        queued_at=row["queued_at"],
+        start_date=row["start_date"],
+        end_date=row["end_date"],
+        external_trigger=row["external_trigger"],
+        note=row["note"],
+    )
+
+
+def _import_error(row: Row) -> ImportErrorRecord:
+    return ImportErrorRecord(
+        import_error_id=row["id"],
+        filename=row["filename"],
+        message=row["message"],
+        timestamp=row["timestamp"],
+    )
 
 
 def _task_instance(row: Row) -> TaskInstanceRecord:
@@ -304,6 +327,7 @@ class PostgresStateStore:
                 list(spec.tags),
                 now,
                 spec_to_dict(spec),
+                sorted({task.owner for task in spec.tasks}),
             )
             for spec in dags
         ]
@@ -352,7 +376,7 @@ class PostgresStateStore:
 
     async def list_import_errors(self) -> list[ImportErrorRecord]:
         rows = await self._pool.fetch(QUERIES["list_import_errors"])
-        return [ImportErrorRecord(row[0], row[1], row[2]) for row in rows]
+        return [_import_error(row) for row in rows]
 
     # --- runs ----------------------------------------------------------------------------------
     async def create_run(
@@ -370,6 +394,7 @@ class PostgresStateStore:
                 run.data_interval_end,
                 run.queued_at,
                 run.external_trigger,
+                run.note,
             )
             if row is None:
                 existing = await conn.fetchrow(QUERIES["get_run"], run.dag_id, run.run_id)
@@ -396,6 +421,10 @@ class PostgresStateStore:
 
     async def get_run(self, dag_id: str, run_id: str) -> RunRecord | None:
         row = await self._pool.fetchrow(QUERIES["get_run"], dag_id, run_id)
+        return None if row is None else _run(row)
+
+    async def set_run_note(self, dag_id: str, run_id: str, note: str) -> RunRecord | None:
+        row = await self._pool.fetchrow(QUERIES["set_run_note"], dag_id, run_id, note)
         return None if row is None else _run(row)
 
     async def list_runs(
@@ -492,6 +521,16 @@ class PostgresStateStore:
             await conn.execute(QUERIES["update_runs"], *_run_columns(changes.runs))
         else:
             await conn.execute(QUERIES["upsert_xcoms"], *_xcom_columns(changes.xcoms))
+
+    async def check_database(self, timeout: float) -> None:
+        """Raise StorageError unless one query through the pool answers within `timeout` seconds."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._pool.fetchval(QUERIES["check_database"])
+        except TimeoutError:
+            raise StorageError(f"PostgreSQL did not answer within {timeout:g} s") from None
+        except Exception as exc:  # whatever the symptom (lost, refused, pool closed): not healthy
+            raise StorageError(f"PostgreSQL is unreachable: {exc!r}") from exc
 
     # --- daemons -------------------------------------------------------------------------------
     async def installation_id(self) -> str:

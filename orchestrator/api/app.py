@@ -8,27 +8,47 @@ any implementation of both. The daemon mounts this app on its own runner.
 from __future__ import annotations
 
 import getpass
+import logging
 from pathlib import Path
 
 from aiohttp import web
 
 from orchestrator.api import dags, runs, task_instances
 from orchestrator.api.errors import error_middleware
-from orchestrator.api.keys import ENGINE, LOGS_DIR, STORE, TASK_LOGS, UNIXNAME
+from orchestrator.api.guards import origin_guard
+from orchestrator.api.keys import ENGINE, LOGS_DIR, SETTINGS, STORE, TASK_LOGS, UNIXNAME
 from orchestrator.api.params import json_response
+from orchestrator.config import ApiConfig
+from orchestrator.errors import OrchestratorError
 from orchestrator.ports import EngineApi, StateStore, TaskLogs
+
+log = logging.getLogger("orchestrator.api")
+
+#: Seconds /health waits for the database's answer before calling it unhealthy.
+HEALTH_DATABASE_TIMEOUT = 2.0
+
+
+async def _database_status(store: StateStore) -> str:
+    try:
+        await store.check_database(HEALTH_DATABASE_TIMEOUT)
+    except OrchestratorError as exc:
+        log.warning("health check: the metadatabase is unhealthy: %s", exc)
+        return "unhealthy"
+    return "healthy"
 
 
 async def health(request: web.Request) -> web.Response:
-    """Airflow's /health shape; 503 until the engine is ready, so load balancers wait for it."""
-    ready = request.app[ENGINE].is_ready()
-    status = "healthy" if ready else "unhealthy"
+    """Airflow's /health shape; 503 until the engine is ready and while the database does not
+    answer, so load balancers and supervisors see both."""
+    scheduler = "healthy" if request.app[ENGINE].is_ready() else "unhealthy"
+    metadatabase = await _database_status(request.app[STORE])
+    healthy = scheduler == metadatabase == "healthy"
     body = {
-        "status": status,
-        "metadatabase": {"status": status},
-        "scheduler": {"status": status},
+        "status": "healthy" if healthy else "unhealthy",
+        "metadatabase": {"status": metadatabase},
+        "scheduler": {"status": scheduler},
     }
-    return json_response(body, status=200 if ready else 503)
+    return json_response(body, status=200 if healthy else 503)
 
 
 def _unixname() -> str:
@@ -39,11 +59,17 @@ def _unixname() -> str:
 
 
 def create_app(
-    store: StateStore, engine: EngineApi, logs_dir: Path, task_logs: TaskLogs | None = None
+    store: StateStore,
+    engine: EngineApi,
+    logs_dir: Path,
+    task_logs: TaskLogs | None = None,
+    settings: ApiConfig | None = None,
 ) -> web.Application:
     """The REST API (Airflow's /api/v1 shapes) and /health, reading `store`, triggering via `engine`,
-    serving task logs through `task_logs` (default: the files under `logs_dir`)."""
-    app = web.Application(middlewares=[error_middleware])
+    serving task logs through `task_logs` (default: the files under `logs_dir`), limited by the
+    [api] `settings` (defaults if None)."""
+    settings = settings or ApiConfig()
+    app = web.Application(middlewares=[error_middleware, origin_guard(settings.allowed_origins)])
     app[STORE] = store
     app[ENGINE] = engine
     app[LOGS_DIR] = logs_dir
@@ -53,6 +79,7 @@ def create_app(
         task_logs = FileTaskLogs(logs_dir)
     app[TASK_LOGS] = task_logs
     app[UNIXNAME] = _unixname()
+    app[SETTINGS] = settings
     app.router.add_get("/health", health)
     app.router.add_get("/api/v1/health", health)
     dags.add_routes(app.router)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from orchestrator.api.bodies import json_object
 from orchestrator.api.errors import BadRequest, NotFound
 from orchestrator.api.keys import ENGINE, STORE
-from orchestrator.api.params import bool_param, json_object, json_response, pagination
+from orchestrator.api.params import MAX_BIGINT, bool_param, int_path_param, json_response, pagination
 from orchestrator.api.serializers import dag_to_json, downstream_ids, import_error_to_json, task_to_json
 from orchestrator.core.records import DagRecord
 from orchestrator.ports import StateStore
@@ -69,19 +70,21 @@ async def list_tasks(request: web.Request) -> web.Response:
 async def list_import_errors(request: web.Request) -> web.Response:
     limit, offset = pagination(request)
     errors = await request.app[STORE].list_import_errors()
-    page = [import_error_to_json(index, error) for index, error in enumerate(errors, start=1)]
-    return json_response({"import_errors": page[offset : offset + limit], "total_entries": len(errors)})
+    page = [import_error_to_json(error) for error in errors[offset : offset + limit]]
+    return json_response({"import_errors": page, "total_entries": len(errors)})
 
 
 async def get_import_error(request: web.Request) -> web.Response:
-    raw = request.match_info["import_error_id"]
+    import_error_id = int_path_param(request, "import_error_id", 1, MAX_BIGINT)
     errors = await request.app[STORE].list_import_errors()
-    if not raw.isdigit() or not 1 <= int(raw) <= len(errors):
-        raise NotFound(
-            f"import error {raw!r} not found: list the current ones with GET /api/v1/importErrors",
-            title="Import error not found",
-        )
-    return json_response(import_error_to_json(int(raw), errors[int(raw) - 1]))
+    for error in errors:
+        if error.import_error_id == import_error_id:
+            return json_response(import_error_to_json(error))
+    raise NotFound(
+        f"import error {import_error_id} not found (fixed files lose theirs): "
+        "list the current ones with GET /api/v1/importErrors",
+        title="Import error not found",
+    )
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from orchestrator.config import ApiConfig
 from orchestrator.ports import StateStore, TaskLogs
 
 if TYPE_CHECKING:
@@ -20,3 +21,5 @@ ENGINE: web.AppKey[EngineApi] = web.AppKey("engine", Any)  # type: ignore[arg-ty
 LOGS_DIR = web.AppKey("logs_dir", Path)
 TASK_LOGS: web.AppKey[TaskLogs] = web.AppKey("task_logs", Any)  # type: ignore[arg-type]
 UNIXNAME = web.AppKey("unixname", str)
+#: the [api] configuration (page limit, allowed origins)
+SETTINGS = web.AppKey("settings", ApiConfig)

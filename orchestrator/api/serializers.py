@@ -83,14 +83,14 @@ def dag_to_json(dag: DagRecord) -> dict[str, Any]:
         "fileloc": dag.fileloc,
         "is_paused": dag.is_paused,
         "is_active": dag.is_active,
-        "owners": [],
+        "owners": list(dag.owners),
         "schedule_interval": schedule_interval(dag.schedule),
         "timetable_description": timetable_description(dag.schedule),
         "tags": [{"name": tag} for tag in dag.tags],
         "max_active_runs": dag.max_active_runs,
         "max_active_tasks": dag.max_active_tasks,
         "last_parsed_time": iso(dag.last_parsed_time),
-        "has_import_errors": False,
+        "has_import_errors": dag.has_import_errors,
         "has_task_concurrency_limits": False,
     }
 
@@ -112,7 +112,7 @@ def task_to_json(task: TaskSpec, downstream: Sequence[str]) -> dict[str, Any]:
         "task_display_name": task.task_id,
         "class_ref": {"module_path": module, "class_name": operator},
         "operator_name": operator,
-        "owner": "airflow",
+        "owner": task.owner,
         "start_date": None,
         "end_date": None,
         "trigger_rule": str(task.trigger_rule),
@@ -153,7 +153,7 @@ def run_to_json(run: RunRecord) -> dict[str, Any]:
         "run_type": run.run_type,
         "external_trigger": run.external_trigger,
         "last_scheduling_decision": None,
-        "note": None,
+        "note": run.note,
     }
 
 
@@ -199,9 +199,9 @@ def task_instance_to_json(ti: TaskInstanceRecord, run: RunRecord, unixname: str)
     }
 
 
-def import_error_to_json(import_error_id: int, error: ImportErrorRecord) -> dict[str, Any]:
+def import_error_to_json(error: ImportErrorRecord) -> dict[str, Any]:
     return {
-        "import_error_id": import_error_id,
+        "import_error_id": error.import_error_id,
         "filename": error.filename,
         "stack_trace": error.message,
         "timestamp": iso(error.timestamp),

@@ -11,7 +11,7 @@ from aiohttp import web
 from orchestrator.api.errors import BadRequest, NotFound
 from orchestrator.api.keys import STORE, TASK_LOGS, UNIXNAME
 from orchestrator.api.logs import log_options, send_log
-from orchestrator.api.params import int_path_param, json_response, list_param, pagination
+from orchestrator.api.params import MAX_INTEGER, int_path_param, json_response, list_param, pagination
 from orchestrator.api.runs import get_run_or_404
 from orchestrator.api.serializers import task_instance_to_json
 from orchestrator.core.records import RunRecord, TaskInstanceRecord, TaskKey
@@ -48,8 +48,8 @@ def _map_index_query(request: web.Request) -> int:
         value = int(raw)
     except ValueError:
         raise BadRequest(f"query parameter map_index={raw!r} is not an integer") from None
-    if value < -1:
-        raise BadRequest(f"query parameter map_index={value} must be -1 (unmapped) or more")
+    if not -1 <= value <= MAX_INTEGER:
+        raise BadRequest(f"query parameter map_index={value} must be between -1 (unmapped) and {MAX_INTEGER}")
     return value
 
 

@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import Any, ClassVar, TypeVar
 
 from orchestrator.authoring.dag import DAG, current_dag, json_value
-from orchestrator.core.model import TaskSpec, TriggerRule, XComRef
+from orchestrator.core.model import DEFAULT_OWNER, TaskSpec, TriggerRule, XComRef
 from orchestrator.core.validation import DagValidationError, check_key, check_trigger_rule
 
 #: A duration: seconds (int or float) or a datetime.timedelta.
@@ -76,6 +76,7 @@ class BaseOperator:
         trigger_rule: TriggerRule | str = TriggerRule.ALL_SUCCESS,
         do_xcom_push: bool = True,
         executor: str | None = None,
+        owner: str = DEFAULT_OWNER,
         dag: DAG | None = None,
     ) -> None:
         dag = dag if dag is not None else current_dag()
@@ -110,6 +111,9 @@ class BaseOperator:
         if executor is not None and not (isinstance(executor, str) and executor):
             raise DagValidationError(f"{where}: executor must be an executor name, got {executor!r}")
         self.executor = executor
+        if not isinstance(owner, str) or not owner.strip():
+            raise DagValidationError(f"{where}: owner must be a non-empty string, got {owner!r}")
+        self.owner = owner
         self._upstream: dict[str, None] = {}
         self._downstream: dict[str, None] = {}
 
@@ -186,6 +190,7 @@ class BaseOperator:
             execution_timeout=self.execution_timeout,
             do_xcom_push=self.do_xcom_push,
             executor=self.executor,
+            owner=self.owner,
             **fields,
         )
 
@@ -211,6 +216,7 @@ class Bash(BaseOperator):
         trigger_rule: TriggerRule | str = TriggerRule.ALL_SUCCESS,
         do_xcom_push: bool = True,
         executor: str | None = None,
+        owner: str = DEFAULT_OWNER,
         dag: DAG | None = None,
     ) -> None:
         super().__init__(
@@ -223,6 +229,7 @@ class Bash(BaseOperator):
             trigger_rule=trigger_rule,
             do_xcom_push=do_xcom_push,
             executor=executor,
+            owner=owner,
             dag=dag,
         )
         where = f"task {task_id!r} in DAG {self.dag.dag_id!r}"
@@ -269,6 +276,7 @@ class Python(BaseOperator):
         trigger_rule: TriggerRule | str = TriggerRule.ALL_SUCCESS,
         do_xcom_push: bool = True,
         executor: str | None = None,
+        owner: str = DEFAULT_OWNER,
         dag: DAG | None = None,
     ) -> None:
         super().__init__(
@@ -281,6 +289,7 @@ class Python(BaseOperator):
             trigger_rule=trigger_rule,
             do_xcom_push=do_xcom_push,
             executor=executor,
+            owner=owner,
             dag=dag,
         )
         where = f"task {task_id!r} in DAG {self.dag.dag_id!r}"

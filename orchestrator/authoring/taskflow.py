@@ -37,6 +37,7 @@ class TaskOptions(TypedDict, total=False):
     env: dict[str, str] | None
     append_env: bool
     cwd: str | None
+    owner: str
 
 
 _OPTION_NAMES = frozenset(TaskOptions.__annotations__)

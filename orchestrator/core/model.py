@@ -17,6 +17,10 @@ TaskId = NewType("TaskId", str)
 RunId = NewType("RunId", str)
 
 
+#: Airflow's default task owner (its `[operators] default_owner`)
+DEFAULT_OWNER = "airflow"
+
+
 class TriggerRule(StrEnum):
     """Airflow's trigger rules: when a task may run, given its direct upstream states."""
 
@@ -72,6 +76,8 @@ class TaskSpec:
     do_xcom_push: bool = True
     #: the executor that runs it (by name); None: the configured default executor
     executor: str | None = None
+    #: who answers for the task (Airflow's `owner`; a DAG's owners are its tasks' distinct owners)
+    owner: str = DEFAULT_OWNER
 
     @property
     def max_tries(self) -> int:

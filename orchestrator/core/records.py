@@ -39,12 +39,17 @@ class DagRecord:
     last_parsed_time: datetime | None
     #: the whole DagSpec as JSON (orchestrator.core.serialization.spec_to_dict)
     spec: dict[str, Any]
+    #: the distinct owners of its tasks, sorted (Airflow's DAG owners)
+    owners: tuple[str, ...] = ()
+    #: the DAG's file currently fails to load (the DAG runs its last good version meanwhile)
+    has_import_errors: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class ImportErrorRecord:
-    """A DAG file that could not be loaded, and why."""
+    """A DAG file that could not be loaded, and why. The id stays while the file stays broken."""
 
+    import_error_id: int
     filename: str
     message: str
     timestamp: datetime
@@ -74,6 +79,8 @@ class NewRun:
     data_interval_end: datetime
     queued_at: datetime
     external_trigger: bool = True
+    #: Airflow's DAG-run note: free text from whoever triggered the run
+    note: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +110,8 @@ class RunRecord:
     start_date: datetime | None = None
     end_date: datetime | None = None
     external_trigger: bool = True
+    #: set by the API only (at trigger time or with setNote); the engine's run updates never write it
+    note: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from orchestrator.core.kinds import UnknownTaskKind, get_kind
-from orchestrator.core.model import DagSpec, TaskSpec, TriggerRule, XComRef
+from orchestrator.core.model import DEFAULT_OWNER, DagSpec, TaskSpec, TriggerRule, XComRef
 from orchestrator.errors import OrchestratorError
 
 #: Bumped when the dict layout changes incompatibly.
@@ -66,6 +66,7 @@ def task_to_dict(task: TaskSpec) -> dict[str, Any]:
         "append_env": task.append_env,
         "cwd": task.cwd,
         "do_xcom_push": task.do_xcom_push,
+        "owner": task.owner,
     }
 
 
@@ -155,6 +156,7 @@ def _task_from_dict(data: Any, where: str) -> TaskSpec:
         append_env=_field(obj, "append_env", bool, where, False),
         cwd=_optional(obj, "cwd", str, where),
         do_xcom_push=_field(obj, "do_xcom_push", bool, where, True),
+        owner=_field(obj, "owner", str, where, DEFAULT_OWNER),
     )
 
 

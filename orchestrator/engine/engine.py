@@ -139,6 +139,7 @@ class Engine:
             data_interval_end=when,
             queued_at=now,
             external_trigger=True,
+            note=note,
         )
         tasks = [
             NewTaskInstance(task.task_id, loaded.operators[task.task_id], task.max_tries)

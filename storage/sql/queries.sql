@@ -20,8 +20,8 @@ INSERT INTO schema_migrations (version, name) VALUES ($1, $2);
 -- name: upsert_dag
 -- A DAG seen in a successful parse: active again, settings refreshed, is_paused kept as it was.
 INSERT INTO dag (dag_id, fileloc, is_paused, is_active, schedule, description, max_active_runs,
-                 max_active_tasks, tags, last_parsed_time, spec)
-VALUES ($1, $2, $3, true, $4, $5, $6, $7, $8, $9, $10)
+                 max_active_tasks, tags, last_parsed_time, spec, owners)
+VALUES ($1, $2, $3, true, $4, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT (dag_id) DO UPDATE SET
     fileloc = EXCLUDED.fileloc,
     is_active = true,
@@ -31,7 +31,8 @@ ON CONFLICT (dag_id) DO UPDATE SET
     max_active_tasks = EXCLUDED.max_active_tasks,
     tags = EXCLUDED.tags,
     last_parsed_time = EXCLUDED.last_parsed_time,
-    spec = EXCLUDED.spec;
+    spec = EXCLUDED.spec,
+    owners = EXCLUDED.owners;
 
 -- name: deactivate_dags_missing_from_file
 UPDATE dag SET is_active = false
@@ -48,11 +49,17 @@ INSERT INTO import_error (filename, message, "timestamp") VALUES ($1, $2, $3)
 ON CONFLICT (filename) DO UPDATE SET message = EXCLUDED.message, "timestamp" = EXCLUDED."timestamp";
 
 -- name: list_import_errors
-SELECT filename, message, "timestamp" FROM import_error ORDER BY filename;
+-- Oldest first, by the stable id (Airflow's default order for GET /importErrors).
+SELECT id, filename, message, "timestamp" FROM import_error ORDER BY id;
+
+-- name: check_database
+-- /health's metadatabase check: one round trip through the pool.
+SELECT 1;
 
 -- name: list_dags
 SELECT dag_id, fileloc, is_paused, is_active, schedule, description, max_active_runs,
-       max_active_tasks, tags, last_parsed_time, spec
+       max_active_tasks, tags, last_parsed_time, spec, owners,
+       EXISTS (SELECT 1 FROM import_error AS e WHERE e.filename = dag.fileloc) AS has_import_errors
 FROM dag
 WHERE is_active OR NOT $1::boolean
 ORDER BY dag_id
@@ -63,22 +70,30 @@ SELECT count(*) FROM dag WHERE is_active OR NOT $1::boolean;
 
 -- name: get_dag
 SELECT dag_id, fileloc, is_paused, is_active, schedule, description, max_active_runs,
-       max_active_tasks, tags, last_parsed_time, spec
+       max_active_tasks, tags, last_parsed_time, spec, owners,
+       EXISTS (SELECT 1 FROM import_error AS e WHERE e.filename = dag.fileloc) AS has_import_errors
 FROM dag WHERE dag_id = $1;
 
 -- name: set_dag_paused
 UPDATE dag SET is_paused = $2 WHERE dag_id = $1
 RETURNING dag_id, fileloc, is_paused, is_active, schedule, description, max_active_runs,
-          max_active_tasks, tags, last_parsed_time, spec;
+          max_active_tasks, tags, last_parsed_time, spec, owners,
+          EXISTS (SELECT 1 FROM import_error AS e WHERE e.filename = dag.fileloc) AS has_import_errors;
 
 -- name: insert_run
 -- Uniqueness on (dag_id, run_id) is what makes a trigger exactly-once: a duplicate returns nothing.
 INSERT INTO dag_run (dag_id, run_id, state, run_type, conf, logical_date, data_interval_start,
-                     data_interval_end, queued_at, external_trigger)
-VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9)
+                     data_interval_end, queued_at, external_trigger, note)
+VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (dag_id, run_id) DO NOTHING
 RETURNING pk, dag_id, run_id, state, run_type, conf, logical_date, data_interval_start,
-          data_interval_end, queued_at, start_date, end_date, external_trigger;
+          data_interval_end, queued_at, start_date, end_date, external_trigger, note;
+
+-- name: set_run_note
+-- The note is the API's alone: the engine's whole-row run updates (update_runs) never write it.
+UPDATE dag_run SET note = $3 WHERE dag_id = $1 AND run_id = $2
+RETURNING pk, dag_id, run_id, state, run_type, conf, logical_date, data_interval_start,
+          data_interval_end, queued_at, start_date, end_date, external_trigger, note;
 
 -- name: insert_dag_version
 -- A version is written once; the same source parsed again changes nothing.
@@ -106,12 +121,12 @@ FROM unnest($4::text[], $5::integer[], $6::integer[], $7::text[])
 
 -- name: get_run
 SELECT pk, dag_id, run_id, state, run_type, conf, logical_date, data_interval_start,
-       data_interval_end, queued_at, start_date, end_date, external_trigger
+       data_interval_end, queued_at, start_date, end_date, external_trigger, note
 FROM dag_run WHERE dag_id = $1 AND run_id = $2;
 
 -- name: list_runs
 SELECT pk, dag_id, run_id, state, run_type, conf, logical_date, data_interval_start,
-       data_interval_end, queued_at, start_date, end_date, external_trigger
+       data_interval_end, queued_at, start_date, end_date, external_trigger, note
 FROM dag_run
 WHERE dag_id = $1 AND ($2::text[] IS NULL OR state = ANY($2::text[]))
 ORDER BY queued_at DESC, pk DESC
@@ -122,7 +137,7 @@ SELECT count(*) FROM dag_run WHERE dag_id = $1 AND ($2::text[] IS NULL OR state 
 
 -- name: list_active_runs
 SELECT pk, dag_id, run_id, state, run_type, conf, logical_date, data_interval_start,
-       data_interval_end, queued_at, start_date, end_date, external_trigger
+       data_interval_end, queued_at, start_date, end_date, external_trigger, note
 FROM dag_run
 WHERE state IN ('queued', 'running')
 ORDER BY queued_at, pk;
@@ -130,7 +145,7 @@ ORDER BY queued_at, pk;
 -- name: list_queued_runs_of_dag
 -- Runs waiting for max_active_runs or an unpaused DAG, oldest first (admitted from here, not memory).
 SELECT pk, dag_id, run_id, state, run_type, conf, logical_date, data_interval_start,
-       data_interval_end, queued_at, start_date, end_date, external_trigger
+       data_interval_end, queued_at, start_date, end_date, external_trigger, note
 FROM dag_run
 WHERE state = 'queued' AND dag_id = $1 AND pk <> ALL($2::bigint[])
 ORDER BY queued_at, pk
@@ -223,6 +238,7 @@ FROM unnest(
 WHERE t.run_pk = u.run_pk AND t.task_id = u.task_id AND t.map_index = u.map_index;
 
 -- name: update_runs
+-- Every column the engine owns; not `note`, which the API sets (set_run_note) while a run goes on.
 UPDATE dag_run AS r SET
     state = u.state,
     run_type = u.run_type,

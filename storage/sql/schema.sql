@@ -20,16 +20,21 @@ CREATE TABLE dag (
     max_active_tasks integer,
     tags text[] NOT NULL DEFAULT '{}',
     last_parsed_time timestamptz,
-    spec jsonb NOT NULL
+    spec jsonb NOT NULL,
+    -- the distinct owners of its tasks, sorted (GET /api/v1/dags' owners)
+    owners text[] NOT NULL DEFAULT '{}'
 );
 
 -- sync_dag_file / remove_dag_file find a file's DAGs by fileloc.
 CREATE INDEX dag_fileloc_idx ON dag (fileloc);
 
+-- One row per DAG file that currently fails to load; `id` is the stable import_error_id of the API
+-- (kept while the file stays broken, a new one when it breaks again after a fix).
 CREATE TABLE import_error (
     filename text PRIMARY KEY,
     message text NOT NULL,
-    "timestamp" timestamptz NOT NULL
+    "timestamp" timestamptz NOT NULL,
+    id bigint GENERATED ALWAYS AS IDENTITY CONSTRAINT import_error_id_key UNIQUE
 );
 
 CREATE TABLE dag_run (
@@ -46,6 +51,8 @@ CREATE TABLE dag_run (
     start_date timestamptz,
     end_date timestamptz,
     external_trigger boolean NOT NULL DEFAULT true,
+    -- Airflow's DAG-run note: free text from whoever triggered or annotated the run
+    note text,
     -- what makes cron ticks, webhooks and API triggers exactly-once
     CONSTRAINT dag_run_dag_id_run_id_key UNIQUE (dag_id, run_id),
     CONSTRAINT dag_run_state_check CHECK (state IN ('queued', 'running', 'success', 'failed'))
@@ -141,4 +148,5 @@ CREATE TABLE dag_run_version (
 INSERT INTO schema_migrations (version, name) VALUES
     (1, 'initial'),
     (2, 'installation'),
-    (3, 'dag_versions');
+    (3, 'dag_versions'),
+    (4, 'run_notes_and_import_error_ids');

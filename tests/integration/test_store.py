@@ -414,18 +414,20 @@ async def test_sync_dag_file_leaves_other_files_alone(store: PostgresStateStore)
     assert [e.filename for e in await store.list_import_errors()] == ["/dags/b.py"]
 
 
-async def test_import_errors_upsert_and_list_by_filename(store: PostgresStateStore) -> None:
+async def test_import_errors_upsert_keep_their_id_and_list_oldest_first(store: PostgresStateStore) -> None:
     await store.sync_dag_file("/dags/b.py", [dag_spec("b1", fileloc="/dags/b.py")], T0)
     await store.record_import_error("/dags/b.py", "first", T0)
     await store.record_import_error("/dags/a.py", "other", T0)
+    [first_b, _] = await store.list_import_errors()
     await store.record_import_error("/dags/b.py", "second", T0 + timedelta(seconds=5))
 
     errors = await store.list_import_errors()
 
     assert [(e.filename, e.message, e.timestamp) for e in errors] == [
-        ("/dags/a.py", "other", T0),
         ("/dags/b.py", "second", T0 + timedelta(seconds=5)),
+        ("/dags/a.py", "other", T0),
     ]
+    assert errors[0].import_error_id == first_b.import_error_id, "a new message keeps the error's id"
     b1 = await store.get_dag("b1")
     assert b1 is not None and b1.is_active, "a failed parse keeps the file's DAGs runnable"
 
