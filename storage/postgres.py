@@ -332,9 +332,7 @@ class PostgresStateStore:
             for spec in dags
         ]
         versions = [
-            (spec.dag_id, spec.source_hash, row[-1], now)
-            for spec, row in zip(dags, rows, strict=True)
-            if spec.source_hash
+            (spec.dag_id, spec.source_hash, spec_to_dict(spec), now) for spec in dags if spec.source_hash
         ]
         async with self._pool.acquire() as conn, conn.transaction():
             if rows:

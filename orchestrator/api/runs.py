@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,13 +14,11 @@ from orchestrator.api.errors import BadRequest, Conflict, NotFound
 from orchestrator.api.keys import ENGINE, STORE
 from orchestrator.api.params import json_response, list_param, pagination
 from orchestrator.api.serializers import run_to_json
+from orchestrator.core.ids import check_run_id
 from orchestrator.core.records import RunRecord
 from orchestrator.core.states import RunState
 from orchestrator.ports import StateStore
 
-#: Airflow's allowed run id characters; also keeps ids safe as log directory names.
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.~:+-]+$")
-MAX_RUN_ID_LENGTH = 250
 #: Airflow's limit on a DAG-run note
 MAX_NOTE_LENGTH = 1000
 
@@ -64,13 +61,9 @@ class TriggerArguments:
 def _trigger_arguments(body: dict[str, Any]) -> TriggerArguments:
     run_id = body.get("dag_run_id")
     if run_id is not None:
-        if not isinstance(run_id, str) or not RUN_ID_PATTERN.match(run_id):
-            raise BadRequest(
-                f"dag_run_id {run_id!r} is invalid: use only letters, digits and _ . ~ : + -"
-                f" (pattern {RUN_ID_PATTERN.pattern})"
-            )
-        if len(run_id) > MAX_RUN_ID_LENGTH:
-            raise BadRequest(f"dag_run_id is longer than {MAX_RUN_ID_LENGTH} characters")
+        problem = check_run_id(run_id)  # the one run-id rule (orchestrator.core.ids)
+        if problem is not None:
+            raise BadRequest(problem)
     conf = body.get("conf")
     if conf is None:
         conf = {}

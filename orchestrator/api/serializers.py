@@ -11,12 +11,10 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from orchestrator.core.kinds import UnknownTaskKind, get_kind
 from orchestrator.core.model import DagSpec, TaskSpec
 from orchestrator.core.records import DagRecord, ImportErrorRecord, RunRecord, TaskInstanceRecord
 from orchestrator.core.states import TaskState
-
-#: Our task kinds under the operator names Airflow users know.
-OPERATOR_NAMES: Mapping[str, str] = {"bash": "BashOperator", "python": "PythonOperator"}
 
 _PRESETS: Mapping[str, str] = {
     "@once": "Once, as soon as possible",
@@ -105,8 +103,11 @@ def downstream_ids(spec: DagSpec) -> dict[str, list[str]]:
 
 
 def task_to_json(task: TaskSpec, downstream: Sequence[str]) -> dict[str, Any]:
-    operator = OPERATOR_NAMES.get(task.kind, task.kind)
-    module = "airflow.operators.bash" if task.kind == "bash" else "airflow.operators.python"
+    try:  # the kind knows the Airflow operator it stands for (orchestrator.core.kinds)
+        kind = get_kind(task.kind)
+        operator, module = kind.operator, kind.operator_module
+    except UnknownTaskKind:
+        operator, module = task.kind, ""
     return {
         "task_id": task.task_id,
         "task_display_name": task.task_id,

@@ -447,6 +447,8 @@ async def test_trigger_an_unknown_dag_is_404(api: Api) -> None:
         ('{"dag_run_id": "has space"}', "dag_run_id 'has space' is invalid"),
         ('{"dag_run_id": "../etc"}', "dag_run_id '../etc' is invalid"),
         ('{"dag_run_id": 7}', "dag_run_id 7 is invalid"),
+        ('{"dag_run_id": "r1\\n"}', "dag_run_id 'r1\\n' is invalid"),
+        ('{"dag_run_id": "' + "r" * 251 + '"}', "use at most 250"),
         ('{"dag_run_id": "ok", "state": "success"}', "unknown field(s) 'state'"),
         ('{"note": 3}', "note must be a string"),
         (
