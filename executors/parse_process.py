@@ -1,11 +1,14 @@
 """One DAG-file parse in a child forked for it: own process group, time limit, memory limit.
 
-A parser worker (`executors.pyworker`) never imports user code itself. For each parse it forks
-a child that puts itself in a new process group, caps its address space (RLIMIT_AS: the
-allocation that crosses the cap raises MemoryError, which Python reports cleanly), imports the
-file and writes its reply to a pipe. The worker waits on the child's pidfd and the pipe with a
-deadline, then SIGKILLs the child's whole process group (before reaping the child, so the group
-id cannot have been reused) and reaps it. So:
+A parser worker (`executors.pyworker`) never imports user code itself. Each parse runs in a
+child forked for it (ahead of time: after each parse the worker forks the next one, which waits
+for its request), which puts itself in a new process group, caps its address space (RLIMIT_AS:
+the allocation that crosses the cap raises MemoryError, which Python reports cleanly), imports
+the file and writes its reply, length-prefixed, to a pipe. The worker waits on the child's pidfd
+and the pipe with a deadline and answers as soon as the reply is whole; then (`after_reply`) it
+SIGKILLs the child's whole process group (before reaping the child, so the group id cannot have
+been reused) and reaps it. A child past its deadline, or dead without a whole reply, is killed
+and reaped at once. So:
 
 - a parse that runs past its time limit is killed, and the worker replies at once;
 - nothing a DAG file starts (``subprocess.Popen("sleep 1000")``) outlives its parse, unless it
@@ -13,7 +16,7 @@ id cannot have been reused) and reaps it. So:
 - a 2 GB file's memory goes back to the system when its child exits: the worker stays small.
 
 Forking a warm worker costs about a millisecond and keeps every parse fresh: no module of one
-parse is seen by the next.
+parse is seen by the next. Neither the fork nor the child's exit is on a parse's path.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import sys
 import time
 import traceback
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
@@ -37,33 +41,88 @@ MAX_REPLY = 256 * 1024 * 1024
 _PR_SET_PDEATHSIG = 1
 
 
+@dataclass
+class _Child:
+    """A child forked for one parse: it waits for its request on `request_fd`, replies on `reply_fd`."""
+
+    pid: int
+    request_fd: int
+    reply_fd: int
+
+
+#: the child forked ahead for the next parse (forking costs about a millisecond: not on the
+#: parse's path), and the children whose parse is answered, killed and reaped after the reply
+_ready: list[_Child] = []
+_done: list[_Child] = []
+
+
 def parse_in_child(message: Mapping[str, Any]) -> dict[str, Any]:
-    """The parse request of the daemon: fork, import in the child, reply with its outcome.
+    """The parse request of the daemon: hand it to a forked child, reply with its outcome.
 
     The reply is the child's (``ok`` + ``dags``, or ``ok: false`` + ``error``), with ``limit``
     set to "time" or "memory" when the parse hit one, or "crash" when the child died without
-    replying.
+    replying. The child's process group is killed and reaped by `after_reply`, once the worker
+    has sent this reply (a timed-out or crashed child at once).
     """
     timeout = float(message.get("timeout") or 30.0)
-    memory_mb = int(message.get("memory_mb") or 0)
+    child = _ready.pop() if _ready else _fork()
+    try:
+        data = orjson.dumps(message)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(child.request_fd, view) :]
+    except OSError:
+        pass  # the child is gone: its reply (none) says so below
+    finally:
+        os.close(child.request_fd)
+    reply, finished = _wait_for_reply(child, timeout)
+    if finished:
+        _done.append(child)
+        return reply
+    status = _end(child)
+    if reply.get("limit") == "crash" and status is not None:
+        reply["exit_code"] = status
+        reply["error"] = f"exit code {status}"
+    return reply
+
+
+def after_reply() -> None:
+    """After a parse's reply is sent: kill what the parse left running, reap its child, and
+    fork the child of the next parse."""
+    while _done:
+        _end(_done.pop())
+    if not _ready:
+        _ready.append(_fork())
+
+
+def _fork() -> _Child:
     _libc()  # loaded before the fork, once per worker: the child must not pay for it
-    read_fd, write_fd = os.pipe()  # both close-on-exec: a program the file execs does not hold them
+    request_r, request_w = os.pipe()  # close-on-exec: a program the file execs does not hold them
+    reply_r, reply_w = os.pipe()
     worker = os.getpid()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child ends in os._exit
-        os.close(read_fd)
-        _child(message, write_fd, memory_mb, worker)
-    os.close(write_fd)
-    try:
-        with contextlib.suppress(OSError):
-            os.setpgid(pid, pid)  # also done by the child: whichever runs first wins the race
-        return _wait_for_child(pid, read_fd, timeout)
-    finally:
-        os.close(read_fd)
+        os.close(request_w)
+        os.close(reply_r)
+        _child(request_r, reply_w, worker)
+    os.close(request_r)
+    os.close(reply_w)
+    with contextlib.suppress(OSError):
+        os.setpgid(pid, pid)  # also done by the child: whichever runs first wins the race
+    return _Child(pid, request_w, reply_r)
+
+
+def _end(child: _Child) -> int | None:
+    """Kill the child's group, reap the child: its exit code (None if it was reaped already)."""
+    _kill_group(child.pid)  # not reaped yet: the pid still names this child's group
+    status = _reap(child.pid)
+    with contextlib.suppress(OSError):
+        os.close(child.reply_fd)
+    return None if status == -255 else status
 
 
 def _child(  # pragma: no cover - the child ends in os._exit
-    message: Mapping[str, Any], reply_fd: int, memory_mb: int, worker: int
+    request_fd: int, reply_fd: int, worker: int
 ) -> None:
     code = 0
     try:
@@ -72,14 +131,22 @@ def _child(  # pragma: no cover - the child ends in os._exit
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)  # the worker's request pipe is not the DAG file's to read
         os.close(devnull)
-        with contextlib.suppress(OSError):
-            os.close(3)  # nor its reply pipe (executors.pyworker.REPLY_FD)
+        if 3 not in (request_fd, reply_fd):
+            with contextlib.suppress(OSError):
+                os.close(3)  # nor its reply pipe (executors.pyworker.REPLY_FD)
+        _warm_up()
+        raw = b"".join(_read_all(request_fd))
+        os.close(request_fd)
+        if not raw:
+            os._exit(0)  # the worker ended before it had a parse for this child
+        message = orjson.loads(raw)
+        memory_mb = int(message.get("memory_mb") or 0)
         if memory_mb:
             limit = memory_mb * 1024 * 1024
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         reply = _parse(str(message["path"]), message.get("versions_dir"))
         data = orjson.dumps(reply)
-        view = memoryview(data)
+        view = memoryview(len(data).to_bytes(8, "big") + data)
         while view:
             view = view[os.write(reply_fd, view) :]
     except BaseException:
@@ -91,6 +158,29 @@ def _child(  # pragma: no cover - the child ends in os._exit
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
+
+
+def _warm_up() -> None:  # pragma: no cover - runs in the child
+    """Build, check and serialise a DAG of our own while the child waits for its request: the
+    memory a parse touches is copied from the worker now (copy-on-write), not during the parse.
+    The child is thrown away after one parse, so nothing of this is seen by the next."""
+    with contextlib.suppress(Exception):
+        from orchestrator.authoring.dag import DAG, collect_dags
+        from orchestrator.authoring.operators import Bash, Python
+        from orchestrator.core.serialization import spec_to_dict
+
+        with collect_dags() as dags, DAG("orchestrator_parser_warm_up") as dag:
+            Bash("a", "true") >> Python("b", _warm_up)
+        for made in dags or [dag]:
+            orjson.dumps(spec_to_dict(made.to_spec(fileloc="<warm-up>")))
+
+
+def _read_all(fd: int) -> Iterator[bytes]:
+    while True:
+        data = os.read(fd, 1 << 20)
+        if not data:
+            return
+        yield data
 
 
 def _parse(path: str, versions_dir: str | None = None) -> dict[str, Any]:
@@ -145,49 +235,53 @@ def _libc() -> Any:
     return _LIBC[0]
 
 
-def _wait_for_child(pid: int, read_fd: int, timeout: float) -> dict[str, Any]:
+def _wait_for_reply(child: _Child, timeout: float) -> tuple[dict[str, Any], bool]:
+    """The child's reply, and whether it came whole (False: timed out, crashed or too large)."""
     deadline = time.monotonic() + timeout
-    chunks: list[bytes] = []
-    size = 0
-    exited = timed_out = False
-    pidfd = os.pidfd_open(pid)
+    buffer = bytearray()
+    expected: int | None = None
+    timed_out = False
+    pidfd = os.pidfd_open(child.pid)
     try:
-        with _kill_group_on_sigterm(pid):
-            watching = [read_fd, pidfd]
-            while not exited:
+        with _kill_group_on_sigterm(child.pid):
+            watching = [child.reply_fd, pidfd]
+            while True:
+                if expected is None and len(buffer) >= 8:
+                    expected = int.from_bytes(buffer[:8], "big")
+                if expected is not None and (len(buffer) - 8 >= expected or expected > MAX_REPLY):
+                    break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     timed_out = True
                     break
-                readable, _, _ = select.select(watching, [], [], remaining)
-                if read_fd in readable:
-                    data = os.read(read_fd, 1 << 20)
-                    if data:
-                        chunks.append(data)
-                        size += len(data)
-                    else:
-                        watching.remove(read_fd)  # all writers gone; the exit follows
-                exited = pidfd in readable
-                if size > MAX_REPLY:
+                if not watching:
                     break
-            _kill_group(pid)  # not reaped yet: the pid still names this child's group
-            if exited:
-                chunks.extend(_drain(read_fd))
-            status = _reap(pid)
+                readable, _, _ = select.select(watching, [], [], remaining)
+                if child.reply_fd in readable:
+                    data = os.read(child.reply_fd, 1 << 20)
+                    if data:
+                        buffer += data
+                    else:
+                        watching.remove(child.reply_fd)  # all writers gone: nothing more comes
+                if pidfd in readable:
+                    watching.remove(pidfd)
+                    if child.reply_fd in watching:
+                        buffer += b"".join(_drain(child.reply_fd))
+                        watching.remove(child.reply_fd)
     finally:
         os.close(pidfd)
     if timed_out:
-        return {"ok": False, "limit": "time", "error": f"the parse ran for more than {timeout:g} s"}
-    if size > MAX_REPLY:
-        return {"ok": False, "error": f"the DAG file's DAGs are larger than {MAX_REPLY >> 20} MB as JSON"}
-    raw = b"".join(chunks)
-    if not raw:
-        return {"ok": False, "limit": "crash", "exit_code": status, "error": f"exit code {status}"}
+        return {"ok": False, "limit": "time", "error": f"the parse ran for more than {timeout:g} s"}, False
+    if expected is not None and expected > MAX_REPLY:
+        too_large = f"the DAG file's DAGs are larger than {MAX_REPLY >> 20} MB as JSON"
+        return {"ok": False, "error": too_large}, False
+    if expected is None or len(buffer) - 8 < expected:
+        return {"ok": False, "limit": "crash", "error": "the parser child ended without replying"}, False
     try:
-        reply: dict[str, Any] = orjson.loads(raw)
+        answer: dict[str, Any] = orjson.loads(bytes(buffer[8 : 8 + expected]))
     except orjson.JSONDecodeError:
-        return {"ok": False, "limit": "crash", "exit_code": status, "error": "a truncated reply"}
-    return reply
+        return {"ok": False, "limit": "crash", "error": "a truncated reply"}, False
+    return answer, True
 
 
 def _drain(fd: int) -> Iterator[bytes]:

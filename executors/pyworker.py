@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from executors.parse_process import parse_in_child
+from executors.parse_process import after_reply, parse_in_child
 from storage.filelogs import cap_written_log, open_for_append
 
 REQUEST_FD = 0
@@ -317,6 +317,8 @@ def main() -> int:
             reply = handler(message)
         reply["id"] = message.get("id")
         write_frame(REPLY_FD, reply)
+        if message.get("op") == "parse":
+            after_reply()  # the parse's leftovers are killed once its answer is on its way
 
 
 if __name__ == "__main__":

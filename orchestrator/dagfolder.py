@@ -196,7 +196,7 @@ class DagFolder:
         self.folder.mkdir(parents=True, exist_ok=True)
         async with anyio.create_task_group() as group:
             async for changes in watchfiles.awatch(
-                self.folder, debounce=40, step=10, recursive=True, stop_event=self._stop
+                self.folder, debounce=40, step=5, recursive=True, stop_event=self._stop
             ):
                 for path in sorted({Path(raw) for _change, raw in changes}):
                     if is_dag_file(path):
