@@ -36,24 +36,6 @@ pytestmark = pytest.mark.anyio
 ACTIVE = (TaskState.QUEUED, TaskState.RUNNING)
 
 
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    """Where tasks write their files (the DAG files see it as `W`)."""
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def dags(tmp_path: Path) -> Path:
-    return tmp_path / "dags"
-
-
-@pytest.fixture
-def logs(tmp_path: Path) -> Path:
-    return tmp_path / "logs"
-
-
 async def test_chain_runs_in_order_with_one_try_each_and_a_log_per_try(
     store: PostgresStateStore, work: Path, dags: Path, logs: Path
 ) -> None:

@@ -44,23 +44,6 @@ from tests.integration.engine_harness import (
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def dags(tmp_path: Path) -> Path:
-    return tmp_path / "dags"
-
-
-@pytest.fixture
-def logs(tmp_path: Path) -> Path:
-    return tmp_path / "logs"
-
-
 # --- a kind and an executor that only this test registers -----------------------------------
 
 
