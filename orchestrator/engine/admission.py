@@ -54,6 +54,11 @@ class Admission:
         #: the DAG version of each run this daemon created that waits (a reference to a shared
         #: LoadedDag, not a copy); after a restart a waiting run takes the store's version
         self._versions: dict[int, LoadedDag] = {}
+        #: per DAG, the runs this daemon started -> whether their start is committed yet. The
+        #: store may still list such a run as queued (even one that finished at once in memory):
+        #: it is never admitted again. An entry goes once a pass that asked the store after its
+        #: start was committed has seen the store as it is.
+        self._started: dict[str, dict[int, bool]] = {}
         progress.on_run_finished = self._run_finished
 
     async def refresh_paused(self, dag_ids: Iterable[str]) -> None:
@@ -73,6 +78,7 @@ class Admission:
             batch = Batch()
             self.start_run(record, loaded, None, batch)
             self._progress.commit(batch)
+            self._confirm_after_commit(record.dag_id, [record.pk])
         else:
             self._versions[record.pk] = loaded
 
@@ -82,6 +88,7 @@ class Admission:
         """Move a queued run to running and queue its first tasks."""
         progress = self._progress
         now = self._clock.now()
+        self._started.setdefault(record.dag_id, {})[record.pk] = False
         if tis is None:
             tis = [new_task_instance(record, loaded, task_id) for task_id in loaded.tasks]
         check_run_transition(record.state, RunState.RUNNING)
@@ -124,12 +131,18 @@ class Admission:
         slots = progress.slots_of(dag_id)
         if dag_id in self.paused or progress.draining:
             return
+        started = self._started.setdefault(dag_id, {})
+        # starts committed before the store is asked: the answer shows them as they are
+        settled = [pk for pk, committed in started.items() if committed]
         # runs being started (their `running` row may not be committed yet) are left out
         starting = [pk for pk in slots.active_runs]
         candidates = await self._store.load_queued_runs(dag_id, limit=64, exclude=starting)
+        for pk in settled:
+            started.pop(pk, None)
         batch = Batch()
+        admitted: list[int] = []
         for item in candidates:
-            if item.run.pk in progress.runs:
+            if item.run.pk in progress.runs or item.run.pk in started:
                 continue
             loaded = self._versions.get(item.run.pk) or self._dag_of_run(item)
             if loaded is None:
@@ -141,7 +154,21 @@ class Admission:
                 item.run, fit_to_instances(loaded, item.task_instances), item.task_instances, batch
             )
             self._versions.pop(item.run.pk, None)
+            admitted.append(item.run.pk)
         progress.commit(batch)
+        if admitted:
+            self._confirm_after_commit(dag_id, admitted)
+
+    def _confirm_after_commit(self, dag_id: str, pks: list[int]) -> None:
+        """Mark these starts committed once the writer has committed what was submitted so far."""
+
+        def confirm() -> None:
+            started = self._started.get(dag_id, {})
+            for pk in pks:
+                if pk in started:
+                    started[pk] = True
+
+        self._progress.after_commits(confirm)
 
 
 def new_task_instance(record: RunRecord, loaded: LoadedDag, task_id: str) -> TaskInstanceRecord:

@@ -497,6 +497,10 @@ class RunProgress:
 
     # --- committing and acting --------------------------------------------------------------
 
+    def after_commits(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once everything submitted to the writer so far is committed."""
+        self._writer.submit(ChangeSet(), callback)
+
     def commit(self, batch: Batch) -> None:
         if batch.launches:
             self._writer.submit(batch.changes, partial(self._dispatch, batch.launches))

@@ -30,16 +30,21 @@ only the culprit is singled out; the engine's `repair_refused` hook turns it int
 set that can be stored (the try that returned the value is failed, without the value), which
 is committed instead. Only a change set that cannot be repaired, or whose repair is refused
 too, is fatal: the engine's own rows were refused, which is a bug, and the log says which.
+A run whose try was failed by a repair may already have been settled as a success in memory,
+by a change set behind the refused one: from then on the writer stores such a run's success as
+a failure, so that no reader ever sees the run succeed and then fail.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from orchestrator.core.records import ChangeSet
+from orchestrator.core.states import RunState
 from orchestrator.engine.supervision import Supervisor
 from orchestrator.ports import Events, StateStore, TimerHandle, Timers
 
@@ -52,6 +57,9 @@ RepairRefused = Callable[[ChangeSet, Exception], ChangeSet | None]
 
 #: longest a lazy change waits for a commit to ride (seconds)
 LAZY_DELAY = 0.005
+
+#: how many runs failed by a repair the writer remembers (to store their success as a failure)
+REPAIRED_RUNS_KEPT = 1024
 
 #: backoff between attempts when the database refuses a commit (seconds)
 RETRY_BACKOFF = (0.05, 0.2, 1.0, 2.0, 5.0)
@@ -82,6 +90,8 @@ class GroupCommitWriter:
         self.changes_committed = 0
         #: set by the engine: see the module docstring
         self.repair_refused: RepairRefused | None = None
+        #: runs one of whose tries a repair failed: a success of theirs is stored as failed
+        self._failed_by_repair: OrderedDict[int, None] = OrderedDict()
 
     def submit(self, changes: ChangeSet, after: AfterCommit | None = None, *, lazy: bool = False) -> None:
         """Queue rows for the next commit; `after` runs once they are durable. A lazy change
@@ -125,9 +135,20 @@ class GroupCommitWriter:
                             self._supervisor.fatal(f"an action after a commit failed: {exc!r}")
             self._idle.set()
 
+    def _correct(self, item: _Pending) -> None:
+        """A success of a run failed by an earlier repair is stored as the failure it is."""
+        if self._failed_by_repair and item.changes.runs:
+            item.changes.runs = [
+                replace(run, state=RunState.FAILED)
+                if run.pk in self._failed_by_repair and run.state == RunState.SUCCESS
+                else run
+                for run in item.changes.runs
+            ]
+
     async def _commit(self, batch: list[_Pending]) -> ChangeSet | None:
         merged = ChangeSet()
         for item in batch:
+            self._correct(item)
             merged.extend(item.changes)
         if not merged:
             return None
@@ -163,6 +184,7 @@ class GroupCommitWriter:
     async def _commit_one_by_one(self, batch: list[_Pending]) -> ChangeSet:
         committed = ChangeSet()
         for item in batch:
+            self._correct(item)  # an earlier item's repair may have failed this item's run
             if not item.changes:
                 continue
             try:
@@ -187,6 +209,10 @@ class GroupCommitWriter:
             except Exception as second:
                 self._give_up(item, f"its repair was refused too ({second!r})", error)
                 return None
+            for run_pk in {xcom.run_pk for xcom in item.changes.xcoms}:
+                self._failed_by_repair[run_pk] = None
+            while len(self._failed_by_repair) > REPAIRED_RUNS_KEPT:
+                self._failed_by_repair.popitem(last=False)
             item.changes = repaired
             self.commits += 1
             self.changes_committed += 1

@@ -493,3 +493,28 @@ async def test_a_run_waiting_across_a_restart_keeps_its_dag_version(
 
     assert run.pk == waiting.pk and run.state == fresh.state == RunState.SUCCESS
     assert values["waiting"]["answer"] == "v1" and values["fresh"]["answer"] == "v2"
+
+
+async def test_runs_that_fail_at_once_are_each_started_once_while_others_wait(
+    store: PostgresStateStore, work: Path, dags: Path, logs: Path
+) -> None:
+    # each run ends in memory as soon as it starts (a template error, no retries), before its
+    # rows are committed: admitting the next waiting run must not take it for a waiting one
+    dag_file = write_dag(
+        dags,
+        "instant",
+        """
+        with DAG("instant", max_active_runs=1):
+            Bash("bad", "echo {{ nope }}")
+        """,
+        work,
+    )
+    async with running_engine(store, logs, [dag_file]) as engine:
+        for i in range(12):
+            await engine.trigger("instant", f"r{i}")
+        runs = [await wait_run(store, "instant", f"r{i}") for i in range(12)]
+        await engine.engine.writer.flushed()
+        notes = [engine.log_text("instant", f"r{i}", "bad", 1).count("try 1 failed") for i in range(12)]
+
+    assert {run.state for run in runs} == {RunState.FAILED}
+    assert notes == [1] * 12

@@ -11,12 +11,13 @@ import asyncpg
 import pytest
 
 from orchestrator.core.records import ChangeSet, NewTaskInstance, TaskKey, XComRecord
-from orchestrator.core.states import TaskState
+from orchestrator.core.states import RunState, TaskState
 from orchestrator.engine.clock import SystemClock
 from orchestrator.engine.events import EventBus
 from orchestrator.engine.supervision import Supervisor
 from orchestrator.engine.timers import LoopTimers
 from orchestrator.engine.writer import GroupCommitWriter
+from orchestrator.ports import RunChanged
 from storage.postgres import PostgresStateStore
 from tests.integration.test_store import new_run
 
@@ -115,6 +116,36 @@ async def test_a_refused_change_set_is_singled_out_and_repaired_and_the_others_c
     states = {ti.task_id: ti.state for ti in await store.list_task_instances(run.pk)}
     assert states == {"t0": TaskState.SUCCESS, "t1": TaskState.FAILED, "t2": TaskState.SUCCESS}
     assert {x.task_id for x in await store.list_xcoms(run.pk)} == {"t0", "t2"}
+
+
+async def test_a_run_settled_behind_a_refused_value_is_never_stored_as_a_success(
+    store: PostgresStateStore,
+) -> None:
+    # the try's refused success and the run's success (settled in memory meanwhile) share a
+    # commit: the repair fails the try, and the run's success behind it is stored as a failure
+    run, tis = await _run_with_tasks(store, 1)
+    events = EventBus()
+    subscription = events.subscribe()
+    writer = _writer(store, events)
+    writer.repair_refused = lambda changes, error: ChangeSet(
+        tasks=[dataclasses.replace(t, state=TaskState.FAILED) for t in changes.tasks]
+    )
+    async with anyio.create_task_group() as group:
+        group.start_soon(writer.run)
+        finished = dataclasses.replace(tis[0], state=TaskState.SUCCESS, try_number=1)
+        writer.submit(
+            ChangeSet(tasks=[finished], xcoms=[XComRecord(run.pk, "t0", -1, "return_value", "x\x00")])
+        )
+        writer.submit(ChangeSet(runs=[dataclasses.replace(run, state=RunState.SUCCESS)]))
+        writer.submit(ChangeSet(runs=[dataclasses.replace(run, state=RunState.SUCCESS)]))  # a later commit
+        with anyio.fail_after(10):
+            await writer.flushed()
+        group.cancel_scope.cancel()
+    subscription.close()
+    published = [event.run.state async for event in subscription if isinstance(event, RunChanged)]
+    assert published and set(published) == {RunState.FAILED}
+    stored = await store.get_run(run.dag_id, run.run_id)
+    assert stored is not None and stored.state == RunState.FAILED
 
 
 async def test_a_refused_change_set_that_cannot_be_repaired_is_fatal_and_says_which(
