@@ -384,3 +384,28 @@ def test_the_limits_have_their_documented_defaults(tmp_path: Path) -> None:
     assert config.database.connect_timeout == 10.0
     assert config.templates == TemplatesConfig(max_output_bytes=1_000_000, render_timeout=2.0)
     assert config.xcom == XComConfig(max_bytes=1_000_000)
+
+
+def test_the_shipped_config_toml_and_the_readme_document_every_key() -> None:
+    import tomllib
+
+    from orchestrator.config import KEYS
+
+    with open(REPO_ROOT / "config.toml", "rb") as source:
+        shipped = tomllib.load(source)
+
+    def written(data: dict[str, object], prefix: str = "") -> set[str]:
+        keys: set[str] = set()
+        for name, value in data.items():
+            dotted = f"{prefix}{name}"
+            keys |= written(value, dotted + ".") if isinstance(value, dict) else {dotted}
+        return keys
+
+    optional = {"database.dsn", "daemon.daemon_id"}  # unset by default: shown commented out
+    assert set(KEYS) - optional <= written(shipped), "keys missing from config.toml"
+    readme = (REPO_ROOT / "README.md").read_text()
+    # a row may name two keys of one table: `database.pool_min_size` / `pool_max_size`
+    undocumented = [
+        key for key in KEYS if f"`{key}`" not in readme and f" / `{key.rsplit('.', 1)[1]}`" not in readme
+    ]
+    assert undocumented == [], f"keys missing from the README's configuration table: {undocumented}"
