@@ -5,7 +5,9 @@ a free run slot; otherwise it simply stays `queued` in PostgreSQL: nothing about
 in memory, however many wait. When a run of the DAG finishes, or the DAG is unpaused, the
 oldest waiting runs are read back from the store and started (a supervised background task,
 one at a time per DAG). A waiting run starts with the DAG version the store recorded for it
-when it has one, else the DAG as now loaded.
+when it has one, else the DAG as now loaded. The store can lag behind memory (a run started,
+or even finished, whose rows are still on their way to a commit), so the runs this daemon
+started are never taken for waiting ones until the store has caught up with them.
 """
 
 from __future__ import annotations
