@@ -66,6 +66,15 @@ def socket_path_fits(socket_dir: Path, port: int) -> bool:
     return len(os.fsencode(socket_dir / f".s.PGSQL.{port}")) <= MAX_SOCKET_PATH
 
 
+def _closed_parent(directory: Path, user: pwd.struct_passwd) -> Path | None:
+    """The first existing parent of `directory` that `user` cannot enter (None: all open)."""
+    gids = os.getgrouplist(user.pw_name, user.pw_gid)
+    for parent in directory.parents:
+        if parent.exists() and not _can_traverse(parent, user.pw_uid, gids):
+            return parent
+    return None
+
+
 def _can_traverse(path: Path, uid: int, gids: Sequence[int]) -> bool:
     st = path.stat()
     if st.st_uid == uid:
@@ -93,9 +102,7 @@ def embedded_data_dir(state_dir: Path, system_root: Path = SYSTEM_DATA_ROOT) -> 
         user = pwd.getpwnam(SUPERUSER)
     except KeyError:
         return preferred  # ensure_started says that the user is missing
-    gids = os.getgrouplist(user.pw_name, user.pw_gid)
-    existing = [parent for parent in preferred.parents if parent.exists()]
-    if all(_can_traverse(parent, user.pw_uid, gids) for parent in existing):
+    if _closed_parent(preferred, user) is None:
         return preferred
     digest = hashlib.sha256(os.fsencode(state_dir)).hexdigest()[:16]
     return system_root / f"postgres-{digest}"
@@ -203,17 +210,16 @@ class EmbeddedPostgres:
         if user is None:
             self.socket_dir.chmod(0o700)
             return
-        gids = os.getgrouplist(user.pw_name, user.pw_gid)
         for directory in (self.root, self.socket_dir):
-            for parent in directory.parents:
-                if not _can_traverse(parent, user.pw_uid, gids):
-                    raise EmbeddedPostgresError(
-                        f"The `postgres` user cannot enter {parent} (mode "
-                        f"{stat.filemode(parent.stat().st_mode)}), which the embedded PostgreSQL "
-                        f"needs to reach {directory}. PostgreSQL refuses to run as root, so it runs "
-                        f"as `postgres`: run `chmod o+x {parent}`, or choose a state directory "
-                        "outside it, or set database.dsn"
-                    )
+            parent = _closed_parent(directory, user)
+            if parent is not None:
+                raise EmbeddedPostgresError(
+                    f"The `postgres` user cannot enter {parent} (mode "
+                    f"{stat.filemode(parent.stat().st_mode)}), which the embedded PostgreSQL "
+                    f"needs to reach {directory}. PostgreSQL refuses to run as root, so it runs "
+                    f"as `postgres`: run `chmod o+x {parent}`, or choose a state directory "
+                    "outside it, or set database.dsn"
+                )
         for directory in (self.root, self.socket_dir):
             os.chown(directory, user.pw_uid, user.pw_gid)
         self.socket_dir.chmod(0o700)

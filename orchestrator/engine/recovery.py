@@ -40,7 +40,7 @@ class Recovery:
         self._registry = registry
         self.stored_specs: Mapping[str, DagSpec] = {}
         #: earlier DAG versions that recovered or waiting runs use, shared between their runs
-        self._versions: dict[tuple[str, str | None], LoadedDag] = {}
+        self._version_cache: dict[tuple[str, str | None], LoadedDag] = {}
 
     def dag_of_run(self, item: ActiveRun) -> LoadedDag | None:
         """The DAG a stored run runs: its recorded version, else the loaded DAG, else the stored one."""
@@ -49,9 +49,9 @@ class Recovery:
             if loaded is not None and loaded.spec.source_hash == item.spec.source_hash:
                 return loaded  # the version the file has now: share it
             key = (item.spec.dag_id, item.spec.source_hash)
-            version = self._versions.get(key)
+            version = self._version_cache.get(key)
             if version is None:
-                version = self._versions[key] = LoadedDag.of(item.spec)
+                version = self._version_cache[key] = LoadedDag.of(item.spec)
             return version
         if loaded is not None:
             return loaded

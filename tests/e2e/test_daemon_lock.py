@@ -10,17 +10,14 @@ import asyncpg
 import pytest
 
 from storage.postgres import DAEMON_LOCK_KEY
+from storage.sql import QUERIES
 from tests.e2e.harness import Daemon, wait_for
 from tests.pgserver import PgServer, quote_identifier
 
 pytestmark = pytest.mark.e2e
 
-HOLDER = """
-SELECT pid FROM pg_locks
-WHERE locktype = 'advisory' AND granted AND objsubid = 1
-  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-  AND classid::bigint = ($1::bigint >> 32) AND objid::bigint = ($1::bigint & 4294967295)
-"""
+#: the store's own query for the session holding the daemon lock
+HOLDER = QUERIES["daemon_lock_holder"]
 
 
 async def _cut_and_take(server: PgServer, dsn: str, *, take: bool) -> asyncpg.Connection:
@@ -67,7 +64,11 @@ def test_a_daemon_whose_lock_connection_dropped_takes_the_lock_again_and_runs_on
 ) -> None:
     daemon = make_daemon()
     daemon.start()
-    asyncio.run(_close(_cut_and_take(pg_server, database_dsn, take=False)))
+    async def cut() -> None:
+        admin = await _cut_and_take(pg_server, database_dsn, take=False)
+        await admin.close()
+
+    asyncio.run(cut())
     wait_for(lambda: "the daemon lock is held again" in daemon.logs(), 30, "the lock to be taken again")
 
     async def holder() -> int | None:
@@ -80,8 +81,3 @@ def test_a_daemon_whose_lock_connection_dropped_takes_the_lock_again_and_runs_on
 
     assert asyncio.run(holder()) is not None
     assert daemon.get("/health").status == 200
-
-
-async def _close(connecting: object) -> None:
-    admin = await connecting  # type: ignore[misc]
-    await admin.close()
