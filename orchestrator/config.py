@@ -20,6 +20,7 @@ import tomllib
 import types
 import typing
 import urllib.parse
+import zoneinfo
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,11 @@ class DagsConfig:
     parse_timeout: float = 30.0
     #: address space one parse may use, in MB (RLIMIT_AS); 0 means no limit
     parse_memory_mb: int = 2048
+    #: whether a DAG seen for the first time starts paused (Airflow's dags_are_paused_at_creation);
+    #: a DAG's own is_paused_upon_creation wins
+    paused_on_creation: bool = True
+    #: the IANA time zone of schedules whose DAG names none (Airflow's default_timezone)
+    default_timezone: str = "UTC"
 
 
 @dataclass(frozen=True)
@@ -492,6 +498,13 @@ MIN_PARSE_MEMORY_MB = 128
 
 
 def _check_dags(dags: DagsConfig, where: Callable[[str], str]) -> None:
+    try:
+        zoneinfo.ZoneInfo(dags.default_timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{where('dags.default_timezone')} is {dags.default_timezone!r}, which is not an IANA time "
+            "zone: use a name such as 'UTC' or 'Europe/Berlin'"
+        ) from None
     if dags.parser_processes < 1:
         raise ConfigError(f"{where('dags.parser_processes')} must be at least 1, got {dags.parser_processes}")
     if not math.isfinite(dags.parse_timeout) or dags.parse_timeout <= 0:

@@ -298,6 +298,7 @@ async def _serve(config: Config) -> None:
                 clock,
                 parse_error=DagFileParseError,
                 events=engine.events,
+                paused_on_creation=config.dags.paused_on_creation,
             )
             stored = await _stored_specs(store)
             # parsed in the background: a slow file must not keep the API closed (runs recover

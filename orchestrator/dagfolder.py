@@ -55,8 +55,11 @@ class DagFolder:
         clock: Clock,
         parse_error: type[Exception] = Exception,
         events: Events | None = None,
+        paused_on_creation: bool = False,
     ) -> None:
         self.folder = folder.resolve()
+        #: whether a DAG seen for the first time starts paused (dags.paused_on_creation)
+        self._paused_on_creation = paused_on_creation
         self._events = events
         #: files whose import error is recorded (a clearing is published only for these)
         self._errored: set[str] = set()
@@ -160,7 +163,7 @@ class DagFolder:
                 # the engine first: once the store lists a DAG (what API clients see), a
                 # trigger for it must find it loaded
                 self._registry.replace_file(fileloc, specs)
-                await self._store.sync_dag_file(fileloc, specs, now)
+                await self._store.sync_dag_file(fileloc, specs, now, self._paused_on_creation)
                 self._cleared(fileloc)
                 log.info("loaded %s: %s", fileloc, ", ".join(spec.dag_id for spec in specs) or "no DAGs")
             freed = before - self._ids_of(fileloc)

@@ -77,9 +77,12 @@ class StateStore(Protocol):
     """Durable state. Every method is one transaction; nothing is acted on before it commits."""
 
     # --- DAGs and DAG files -------------------------------------------------------
-    async def sync_dag_file(self, fileloc: str, dags: Sequence[DagSpec], now: datetime) -> None:
+    async def sync_dag_file(
+        self, fileloc: str, dags: Sequence[DagSpec], now: datetime, paused_on_creation: bool = False
+    ) -> None:
         """Record a successful parse of one file: upsert its DAGs (active), deactivate DAGs
-        that this file defined before but no longer does, and clear the file's import error."""
+        that this file defined before but no longer does, and clear the file's import error.
+        A DAG seen for the first time is paused if its spec says so, else if `paused_on_creation`."""
 
     async def record_import_error(self, fileloc: str, message: str, now: datetime) -> None:
         """Record that a file failed to load. Its DAGs stay as they were (still runnable)."""

@@ -314,12 +314,14 @@ class PostgresStateStore:
         await self._pool.close()
 
     # --- DAGs and DAG files --------------------------------------------------------------------
-    async def sync_dag_file(self, fileloc: str, dags: Sequence[DagSpec], now: datetime) -> None:
+    async def sync_dag_file(
+        self, fileloc: str, dags: Sequence[DagSpec], now: datetime, paused_on_creation: bool = False
+    ) -> None:
         rows = [
             (
                 spec.dag_id,
                 fileloc,
-                spec.is_paused_upon_creation,
+                paused_on_creation if spec.is_paused_upon_creation is None else spec.is_paused_upon_creation,
                 spec.schedule,
                 spec.description,
                 spec.max_active_runs,

@@ -5,6 +5,7 @@ and the standard library: never asyncpg, aiohttp, anyio, uvloop, kubernetes or j
 The loader (`orchestrator.authoring.loader`) is not re-exported: only workers need it.
 """
 
+from orchestrator.authoring.assets import Asset, AssetAll, AssetAny
 from orchestrator.authoring.dag import DAG
 from orchestrator.authoring.operators import (
     BaseOperator,
@@ -21,6 +22,9 @@ from orchestrator.core.model import TriggerRule
 
 __all__ = [
     "DAG",
+    "Asset",
+    "AssetAll",
+    "AssetAny",
     "BaseOperator",
     "Bash",
     "BashOperator",

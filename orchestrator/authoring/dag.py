@@ -16,10 +16,12 @@ import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, tzinfo
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
+from orchestrator.authoring.assets import BaseAsset, asset_condition
 from orchestrator.core.model import DagSpec, XComRef
 from orchestrator.core.validation import (
     DagValidationError,
@@ -62,9 +64,11 @@ def collect_dags() -> Iterator[list[DAG]]:
 class DAG:
     """A workflow: tasks and their dependencies, plus how and how often it runs (Airflow's DAG).
 
-    `start_date` and `catchup` are accepted and kept on the object for the cron
-    scheduler to come; the current DagSpec has no field for them, so they do not
-    reach the daemon yet. `default_args` supplies defaults for the keyword
+    `schedule` is a cron expression or preset (`"0 3 * * *"`, `"@daily"`, `"@once"`,
+    `"@continuous"`), a `timedelta`, an `Asset`, a list of assets or an asset condition, or None.
+    `start_date`, `end_date` and `catchup` work as in Airflow; the schedule is evaluated in
+    `timezone` (an IANA name), else the time zone of an aware `start_date`, else the daemon's
+    `dags.default_timezone`. `default_args` supplies defaults for the keyword
     arguments of every operator created in this DAG (explicit arguments win).
     """
 
@@ -72,24 +76,39 @@ class DAG:
         self,
         dag_id: str,
         *,
-        schedule: str | None = None,
+        schedule: str | timedelta | BaseAsset | list[BaseAsset] | None = None,
         description: str | None = None,
         max_active_runs: int = 16,
         max_active_tasks: int = 16,
         params: Mapping[str, Any] | None = None,
         tags: list[str] | tuple[str, ...] | set[str] | None = None,
         default_args: Mapping[str, Any] | None = None,
-        is_paused_upon_creation: bool = False,
+        is_paused_upon_creation: bool | None = None,
         start_date: datetime | None = None,
+        end_date: datetime | None = None,
         catchup: bool = False,
+        timezone: str | tzinfo | None = None,
     ) -> None:
         self.dag_id = check_key("dag_id", dag_id)
         where = f"DAG {dag_id!r}"
-        if schedule is not None and not isinstance(schedule, str):
+        self.asset_condition = asset_condition(schedule, where)
+        plain = schedule is None or isinstance(schedule, str | timedelta)
+        if self.asset_condition is None and not plain:
             raise DagValidationError(
                 f"{where}: schedule must be a cron expression or preset string (e.g. '@daily', "
-                f"'0 3 * * *') or None, got {type(schedule).__name__} {schedule!r}"
+                f"'0 3 * * *'), a timedelta, an Asset or a list of them, or None, "
+                f"got {type(schedule).__name__} {schedule!r}"
             )
+        if isinstance(schedule, timedelta) and schedule <= timedelta(0):
+            raise DagValidationError(f"{where}: a timedelta schedule must be positive, got {schedule!r}")
+        for date_name, date in (("start_date", start_date), ("end_date", end_date)):
+            if date is not None and not isinstance(date, datetime):
+                raise DagValidationError(
+                    f"{where}: {date_name} must be a datetime (e.g. datetime(2026, 1, 1)), got {date!r}"
+                )
+        if not isinstance(catchup, bool):
+            raise DagValidationError(f"{where}: catchup must be True or False, got {catchup!r}")
+        self.timezone = _timezone_name(timezone, start_date, where)
         for name, value in (("max_active_runs", max_active_runs), ("max_active_tasks", max_active_tasks)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise DagValidationError(f"{where}: {name} must be an integer of at least 1, got {value!r}")
@@ -111,6 +130,7 @@ class DAG:
         self.default_args: dict[str, Any] = dict(default_args or {})
         self.is_paused_upon_creation = is_paused_upon_creation
         self.start_date = start_date
+        self.end_date = end_date
         self.catchup = catchup
         self.fileloc, self.lineno = _caller_location()
         self.task_dict: dict[str, BaseOperator] = {}
@@ -191,13 +211,23 @@ class DAG:
             dag_id=self.dag_id,
             fileloc=fileloc if fileloc is not None else self.fileloc,
             tasks=tasks,
-            schedule=self.schedule,
+            schedule=self.schedule if isinstance(self.schedule, str) else None,
+            schedule_delta=(
+                self.schedule.total_seconds() if isinstance(self.schedule, timedelta) else None
+            ),
+            asset_condition=self.asset_condition,
+            timezone=self.timezone,
+            start_date=_spec_datetime(self.start_date),
+            end_date=_spec_datetime(self.end_date),
+            catchup=self.catchup,
             description=self.description,
             max_active_runs=self.max_active_runs,
             max_active_tasks=self.max_active_tasks,
             params=json_value(self.params, f"{where}: params"),
             tags=self.tags,
-            is_paused_upon_creation=bool(self.is_paused_upon_creation),
+            is_paused_upon_creation=(
+                None if self.is_paused_upon_creation is None else bool(self.is_paused_upon_creation)
+            ),
         )
         by_id = {task.task_id: task for task in tasks}
         spec = replace(spec, tasks=tuple(by_id[tid] for tid in topological_order(spec)))
@@ -237,6 +267,35 @@ def json_value(value: Any, where: str, *, allow_refs: bool = False) -> Any:
         f"{where}: {type(value).__name__} value {value!r} is not JSON-able; pass strings, numbers, "
         "booleans, None, lists or dicts (convert dates with .isoformat())"
     )
+
+
+def _timezone_name(timezone: str | tzinfo | None, start_date: datetime | None, where: str) -> str | None:
+    """The IANA name of the DAG's time zone: `timezone`, else that of an aware start_date."""
+    if timezone is None and start_date is not None and start_date.tzinfo is not None:
+        timezone = start_date.tzinfo
+    if timezone is None:
+        return None
+    if isinstance(timezone, str):
+        name = timezone
+    else:
+        name = getattr(timezone, "key", None) or getattr(timezone, "name", None) or ""
+        if not name and timezone.utcoffset(None) == timedelta(0):
+            name = "UTC"
+    try:
+        ZoneInfo(name)
+    except Exception:
+        raise DagValidationError(
+            f"{where}: timezone must be an IANA time zone name such as 'Europe/Berlin' or 'UTC', "
+            f"got {timezone!r}"
+        ) from None
+    return name
+
+
+def _spec_datetime(value: datetime | None) -> datetime | None:
+    """An aware datetime in UTC, or a naive one as it is (a wall time in the DAG's time zone)."""
+    if value is None or value.tzinfo is None:
+        return value
+    return value.astimezone(UTC)
 
 
 def _caller_location() -> tuple[str, int]:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, ClassVar, TypeVar
 
+from orchestrator.authoring.assets import Asset, outlet_uris
 from orchestrator.authoring.dag import DAG, current_dag, json_value
 from orchestrator.core.model import DEFAULT_OWNER, TaskSpec, TriggerRule, XComRef
 from orchestrator.core.validation import DagValidationError, check_key, check_trigger_rule
@@ -77,6 +78,7 @@ class BaseOperator:
         do_xcom_push: bool = True,
         executor: str | None = None,
         owner: str = DEFAULT_OWNER,
+        outlets: list[Asset] | Asset | None = None,
         dag: DAG | None = None,
     ) -> None:
         dag = dag if dag is not None else current_dag()
@@ -114,6 +116,7 @@ class BaseOperator:
         if not isinstance(owner, str) or not owner.strip():
             raise DagValidationError(f"{where}: owner must be a non-empty string, got {owner!r}")
         self.owner = owner
+        self.outlets = outlet_uris(outlets, where)
         self._upstream: dict[str, None] = {}
         self._downstream: dict[str, None] = {}
 
@@ -191,6 +194,7 @@ class BaseOperator:
             do_xcom_push=self.do_xcom_push,
             executor=self.executor,
             owner=self.owner,
+            outlets=self.outlets,
             **fields,
         )
 

@@ -38,6 +38,7 @@ class TaskOptions(TypedDict, total=False):
     append_env: bool
     cwd: str | None
     owner: str
+    outlets: Any
 
 
 _OPTION_NAMES = frozenset(TaskOptions.__annotations__)
@@ -129,16 +130,18 @@ def dag(
     dag_id: str | None = None,
     /,
     *,
-    schedule: str | None = None,
+    schedule: Any = None,
     description: str | None = None,
     max_active_runs: int = 16,
     max_active_tasks: int = 16,
     params: dict[str, Any] | None = None,
     tags: list[str] | None = None,
     default_args: dict[str, Any] | None = None,
-    is_paused_upon_creation: bool = False,
+    is_paused_upon_creation: bool | None = None,
     start_date: datetime | None = None,
+    end_date: datetime | None = None,
     catchup: bool = False,
+    timezone: str | None = None,
 ) -> Callable[[Callable[..., Any]], DagFunction]: ...
 
 

@@ -9,6 +9,7 @@ in the workers; the daemon keeps only `dag_file` + `task_id` to find them again.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, NewType
 
@@ -78,6 +79,8 @@ class TaskSpec:
     executor: str | None = None
     #: who answers for the task (Airflow's `owner`; a DAG's owners are its tasks' distinct owners)
     owner: str = DEFAULT_OWNER
+    #: the URIs of the assets this task updates: each success records one asset event per URI
+    outlets: tuple[str, ...] = ()
 
     @property
     def max_tries(self) -> int:
@@ -98,7 +101,19 @@ class DagSpec:
     max_active_tasks: int = 16
     params: dict[str, Any] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
-    is_paused_upon_creation: bool = False
+    #: None: the daemon's `dags.paused_on_creation` decides
+    is_paused_upon_creation: bool | None = None
+    #: a timedelta schedule, in seconds (then `schedule` is None)
+    schedule_delta: float | None = None
+    #: an asset schedule: the condition tree of `orchestrator.core.assets`, e.g.
+    #: ``{"all": [{"asset": "s3://a"}, {"any": [{"asset": "s3://b"}, {"asset": "s3://c"}]}]}``
+    asset_condition: dict[str, Any] | None = None
+    #: the IANA time zone the schedule is evaluated in (None: the daemon's `dags.default_timezone`)
+    timezone: str | None = None
+    #: aware datetimes (a naive start_date is read in `timezone` by the authoring API)
+    start_date: datetime | None = None
+    end_date: datetime | None = None
+    catchup: bool = False
     #: sha256 of the DAG file's source this spec was parsed from: the DAG version (a run's
     #: Python tasks take their callables from this source, however the file changed since)
     source_hash: str | None = None

@@ -10,6 +10,7 @@ field would make the daemon run a different DAG from the one the user wrote.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, TypeVar
 
 from orchestrator.core.kinds import UnknownTaskKind, get_kind
@@ -43,6 +44,12 @@ def spec_to_dict(spec: DagSpec) -> dict[str, Any]:
         "params": _value_to_json(spec.params),
         "tags": list(spec.tags),
         "is_paused_upon_creation": spec.is_paused_upon_creation,
+        "schedule_delta": spec.schedule_delta,
+        "asset_condition": spec.asset_condition,
+        "timezone": spec.timezone,
+        "start_date": None if spec.start_date is None else spec.start_date.isoformat(),
+        "end_date": None if spec.end_date is None else spec.end_date.isoformat(),
+        "catchup": spec.catchup,
         "source_hash": spec.source_hash,
         "tasks": [task_to_dict(task) for task in spec.tasks],
     }
@@ -67,6 +74,7 @@ def task_to_dict(task: TaskSpec) -> dict[str, Any]:
         "cwd": task.cwd,
         "do_xcom_push": task.do_xcom_push,
         "owner": task.owner,
+        "outlets": list(task.outlets),
     }
 
 
@@ -112,7 +120,13 @@ def spec_from_dict(data: Any) -> DagSpec:
         max_active_tasks=_field(obj, "max_active_tasks", int, where, 16),
         params=_value_from_json(_field(obj, "params", dict, where, {}), f"{where}, params"),
         tags=tuple(_str_list(obj, "tags", where)),
-        is_paused_upon_creation=_field(obj, "is_paused_upon_creation", bool, where, False),
+        is_paused_upon_creation=_optional(obj, "is_paused_upon_creation", bool, where),
+        schedule_delta=_optional_number(obj, "schedule_delta", where),
+        asset_condition=_optional(obj, "asset_condition", dict, where),
+        timezone=_optional(obj, "timezone", str, where),
+        start_date=_optional_datetime(obj, "start_date", where),
+        end_date=_optional_datetime(obj, "end_date", where),
+        catchup=_field(obj, "catchup", bool, where, False),
         source_hash=_optional(obj, "source_hash", str, where),
     )
 
@@ -157,6 +171,7 @@ def _task_from_dict(data: Any, where: str) -> TaskSpec:
         cwd=_optional(obj, "cwd", str, where),
         do_xcom_push=_field(obj, "do_xcom_push", bool, where, True),
         owner=_field(obj, "owner", str, where, DEFAULT_OWNER),
+        outlets=tuple(_str_list(obj, "outlets", where)),
     )
 
 
@@ -221,6 +236,17 @@ def _optional(obj: Mapping[str, Any], key: str, kind: type[T], where: str) -> T 
     if obj.get(key) is None:
         return None
     return _field(obj, key, kind, where)
+
+
+def _optional_datetime(obj: Mapping[str, Any], key: str, where: str) -> datetime | None:
+    text = _optional(obj, key, str, where)
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise SpecFormatError(f"{where}: {key} must be an ISO 8601 date and time, got {text!r}") from None
+    return value  # naive: a wall time in the DAG's time zone
 
 
 def _number(obj: Mapping[str, Any], key: str, where: str, default: float) -> float:

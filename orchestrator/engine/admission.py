@@ -61,7 +61,6 @@ class Admission:
         #: it is never admitted again. An entry goes once a pass that asked the store after its
         #: start was committed has seen the store as it is.
         self._started: dict[str, dict[int, bool]] = {}
-        progress.on_run_finished = self._run_finished
 
     async def refresh_paused(self, dag_ids: Iterable[str]) -> None:
         """Read whether these DAGs are paused (the API and other daemons may have changed it)."""
@@ -105,8 +104,8 @@ class Admission:
         progress.apply_resolution(live, resolve(loaded.graph, live.states), batch)
         progress.settle_run(live, batch)
 
-    def _run_finished(self, dag_id: str, batch: Batch) -> None:
-        self.fill_from_store(dag_id)
+    def run_finished(self, finished: RunRecord, batch: Batch) -> None:
+        self.fill_from_store(finished.dag_id)
 
     def fill_from_store(self, dag_id: str) -> None:
         """Start the oldest runs of `dag_id` that wait in the store, as far as room allows."""

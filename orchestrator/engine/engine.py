@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,10 @@ from orchestrator.core.template_limits import DEFAULT_LIMITS, TemplateLimits
 from orchestrator.engine.admission import Admission
 from orchestrator.engine.dispatch import Dispatcher
 from orchestrator.engine.events import EventBus
+from orchestrator.engine.live import Batch
 from orchestrator.engine.progress import RunProgress, ValueCheck
 from orchestrator.engine.recovery import Recovery
-from orchestrator.engine.registry import DagRegistry
+from orchestrator.engine.registry import DagRegistry, LoadedDag
 from orchestrator.engine.supervision import Supervisor
 from orchestrator.engine.writer import GroupCommitWriter
 from orchestrator.errors import DagNotFound, InvalidRequest, ShuttingDown
@@ -83,6 +84,9 @@ class Engine:
         self.admission = Admission(store, clock, self.progress, self.supervisor, self._dag_of_run)
         self._recovery = Recovery(store, self.progress, self.admission, registry)
         self._ready = False
+        #: told of every run that reached its outcome, once that is committed (triggers use it)
+        self._run_finished_listeners: list[Callable[[RunRecord], None]] = []
+        self.progress.on_run_finished = self._run_finished
 
     def _dag_of_run(self, item: Any) -> Any:
         return self._recovery.dag_of_run(item)
@@ -99,6 +103,27 @@ class Engine:
     def is_ready(self) -> bool:
         return self._ready and not self.progress.draining
 
+    @property
+    def draining(self) -> bool:
+        return self.progress.draining
+
+    def add_run_finished_listener(self, callback: Callable[[RunRecord], None]) -> None:
+        """Call `callback(run)` for every run that reaches its outcome, once that is committed."""
+        self._run_finished_listeners.append(callback)
+
+    def _run_finished(self, finished: RunRecord, batch: Batch) -> None:
+        self.admission.run_finished(finished, batch)
+        if self._run_finished_listeners:
+            listeners = tuple(self._run_finished_listeners)
+            self.progress.after_commits(lambda: self._tell_run_finished(listeners, finished))
+
+    def _tell_run_finished(self, listeners: tuple[Callable[[RunRecord], None], ...], run: RunRecord) -> None:
+        for listener in listeners:
+            try:
+                listener(run)
+            except Exception:
+                log.exception("a listener of finished runs failed on run %s of %s", run.run_id, run.dag_id)
+
     # --- triggering -----------------------------------------------------------------
 
     async def trigger_run(
@@ -112,13 +137,7 @@ class Engine:
         note: str | None = None,
     ) -> tuple[RunRecord, bool]:
         """Create a run (unique on dag_id + run_id) and start it if its DAG has room."""
-        if self.progress.draining:
-            raise ShuttingDown()
-        loaded = self.registry.get(dag_id)
-        if loaded is None:
-            raise DagNotFound(
-                f"DAG {dag_id!r} is not loaded: check `orchestrator dags list` and `orchestrator dags errors`"
-            )
+        self.loaded_dag(dag_id)
         if not isinstance(conf, dict):
             raise InvalidRequest("conf must be a JSON object")
         if logical_date is not None and logical_date.tzinfo is None:
@@ -141,16 +160,46 @@ class Engine:
             external_trigger=True,
             note=note,
         )
-        tasks = [
+        return await self.create_run(new_run)
+
+    def loaded_dag(self, dag_id: str) -> LoadedDag:
+        """The DAG as loaded now; DagNotFound if it is not (ShuttingDown while draining)."""
+        if self.progress.draining:
+            raise ShuttingDown()
+        loaded = self.registry.get(dag_id)
+        if loaded is None:
+            raise DagNotFound(
+                f"DAG {dag_id!r} is not loaded: check `orchestrator dags list` and `orchestrator dags errors`"
+            )
+        return loaded
+
+    def new_task_instances(self, loaded: LoadedDag) -> list[NewTaskInstance]:
+        """The task instances a new run of `loaded` starts with."""
+        return [
             NewTaskInstance(task.task_id, loaded.operators[task.task_id], task.max_tries)
             for task in loaded.spec.tasks
         ]
+
+    async def create_run(self, new_run: NewRun) -> tuple[RunRecord, bool]:
+        """Create a run of a loaded DAG, whatever triggered it (the API, the scheduler, a webhook,
+        a backfill), with the DAG's current version; start it if its DAG has room. Unique on
+        (dag_id, run_id): an existing run is returned with False and nothing is written."""
+        loaded = self.loaded_dag(new_run.dag_id)
+        tasks = self.new_task_instances(loaded)
         record, created = await self._store.create_run(new_run, tasks, loaded.spec.source_hash)
         if created:
-            log.info("run %s of %s created (%s)", record.run_id, dag_id, run_type)
-            await self.admission.refresh_paused([dag_id])
-            self.admission.admit_new(record, loaded)
+            await self.admit_created(record)
         return record, created
+
+    async def admit_created(self, record: RunRecord) -> None:
+        """A run was just written to the store (by `create_run`, or by a store method that creates
+        runs in a transaction of its own, as asset-triggered runs are): start it if there is room."""
+        log.info("run %s of %s created (%s)", record.run_id, record.dag_id, record.run_type)
+        loaded = self.registry.get(record.dag_id)
+        if loaded is None:  # unloaded meanwhile: it waits in the store, started once the DAG is back
+            return
+        await self.admission.refresh_paused([record.dag_id])
+        self.admission.admit_new(record, loaded)
 
     async def set_paused(self, dag_id: str, is_paused: bool) -> DagRecord | None:
         """Pause or unpause a DAG; unpausing starts the runs that waited while it was paused."""

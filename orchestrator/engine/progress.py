@@ -100,7 +100,8 @@ class RunProgress:
         #: the runs settled last, should a commit refused later change their outcome
         self._settled: OrderedDict[int, RunRecord] = OrderedDict()
         #: told when a run of a DAG finishes, so that admission can start the next one
-        self.on_run_finished: Callable[[str, Batch], None] = lambda dag_id, batch: None
+        #: called when a run reaches its outcome (before that is committed: `batch` carries it)
+        self.on_run_finished: Callable[[RunRecord, Batch], None] = lambda finished, batch: None
 
     def slots_of(self, dag_id: str) -> DagSlots:
         slots = self.slots.get(dag_id)
@@ -493,7 +494,7 @@ class RunProgress:
             self._settled.popitem(last=False)
         log.info("run %s of %s finished: %s", finished.run_id, finished.dag_id, outcome.value)
         self.slots_of(finished.dag_id).active_runs.discard(live.pk)
-        self.on_run_finished(finished.dag_id, batch)
+        self.on_run_finished(finished, batch)
 
     # --- committing and acting --------------------------------------------------------------
 

@@ -1,8 +1,10 @@
 """The SQL of the state store, kept in .sql files rather than Python strings.
 
-`schema.sql` is the whole current schema; `queries.sql` holds every query the store runs as named
-blocks (``-- name: create_run``), loaded once into `QUERIES`. Keeping SQL out of Python means it is
-read, reviewed and EXPLAINed as SQL, and nothing is ever assembled from strings at run time.
+`schema.sql` is the whole current schema; `queries.sql` (the engine's) and one file per
+capability (`schedules.sql`, `webhooks.sql`, `assets.sql`) hold every query the store runs as
+named blocks (``-- name: create_run``), loaded once into `QUERIES`; a name is unique across them.
+Keeping SQL out of Python means it is read, reviewed and EXPLAINed as SQL, and nothing is ever
+assembled from strings at run time.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def parse_named_queries(text: str) -> dict[str, str]:
         end = matches[index + 1].start() if index + 1 < len(matches) else len(text)
         name = match.group("name")
         if name in queries:
-            raise ValueError(f"queries.sql defines the query {name!r} twice: rename one of them")
+            raise ValueError(f"the store's SQL defines the query {name!r} twice: rename one of them")
         body = text[match.end() : end].strip()
         if not body:
             raise ValueError(f"queries.sql has no SQL under the name {name!r}")
@@ -36,5 +38,10 @@ def parse_named_queries(text: str) -> dict[str, str]:
     return queries
 
 
-QUERIES: Mapping[str, str] = MappingProxyType(parse_named_queries(read_sql_file("queries.sql")))
+#: the files of named queries, in the order they are read
+QUERY_FILES = ("queries.sql", "schedules.sql", "webhooks.sql", "assets.sql")
+
+QUERIES: Mapping[str, str] = MappingProxyType(
+    parse_named_queries("\n".join(read_sql_file(name) for name in QUERY_FILES))
+)
 SCHEMA: str = read_sql_file("schema.sql")

@@ -123,7 +123,8 @@ python_workers = {self.python_workers}
             cwd=self.root,
             stdout=output,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **self.env},
+            # the tests' DAGs run when triggered: they start unpaused unless a test says otherwise
+            env={**os.environ, "ORCHESTRATOR_DAGS__PAUSED_ON_CREATION": "false", **self.env},
         )
         output.close()
 

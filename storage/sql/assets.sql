@@ -1,0 +1,1 @@
+-- The store's queries for assets (named blocks, see storage/sql/__init__.py).

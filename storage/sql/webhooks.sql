@@ -1,0 +1,1 @@
+-- The store's queries for webhooks (named blocks, see storage/sql/__init__.py).
