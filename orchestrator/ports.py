@@ -331,6 +331,22 @@ class EngineApi(Protocol):
         """Pause or unpause a DAG (unpausing starts its runs held while it was paused).
         None if the DAG is unknown."""
 
+    async def create_run(self, new_run: NewRun) -> tuple[RunRecord, bool]:
+        """Create a run of a loaded DAG (unique on dag_id, run_id), whatever triggered it; returns
+        the run and whether it was created. Raises DagNotFound (not loaded) or ShuttingDown."""
+
+
+class AssetEventSink(Protocol):
+    """Where events of assets updated outside any task go (POST /api/v1/assets/events, and
+    webhooks declared with `asset_uri`): recorded, then every DAG they complete is triggered."""
+
+    async def record_asset_event(
+        self, uri: str, extra: dict[str, Any], *, idempotency_key: str | None = None
+    ) -> tuple[int, bool]:
+        """Record one event of the asset `uri` (known from then on if it was not); returns the
+        event's id and whether it was created (False: `idempotency_key` was seen before, and the
+        id is that of the event recorded then)."""
+
 
 # --- what the DAG folder asks of its parser -------------------------------------------------
 
