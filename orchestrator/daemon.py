@@ -44,7 +44,8 @@ from orchestrator.engine.registry import DagRegistry
 from orchestrator.engine.supervision import Supervisor
 from orchestrator.engine.timers import LoopTimers
 from orchestrator.errors import AnotherDaemonRunning, OrchestratorError
-from orchestrator.ports import Executor, ExecutorEvents, StateStore, TaskLogs, Timers
+from orchestrator.ports import AssetEventSink, Executor, ExecutorEvents, StateStore, TaskLogs, Timers
+from orchestrator.triggers.assets import AssetTrigger
 from storage.filelogs import FileTaskLogs, LogFiles
 
 if TYPE_CHECKING:
@@ -281,6 +282,9 @@ async def _serve(config: Config) -> None:
             build_executors(config, engine, paths.state_dir, log_files), default=config.executors.default
         )
         engine.attach_executors(dispatcher)
+        # asset-triggered runs: told of outlets committed, DAGs loaded and unpaused, external events
+        asset_trigger = AssetTrigger(engine, store, clock, timers)
+        asset_trigger.attach()
         parser = build_parser(config, versions_dir=paths.state_dir / DAG_VERSIONS_FOLDER)
         await parser.start()
         stack.push_async_callback(parser.close)
@@ -304,8 +308,10 @@ async def _serve(config: Config) -> None:
             # parsed in the background: a slow file must not keep the API closed (runs recover
             # on their recorded DAG versions; a DAG not parsed yet cannot be triggered yet)
             group.start_soon(folder.run, {dag_id: spec.fileloc for dag_id, spec in stored.items()})
+            await asset_trigger.recover()
             await engine.recover(stored)
-            runner = await _start_api(config, paths, store, engine, task_logs)
+            asset_trigger.start()
+            runner = await _start_api(config, paths, store, engine, task_logs, asset_trigger)
             group.start_soon(daemon_lock.guard)
             group.start_soon(_heartbeat, store, daemon_lock, daemon_id, clock, timers)
             group.start_soon(_wait_for_stop_signal, stop)
@@ -369,9 +375,14 @@ async def _stored_specs(store: StateStore) -> dict[str, DagSpec]:
 
 
 async def _start_api(
-    config: Config, paths: Paths, store: StateStore, engine: Engine, task_logs: TaskLogs
+    config: Config,
+    paths: Paths,
+    store: StateStore,
+    engine: Engine,
+    task_logs: TaskLogs,
+    assets: AssetEventSink | None = None,
 ) -> web.AppRunner:
-    app = create_app(store, engine, paths.logs_dir, task_logs, config.api)
+    app = create_app(store, engine, paths.logs_dir, task_logs, config.api, assets=assets)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, config.api.host, config.api.port)

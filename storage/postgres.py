@@ -37,6 +37,7 @@ from orchestrator.core.serialization import spec_from_dict, spec_to_dict
 from orchestrator.core.states import RunState, TaskState
 from orchestrator.ports import ActiveRun
 from storage.errors import StorageError
+from storage.postgres_assets import PostgresAssetStore, write_asset_events
 from storage.sql import QUERIES
 
 logger = logging.getLogger(__name__)
@@ -267,8 +268,9 @@ def _xcom_columns(xcoms: Iterable[XComRecord]) -> list[list[Any]]:
     ]
 
 
-class PostgresStateStore:
-    """The state store on one PostgreSQL database (see `orchestrator.ports.StateStore`)."""
+class PostgresStateStore(PostgresAssetStore):
+    """The state store on one PostgreSQL database (see `orchestrator.ports.StateStore`; its
+    `AssetStore` methods are in `storage.postgres_assets`)."""
 
     def __init__(
         self, pool: asyncpg.Pool, dsn: str, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
@@ -471,7 +473,7 @@ class PostgresStateStore:
 
     async def commit(self, changes: ChangeSet) -> None:
         kinds = bool(changes.tasks) + bool(changes.runs) + bool(changes.xcoms)
-        if kinds == 0:
+        if kinds == 0 and not changes.asset_events:
             return
         async with self._commit_lock:
             if self._commit_conn is None or self._commit_conn.is_closed():
@@ -481,7 +483,10 @@ class PostgresStateStore:
                     raise ConnectionError(f"cannot reach PostgreSQL to commit: {exc!r}") from exc
             conn = self._commit_conn
             try:
-                await self._write(conn, changes, kinds)
+                if changes.asset_events:
+                    await self._write_with_asset_events(conn, changes, kinds)
+                else:
+                    await self._write(conn, changes, kinds)
             except _DATA_ERRORS:
                 if conn.is_closed():
                     await self._drop_commit_connection(conn)
@@ -521,6 +526,15 @@ class PostgresStateStore:
             await conn.execute(QUERIES["update_runs"], *_run_columns(changes.runs))
         else:
             await conn.execute(QUERIES["upsert_xcoms"], *_xcom_columns(changes.xcoms))
+
+    @classmethod
+    async def _write_with_asset_events(cls, conn: asyncpg.Connection, changes: ChangeSet, kinds: int) -> None:
+        # the successes and the events of their outlets are one transaction (the rare path:
+        # change sets without asset events keep their one statement)
+        async with conn.transaction():
+            if kinds:
+                await cls._write(conn, changes, kinds)
+            await write_asset_events(conn, changes.asset_events)
 
     async def check_database(self, timeout: float) -> None:
         """Raise StorageError unless one query through the pool answers within `timeout` seconds."""

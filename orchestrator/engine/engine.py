@@ -24,7 +24,7 @@ from typing import Any
 
 from orchestrator.core.ids import check_run_id, default_run_id
 from orchestrator.core.model import DagSpec
-from orchestrator.core.records import DagRecord, NewRun, NewTaskInstance, RunRecord, TaskKey
+from orchestrator.core.records import DagRecord, NewAssetEvent, NewRun, NewTaskInstance, RunRecord, TaskKey
 from orchestrator.core.template_limits import DEFAULT_LIMITS, TemplateLimits
 from orchestrator.engine.admission import Admission
 from orchestrator.engine.dispatch import Dispatcher
@@ -86,6 +86,8 @@ class Engine:
         self._ready = False
         #: told of every run that reached its outcome, once that is committed (triggers use it)
         self._run_finished_listeners: list[Callable[[RunRecord], None]] = []
+        #: told of every DAG unpaused (by its id), once that is stored
+        self._unpaused_listeners: list[Callable[[str], None]] = []
         self.progress.on_run_finished = self._run_finished
 
     def _dag_of_run(self, item: Any) -> Any:
@@ -110,6 +112,19 @@ class Engine:
     def add_run_finished_listener(self, callback: Callable[[RunRecord], None]) -> None:
         """Call `callback(run)` for every run that reaches its outcome, once that is committed."""
         self._run_finished_listeners.append(callback)
+
+    def add_unpaused_listener(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(dag_id)` whenever a DAG is unpaused, once that is stored."""
+        self._unpaused_listeners.append(callback)
+
+    def set_asset_events_listener(self, callback: Callable[[list[NewAssetEvent]], None]) -> None:
+        """Call `callback(events)` after every commit that recorded asset events (task outlets)."""
+        self.writer.on_asset_events = callback
+
+    def set_triggering_asset_events(self, run_pk: int, events: Mapping[str, Any]) -> None:
+        """What the templates of an asset-triggered run see as `triggering_asset_events` (kept
+        until the run settles; set before the run is admitted)."""
+        self.progress.triggering_asset_events[run_pk] = events
 
     def _run_finished(self, finished: RunRecord, batch: Batch) -> None:
         self.admission.run_finished(finished, batch)
@@ -211,6 +226,8 @@ class Engine:
         else:
             self.admission.paused.discard(dag_id)
             self.admission.fill_from_store(dag_id)
+            for listener in tuple(self._unpaused_listeners):
+                listener(dag_id)
         log.info("DAG %s %s", dag_id, "paused" if is_paused else "unpaused")
         return record
 

@@ -7,7 +7,7 @@ replacing someone else's DAG would be worse.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from orchestrator.core.kinds import UnknownTaskKind, get_kind
@@ -53,6 +53,12 @@ class DagRegistry:
     def __init__(self) -> None:
         self._dags: dict[str, LoadedDag] = {}
         self._by_file: dict[str, tuple[str, ...]] = {}
+        #: told of the ids of the DAGs (re)loaded from a file (triggers recompute what they wait on)
+        self._listeners: list[Callable[[tuple[str, ...]], None]] = []
+
+    def add_listener(self, callback: Callable[[tuple[str, ...]], None]) -> None:
+        """Call `callback(dag_ids)` with the DAGs of each file loaded or reloaded from now on."""
+        self._listeners.append(callback)
 
     def get(self, dag_id: str) -> LoadedDag | None:
         return self._dags.get(dag_id)
@@ -79,7 +85,9 @@ class DagRegistry:
             self._dags.pop(dag_id, None)
         for spec in specs:
             self._dags[spec.dag_id] = LoadedDag.of(spec)
-        self._by_file[fileloc] = tuple(spec.dag_id for spec in specs)
+        self._by_file[fileloc] = ids = tuple(spec.dag_id for spec in specs)
+        for listener in tuple(self._listeners):
+            listener(ids)
 
     def remove_file(self, fileloc: str) -> None:
         for dag_id in self._by_file.pop(fileloc, ()):
