@@ -343,3 +343,22 @@ async def test_an_external_event_posted_over_http_fans_out_to_every_waiting_dag(
                         assert detail in (await response.json())["detail"]
         finally:
             await runner.cleanup()
+
+
+async def test_a_consumer_reloaded_with_a_condition_its_queue_now_meets_runs(
+    store: PostgresStateStore, dags: Path, logs: Path, work: Path
+) -> None:
+    body = """
+        with DAG("consumer", schedule=Asset("s3://x") & Asset("s3://y")):
+            Bash("t", "echo {{ triggering_asset_events | list | join(',') }}")
+        """
+    path = dag_file(dags, "reload", body, work)
+    async with asset_engine(store, logs, [path]) as (harness, trigger):
+        await trigger.record_asset_event("s3://x", {})
+        await quiet(harness, trigger)
+        assert await runs_of(store, "consumer") == []
+        dag_file(dags, "reload", body.replace('Asset("s3://x") & Asset("s3://y")', 'Asset("s3://x")'), work)
+        await harness.reload(path)
+        (run,) = await wait_finished_runs(store, "consumer", 1)
+        assert run.state == RunState.SUCCESS
+        assert "s3://x" in harness.log_text("consumer", run.run_id, "t", 1)
