@@ -77,8 +77,9 @@ def test_external_events_and_an_asset_chain_through_the_daemon(make_daemon: Call
     # a restart looks at every queue again: nothing was left, nothing runs twice
     assert daemon.stop() == 0
     daemon.start()
-    daemon.wait_dag("last")
-    daemon.trigger("ext_one", dag_run_id="manual_after_restart")  # a run to wait for: the daemon has settled
+    # a run to wait for once the file is parsed again (the store lists the DAG before that)
+    body = {"dag_run_id": "manual_after_restart"}
+    wait_for(lambda: daemon.post("/api/v1/dags/ext_one/dagRuns", body).status == 200, 30, "ext_one loaded")
     daemon.wait_run("ext_one", "manual_after_restart")
     for dag_id, expected in (("ext_two", 1), ("middle", 1), ("last", 1)):
         assert len(daemon.get(f"/api/v1/dags/{dag_id}/dagRuns").body["dag_runs"]) == expected
