@@ -140,7 +140,8 @@ class StateStore(Protocol):
         `exclude` (runs being started whose new state is not committed yet)."""
 
     async def commit(self, changes: ChangeSet) -> None:
-        """Write whole task-instance rows, whole run rows and new XComs in one transaction.
+        """Write whole task-instance rows, whole run rows, new XComs and the asset events of
+        task outlets (with their consumer queue rows, see AssetStore) in one transaction.
         A later row for the same key in the same change set wins. Raises ConnectionError when
         the database cannot be reached or the connection failed (the caller may retry: the
         rows are whole, so writing them again is harmless)."""

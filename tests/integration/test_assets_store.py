@@ -23,6 +23,7 @@ from orchestrator.core.records import (
 from orchestrator.core.states import TaskState
 from orchestrator.ports import QueuedAsset
 from storage.postgres import PostgresStateStore
+from storage.sql import QUERIES
 
 pytestmark = pytest.mark.anyio
 
@@ -202,3 +203,30 @@ async def test_list_assets_filters_by_pattern(store: PostgresStateStore) -> None
     assert total == 1 and [a.uri for a in assets] == ["s3://bucket/a_b"]
     page, total = await store.list_assets(1, 1)
     assert total == 3 and [a.uri for a in page] == ["s3://bucket/a_b"]
+
+
+async def test_the_consumers_of_an_event_are_found_on_the_condition_index(store: PostgresStateStore) -> None:
+    async with store._pool.acquire() as conn:
+        await conn.execute(
+            """
+            INSERT INTO dag (dag_id, fileloc, spec)
+            SELECT 'dag_' || n, '/dags/many.py',
+                   CASE WHEN n % 100 = 0
+                        THEN jsonb_build_object('asset_condition', jsonb_build_object('asset', 's3://a' || n))
+                        ELSE '{"asset_condition": null, "tasks": []}'::jsonb END
+            FROM generate_series(1, 5000) AS n
+            """
+        )
+        await conn.execute("ANALYZE dag")
+        await conn.execute(QUERIES["upsert_assets"], ["s3://a100"])
+        plan = await conn.fetchval(
+            "EXPLAIN (FORMAT JSON) " + QUERIES["insert_asset_events"],
+            ["s3://a100"],
+            ["{}"],
+            [T0],
+            [None],
+            [None],
+            [None],
+            [-1],
+        )
+    assert "dag_asset_condition_uris_idx" in str(plan), plan
