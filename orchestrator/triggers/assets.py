@@ -160,6 +160,7 @@ class AssetTrigger:
                         batch,
                         exc,
                         RETRY_DELAY,
+                        exc_info=True,
                     )
                     self._timers.call_later(RETRY_DELAY, functools.partial(self._mark, batch))
         finally:

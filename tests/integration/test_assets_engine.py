@@ -22,6 +22,7 @@ from orchestrator.core.records import NewAssetEvent, RunRecord
 from orchestrator.core.states import FINISHED_RUN_STATES, RunState, TaskState
 from orchestrator.engine.clock import SystemClock
 from orchestrator.engine.timers import LoopTimers
+from orchestrator.errors import InvalidRequest
 from orchestrator.triggers.assets import AssetTrigger
 from storage.postgres import PostgresStateStore
 from tests.integration.engine_harness import (
@@ -362,3 +363,26 @@ async def test_a_consumer_reloaded_with_a_condition_its_queue_now_meets_runs(
         (run,) = await wait_finished_runs(store, "consumer", 1)
         assert run.state == RunState.SUCCESS
         assert "s3://x" in harness.log_text("consumer", run.run_id, "t", 1)
+
+
+async def test_the_sink_records_a_delivery_once_per_idempotency_key(
+    store: PostgresStateStore, dags: Path, logs: Path, work: Path
+) -> None:
+    path = dag_file(
+        dags,
+        "sink",
+        """
+        with DAG("consumer", schedule=Asset("s3://hook")):
+            Bash("t", "true")
+        """,
+        work,
+    )
+    async with asset_engine(store, logs, [path]) as (harness, trigger):
+        first = await trigger.record_asset_event("s3://hook", {"n": 1}, idempotency_key="delivery-7")
+        await wait_finished_runs(store, "consumer", 1)
+        again = await trigger.record_asset_event("s3://hook", {"n": 2}, idempotency_key="delivery-7")
+        await quiet(harness, trigger)
+        assert first[1] and again == (first[0], False)
+        assert len(await runs_of(store, "consumer")) == 1
+        with pytest.raises(InvalidRequest, match="non-empty string"):
+            await trigger.record_asset_event("", {})
