@@ -1,6 +1,6 @@
 """The `orchestrator` command: run the daemon, migrate its database, and talk to its REST API.
 
-Client commands (dags, trigger, runs, tasks, logs) only speak HTTP to a running daemon — never
+Client commands (dags, trigger, runs, tasks, logs, assets) only speak HTTP to a running daemon — never
 to the database — so they work from anywhere the API is reachable and see exactly what the UI
 sees. They use the stdlib's urllib and import nothing heavy: the command must start fast.
 
@@ -404,6 +404,41 @@ def cmd_logs(args: argparse.Namespace, client: ApiClient) -> int:
     return 0
 
 
+def cmd_assets_list(args: argparse.Namespace, client: ApiClient) -> int:
+    data = client.get_json("/api/v1/assets", limit=args.limit, uri_pattern=args.pattern)
+    rows = [
+        {
+            **asset,
+            "consuming_dags": ",".join(dag["dag_id"] for dag in asset["consuming_dags"]),
+            "producing_tasks": ",".join(f"{t['dag_id']}.{t['task_id']}" for t in asset["producing_tasks"]),
+        }
+        for asset in data["assets"]
+    ]
+    _print(args, data, rows, ["uri", "updated_at", "consuming_dags", "producing_tasks"])
+    return 0
+
+
+def cmd_assets_events(args: argparse.Namespace, client: ApiClient) -> int:
+    data = client.get_json(
+        "/api/v1/assets/events", asset_uri=args.uri, limit=args.limit, order_by="-timestamp"
+    )
+    rows = [
+        {
+            **event,
+            "source": "/".join(
+                str(part)
+                for part in (event["source_dag_id"], event["source_run_id"], event["source_task_id"])
+                if part is not None
+            )
+            or "external",
+            "created_dagruns": ",".join(f"{r['dag_id']}/{r['dag_run_id']}" for r in event["created_dagruns"]),
+        }
+        for event in data["asset_events"]
+    ]
+    _print(args, data, rows, ["id", "timestamp", "asset_uri", "source", "extra", "created_dagruns"])
+    return 0
+
+
 # --- daemon commands ---------------------------------------------------------------------
 
 
@@ -541,6 +576,21 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("dag_id")
     tasks.add_argument("run_id")
     tasks.set_defaults(client=cmd_tasks)
+
+    assets = commands.add_parser("assets", help="list assets and their events")
+    asset_commands = assets.add_subparsers(dest="assets_command", metavar="COMMAND", required=True)
+    assets_list = asset_commands.add_parser(
+        "list", parents=[client_opts], help="list assets, their consumer DAGs and producer tasks"
+    )
+    assets_list.add_argument("--pattern", help="only assets whose URI contains this text")
+    assets_list.add_argument("--limit", type=int, default=100, help="how many assets (default 100)")
+    assets_list.set_defaults(client=cmd_assets_list)
+    assets_events = asset_commands.add_parser(
+        "events", parents=[client_opts], help="list asset events, newest first"
+    )
+    assets_events.add_argument("--uri", help="only the events of this asset URI")
+    assets_events.add_argument("--limit", type=int, default=25, help="how many events (default 25)")
+    assets_events.set_defaults(client=cmd_assets_events)
 
     logs = commands.add_parser("logs", parents=[client_opts], help="print the log of one try of a task")
     logs.add_argument("dag_id")

@@ -44,7 +44,8 @@ from orchestrator.engine.registry import DagRegistry
 from orchestrator.engine.supervision import Supervisor
 from orchestrator.engine.timers import LoopTimers
 from orchestrator.errors import AnotherDaemonRunning, OrchestratorError
-from orchestrator.ports import Executor, ExecutorEvents, StateStore, TaskLogs, Timers
+from orchestrator.ports import AssetEventSink, Executor, ExecutorEvents, StateStore, TaskLogs, Timers
+from orchestrator.triggers.assets import AssetTrigger
 from orchestrator.triggers.backfill import Backfills
 from orchestrator.triggers.scheduler import Scheduler
 from storage.filelogs import FileTaskLogs, LogFiles
@@ -283,6 +284,9 @@ async def _serve(config: Config) -> None:
             build_executors(config, engine, paths.state_dir, log_files), default=config.executors.default
         )
         engine.attach_executors(dispatcher)
+        # asset-triggered runs: told of outlets committed, DAGs loaded and unpaused, external events
+        asset_trigger = AssetTrigger(engine, store, clock, timers)
+        asset_trigger.attach()
         parser = build_parser(config, versions_dir=paths.state_dir / DAG_VERSIONS_FOLDER)
         await parser.start()
         stack.push_async_callback(parser.close)
@@ -306,16 +310,18 @@ async def _serve(config: Config) -> None:
                 engine, store, clock, timers, supervisor, default_timezone=config.dags.default_timezone
             )
             backfills = Backfills(engine, store, clock, supervisor, config.dags.default_timezone)
-            folder.add_dags_changed_listener(scheduler.refresh)
+            registry.add_listener(scheduler.refresh)
             engine.add_paused_listener(lambda dag_id, _paused: scheduler.refresh([dag_id]))
             stored = await _stored_specs(store)
             # parsed in the background: a slow file must not keep the API closed (runs recover
             # on their recorded DAG versions; a DAG not parsed yet cannot be triggered yet)
             group.start_soon(folder.run, {dag_id: spec.fileloc for dag_id, spec in stored.items()})
+            await asset_trigger.recover()
             await engine.recover(stored)
             scheduler.start()
             await backfills.start()
-            runner = await _start_api(config, paths, store, engine, task_logs, backfills)
+            asset_trigger.start()
+            runner = await _start_api(config, paths, store, engine, task_logs, backfills, asset_trigger)
             group.start_soon(daemon_lock.guard)
             group.start_soon(_heartbeat, store, daemon_lock, daemon_id, clock, timers)
             group.start_soon(_wait_for_stop_signal, stop)
@@ -381,9 +387,15 @@ async def _stored_specs(store: StateStore) -> dict[str, DagSpec]:
 
 
 async def _start_api(
-    config: Config, paths: Paths, store: StateStore, engine: Engine, task_logs: TaskLogs, backfills: Backfills
+    config: Config,
+    paths: Paths,
+    store: StateStore,
+    engine: Engine,
+    task_logs: TaskLogs,
+    backfills: Backfills | None = None,
+    assets: AssetEventSink | None = None,
 ) -> web.AppRunner:
-    app = create_app(store, engine, paths.logs_dir, task_logs, config.api, backfills=backfills)
+    app = create_app(store, engine, paths.logs_dir, task_logs, config.api, backfills=backfills, assets=assets)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, config.api.host, config.api.port)

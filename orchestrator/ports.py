@@ -19,12 +19,15 @@ from typing import Any, Protocol
 from orchestrator.core.kinds import Payload
 from orchestrator.core.model import DagSpec
 from orchestrator.core.records import (
+    AssetEventRecord,
+    AssetRecord,
     BackfillRecord,
     BackfillRunRecord,
     ChangeSet,
     DaemonRecord,
     DagRecord,
     ImportErrorRecord,
+    NewAssetEvent,
     NewRun,
     NewTaskInstance,
     RunRecord,
@@ -200,7 +203,8 @@ class StateStore(ScheduleStore, Protocol):
         `exclude` (runs being started whose new state is not committed yet)."""
 
     async def commit(self, changes: ChangeSet) -> None:
-        """Write whole task-instance rows, whole run rows and new XComs in one transaction.
+        """Write whole task-instance rows, whole run rows, new XComs and the asset events of
+        task outlets (with their consumer queue rows, see AssetStore) in one transaction.
         A later row for the same key in the same change set wins. Raises ConnectionError when
         the database cannot be reached or the connection failed (the caller may retry: the
         rows are whole, so writing them again is harmless)."""
@@ -232,6 +236,69 @@ class StateStore(ScheduleStore, Protocol):
     async def deregister_daemon(self, daemon_id: str) -> None: ...
 
     async def close(self) -> None: ...
+
+
+# --- assets ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedAsset:
+    """What one consumer DAG has queued of one asset: events not yet consumed by a run."""
+
+    uri: str
+    events: int
+    last_event_id: int
+    first_at: datetime
+    last_at: datetime
+
+
+class AssetStore(Protocol):
+    """Assets, their events and the consumer queues (`storage.postgres_assets`). Events of task
+    outlets are written by `StateStore.commit` with the task's success (`ChangeSet.asset_events`),
+    in the same transaction, together with the queue rows of every active DAG scheduled on them."""
+
+    async def record_asset_event(
+        self, event: NewAssetEvent, idempotency_key: str | None = None
+    ) -> tuple[AssetEventRecord, bool, tuple[str, ...]]:
+        """Record one event from outside (the asset is created if unknown) and queue it for every
+        active DAG scheduled on it, in one transaction. Returns the event, whether it was created
+        (False: `idempotency_key` was seen before: that event, nothing written) and the DAGs it
+        was queued for."""
+
+    async def asset_queues(self, dag_ids: Sequence[str]) -> dict[str, list[QueuedAsset]]:
+        """What each of these DAGs that is not paused has queued, per asset URI."""
+
+    async def create_asset_triggered_run(
+        self,
+        run: NewRun,
+        tasks: Sequence[NewTaskInstance],
+        source_hash: str | None,
+        consumed: Sequence[QueuedAsset],
+    ) -> tuple[RunRecord, list[AssetEventRecord]] | None:
+        """In one transaction: delete the DAG's queue rows of `consumed` (its URIs, up to their last
+        event id), create the run (as create_run does) and link it to the events deleted. None,
+        with nothing written, when the rows deleted are not exactly those `consumed` counts
+        (another evaluator consumed them first, or more arrived: read the queue again)."""
+
+    async def drop_stale_asset_queue(self, dag_id: str, uris: Sequence[str]) -> int:
+        """Delete the DAG's queue rows of assets other than `uris` (its condition changed)."""
+
+    async def triggering_asset_events(
+        self, run_pks: Sequence[int] | None = None
+    ) -> dict[int, list[AssetEventRecord]]:
+        """The events that triggered these runs (None: every unfinished asset-triggered run)."""
+
+    async def list_assets(
+        self, limit: int, offset: int, uri_pattern: str | None = None
+    ) -> tuple[list[AssetRecord], int]:
+        """A page of assets ordered by URI (`uri_pattern`: SQL LIKE), and the total count."""
+
+    async def list_asset_events(
+        self, limit: int, offset: int, uri: str | None = None, newest_first: bool = False
+    ) -> tuple[list[AssetEventRecord], int]:
+        """A page of events (of one asset if `uri`), oldest first by default, and the total count."""
+
+    async def get_asset_event(self, event_id: int) -> AssetEventRecord | None: ...
 
 
 # --- executors -----------------------------------------------------------------------
@@ -313,7 +380,6 @@ class Executor(Protocol):
         """Stop taking new work; wait up to `grace` seconds for running tasks, then kill the rest."""
 
     async def close(self) -> None: ...
-
 
 
 # --- events out ----------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from orchestrator.core.serialization import spec_from_dict, spec_to_dict
 from orchestrator.core.states import RunState, TaskState
 from orchestrator.ports import ActiveRun
 from storage.errors import StorageError
+from storage.postgres_assets import PostgresAssetStore, write_asset_events
 from storage.postgres_schedules import ScheduleQueries
 from storage.sql import QUERIES
 
@@ -273,8 +274,48 @@ def _xcom_columns(xcoms: Iterable[XComRecord]) -> list[list[Any]]:
     ]
 
 
-class PostgresStateStore(ScheduleQueries):
-    """The state store on one PostgreSQL database (see `orchestrator.ports.StateStore`)."""
+async def insert_run_rows(
+    conn: asyncpg.Connection, run: NewRun, tasks: Sequence[NewTaskInstance], source_hash: str | None
+) -> RunRecord | None:
+    """Insert a run (queued), its task instances and its DAG version inside the caller's
+    transaction; None when (dag_id, run_id) exists already (nothing is written then)."""
+    row = await conn.fetchrow(
+        QUERIES["insert_run"],
+        run.dag_id,
+        run.run_id,
+        run.run_type,
+        run.conf,
+        run.logical_date,
+        run.data_interval_start,
+        run.data_interval_end,
+        run.queued_at,
+        run.external_trigger,
+        run.note,
+        run.backfill_id,
+    )
+    if row is None:
+        return None
+    created = _run(row)
+    if tasks:
+        await conn.execute(
+            QUERIES["insert_task_instances"],
+            created.pk,
+            created.dag_id,
+            created.run_id,
+            [t.task_id for t in tasks],
+            [t.map_index for t in tasks],
+            [t.max_tries for t in tasks],
+            [t.operator for t in tasks],
+        )
+    if source_hash:
+        await conn.execute(QUERIES["insert_run_version"], created.pk, created.dag_id, source_hash)
+    return created
+
+
+class PostgresStateStore(ScheduleQueries, PostgresAssetStore):
+    """The state store on one PostgreSQL database (see `orchestrator.ports.StateStore`; its
+    `ScheduleStore` methods are in `storage.postgres_schedules`, its `AssetStore` methods in
+    `storage.postgres_assets`)."""
 
     def __init__(
         self, pool: asyncpg.Pool, dsn: str, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
@@ -389,41 +430,14 @@ class PostgresStateStore(ScheduleQueries):
         self, run: NewRun, tasks: Sequence[NewTaskInstance], source_hash: str | None = None
     ) -> tuple[RunRecord, bool]:
         async with self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                QUERIES["insert_run"],
-                run.dag_id,
-                run.run_id,
-                run.run_type,
-                run.conf,
-                run.logical_date,
-                run.data_interval_start,
-                run.data_interval_end,
-                run.queued_at,
-                run.external_trigger,
-                run.note,
-                run.backfill_id,
-            )
-            if row is None:
+            created = await insert_run_rows(conn, run, tasks, source_hash)
+            if created is None:
                 existing = await conn.fetchrow(QUERIES["get_run"], run.dag_id, run.run_id)
                 if existing is None:  # deleted between the two statements; cannot happen in practice
                     raise StorageError(
                         f"Run {run.run_id!r} of DAG {run.dag_id!r} conflicted but no longer exists: retry"
                     )
                 return _run(existing), False
-            created = _run(row)
-            if tasks:
-                await conn.execute(
-                    QUERIES["insert_task_instances"],
-                    created.pk,
-                    created.dag_id,
-                    created.run_id,
-                    [t.task_id for t in tasks],
-                    [t.map_index for t in tasks],
-                    [t.max_tries for t in tasks],
-                    [t.operator for t in tasks],
-                )
-            if source_hash:
-                await conn.execute(QUERIES["insert_run_version"], created.pk, created.dag_id, source_hash)
         return created, True
 
     async def get_run(self, dag_id: str, run_id: str) -> RunRecord | None:
@@ -478,7 +492,7 @@ class PostgresStateStore(ScheduleQueries):
 
     async def commit(self, changes: ChangeSet) -> None:
         kinds = bool(changes.tasks) + bool(changes.runs) + bool(changes.xcoms)
-        if kinds == 0:
+        if kinds == 0 and not changes.asset_events:
             return
         async with self._commit_lock:
             if self._commit_conn is None or self._commit_conn.is_closed():
@@ -488,7 +502,10 @@ class PostgresStateStore(ScheduleQueries):
                     raise ConnectionError(f"cannot reach PostgreSQL to commit: {exc!r}") from exc
             conn = self._commit_conn
             try:
-                await self._write(conn, changes, kinds)
+                if changes.asset_events:
+                    await self._write_with_asset_events(conn, changes, kinds)
+                else:
+                    await self._write(conn, changes, kinds)
             except _DATA_ERRORS:
                 if conn.is_closed():
                     await self._drop_commit_connection(conn)
@@ -528,6 +545,15 @@ class PostgresStateStore(ScheduleQueries):
             await conn.execute(QUERIES["update_runs"], *_run_columns(changes.runs))
         else:
             await conn.execute(QUERIES["upsert_xcoms"], *_xcom_columns(changes.xcoms))
+
+    @classmethod
+    async def _write_with_asset_events(cls, conn: asyncpg.Connection, changes: ChangeSet, kinds: int) -> None:
+        # the successes and the events of their outlets are one transaction (the rare path:
+        # change sets without asset events keep their one statement)
+        async with conn.transaction():
+            if kinds:
+                await cls._write(conn, changes, kinds)
+            await write_asset_events(conn, changes.asset_events)
 
     async def check_database(self, timeout: float) -> None:
         """Raise StorageError unless one query through the pool answers within `timeout` seconds."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from orchestrator.api import assets as asset_routes
 from orchestrator.api import backfills as backfills_api
 from orchestrator.api import dags, runs, task_instances
 from orchestrator.api.errors import error_middleware
@@ -21,7 +22,7 @@ from orchestrator.api.keys import BACKFILLS, ENGINE, LOGS_DIR, SETTINGS, STORE, 
 from orchestrator.api.params import json_response
 from orchestrator.config import ApiConfig
 from orchestrator.errors import OrchestratorError
-from orchestrator.ports import EngineApi, StateStore, TaskLogs
+from orchestrator.ports import AssetEventSink, AssetStore, EngineApi, StateStore, TaskLogs
 from orchestrator.triggers.backfill import Backfills
 
 log = logging.getLogger("orchestrator.api")
@@ -67,10 +68,14 @@ def create_app(
     task_logs: TaskLogs | None = None,
     settings: ApiConfig | None = None,
     backfills: Backfills | None = None,
+    assets: AssetEventSink | None = None,
+    asset_store: AssetStore | None = None,
 ) -> web.Application:
     """The REST API (Airflow's /api/v1 shapes) and /health, reading `store`, triggering via `engine`,
     serving task logs through `task_logs` (default: the files under `logs_dir`), limited by the
-    [api] `settings` (defaults if None)."""
+    [api] `settings` (defaults if None). External asset events go to `assets` (without it, POST
+    /assets/events answers 503); assets are listed from `asset_store` (default: `store`, when it
+    is one, as the PostgreSQL store is)."""
     settings = settings or ApiConfig()
     app = web.Application(middlewares=[error_middleware, origin_guard(settings.allowed_origins)])
     app[STORE] = store
@@ -83,6 +88,12 @@ def create_app(
     app[TASK_LOGS] = task_logs
     app[UNIXNAME] = _unixname()
     app[SETTINGS] = settings
+    if asset_store is None and hasattr(store, "list_asset_events"):
+        asset_store = store  # type: ignore[assignment]
+    if asset_store is not None:
+        app[asset_routes.ASSET_STORE] = asset_store
+        if assets is not None:
+            app[asset_routes.ASSET_SINK] = assets
     app.router.add_get("/health", health)
     app.router.add_get("/api/v1/health", health)
     dags.add_routes(app.router)
@@ -91,4 +102,6 @@ def create_app(
     if backfills is not None:
         app[BACKFILLS] = backfills
         backfills_api.add_routes(app.router)
+    if asset_store is not None:
+        asset_routes.add_routes(app.router)
     return app

@@ -219,21 +219,70 @@ class XComRecord:
     value: Any
 
 
+@dataclass(frozen=True, slots=True)
+class NewAssetEvent:
+    """An update of the asset `uri` to record: by a task's success (its outlets; the source
+    fields name the task instance) or from outside (no source)."""
+
+    uri: str
+    timestamp: datetime
+    extra: dict[str, Any] = field(default_factory=dict)
+    source_dag_id: str | None = None
+    source_task_id: str | None = None
+    source_run_id: str | None = None
+    source_map_index: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class AssetRecord:
+    """An asset the store knows (by URI), with its consumers and producers as loaded DAGs say."""
+
+    id: int
+    uri: str
+    created_at: datetime
+    updated_at: datetime | None
+    #: the ids of the active DAGs whose schedule names this asset
+    consuming_dags: tuple[str, ...] = ()
+    #: (dag_id, task_id) of the active DAGs' tasks that name it as an outlet
+    producing_tasks: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AssetEventRecord:
+    """One recorded update of an asset."""
+
+    id: int
+    asset_id: int
+    uri: str
+    extra: dict[str, Any]
+    timestamp: datetime
+    source_dag_id: str | None = None
+    source_task_id: str | None = None
+    source_run_id: str | None = None
+    source_map_index: int = -1
+    #: (dag_id, run_id) of the runs this event triggered
+    created_dagruns: tuple[tuple[str, str], ...] = ()
+
+
 @dataclass(slots=True)
 class ChangeSet:
-    """Rows to write in one transaction: whole task-instance and run rows, new XComs."""
+    """Rows to write in one transaction: whole task-instance and run rows, new XComs, and the
+    asset events recorded by the successes among them (`asset_events`, usually empty)."""
 
     tasks: list[TaskInstanceRecord] = field(default_factory=list)
     runs: list[RunRecord] = field(default_factory=list)
     xcoms: list[XComRecord] = field(default_factory=list)
+    asset_events: list[NewAssetEvent] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.tasks or self.runs or self.xcoms)
+        return bool(self.tasks or self.runs or self.xcoms or self.asset_events)
 
     def extend(self, other: ChangeSet) -> None:
         self.tasks.extend(other.tasks)
         self.runs.extend(other.runs)
         self.xcoms.extend(other.xcoms)
+        if other.asset_events:
+            self.asset_events.extend(other.asset_events)
 
 
 _TI_FIELDS = tuple(f.name for f in fields(TaskInstanceRecord))

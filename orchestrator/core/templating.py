@@ -185,6 +185,10 @@ class TemplateDateTime(datetime):
         return self.isoformat()
 
 
+#: the triggering_asset_events of a run no asset event triggered (shared: read-only)
+_NO_ASSET_EVENTS: Mapping[str, Any] = MappingProxyType({})
+
+
 def build_context(
     dag: DagSpec,
     task: TaskSpec,
@@ -192,6 +196,8 @@ def build_context(
     try_number: int,
     xcoms: Mapping[tuple[str, str], Any],
     map_index: int = -1,
+    *,
+    asset_events: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The template context of one task instance, with Airflow's names.
 
@@ -200,7 +206,10 @@ def build_context(
     Airflow does with ``dag_run_conf_overrides_params`` on (its default). ``dag_run`` is the
     run record (``.conf``, ``.run_id``, ``.logical_date``, ``.run_type``, ``.dag_id``),
     ``dag`` the DagSpec and ``task`` the TaskSpec. Airflow's ``conf`` (its configuration)
-    is deliberately absent.
+    is deliberately absent. ``triggering_asset_events`` (Airflow 3) maps each asset URI to the
+    events that triggered an asset-triggered run (`asset_events`), oldest first, each a dict with
+    id, uri, extra, timestamp (ISO 8601) and source_dag_id/_task_id/_run_id/_map_index; it is
+    empty for other runs.
     """
     logical_date = run.logical_date
     ds, ds_nodash, ts, ts_nodash, ts_nodash_with_tz = _date_strings(logical_date, logical_date.utcoffset())
@@ -230,6 +239,7 @@ def build_context(
         "task_instance": ti,
         "task_instance_key_str": f"{dag.dag_id}__{task.task_id}__{ds_nodash}",
         "ti": ti,
+        "triggering_asset_events": asset_events if asset_events is not None else _NO_ASSET_EVENTS,
         "ts": ts,
         "ts_nodash": ts_nodash,
         "ts_nodash_with_tz": ts_nodash_with_tz,
@@ -506,7 +516,7 @@ def json_context(context: Mapping[str, Any]) -> dict[str, Any]:
 
     Keys: ds, ds_nodash, ts, ts_nodash, logical_date, data_interval_start and
     data_interval_end (ISO strings), run_id, dag_id, task_id, try_number, map_index,
-    params, conf (the run's conf) and run_type.
+    params, conf (the run's conf), run_type and triggering_asset_events.
     """
     run: RunRecord = context["dag_run"]
     ti: TaskInstanceContext = context["ti"]
@@ -526,4 +536,5 @@ def json_context(context: Mapping[str, Any]) -> dict[str, Any]:
         "params": context["params"],
         "conf": run.conf,
         "run_type": run.run_type,
+        "triggering_asset_events": dict(context.get("triggering_asset_events") or {}),
     }

@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from orchestrator.core.assets import condition_problems, uri_problem
 from orchestrator.core.kinds import UnknownTaskKind, get_kind
 from orchestrator.core.model import DagSpec, TaskSpec, TriggerRule, XComRef
 from orchestrator.errors import OrchestratorError
@@ -66,9 +67,10 @@ def check_trigger_rule(value: object) -> TriggerRule:
 def validate_dag(spec: DagSpec) -> None:
     """Raise DagValidationError listing every problem of `spec`; return None when it is runnable.
 
-    Checked: ids, DAG limits, each task's settings, duplicate task ids, upstream ids that
-    name no task, XComRefs to unknown tasks, cycles, and that `spec.tasks` is in a
-    topological order (every task after its upstream tasks), which the engine relies on.
+    Checked: ids, DAG limits, the asset condition and outlet URIs, each task's settings,
+    duplicate task ids, upstream ids that name no task, XComRefs to unknown tasks, cycles, and
+    that `spec.tasks` is in a topological order (every task after its upstream tasks), which
+    the engine relies on.
     """
     problems: list[str] = []
     _collect(problems, lambda: check_key("dag_id", spec.dag_id))
@@ -76,6 +78,8 @@ def validate_dag(spec: DagSpec) -> None:
         problems.append(f"max_active_runs is {spec.max_active_runs}; it must be at least 1")
     if spec.max_active_tasks < 1:
         problems.append(f"max_active_tasks is {spec.max_active_tasks}; it must be at least 1")
+    if spec.asset_condition is not None:
+        problems.extend(f"schedule: {problem}" for problem in condition_problems(spec.asset_condition))
 
     seen: set[str] = set()
     for task in spec.tasks:
@@ -148,6 +152,10 @@ def _task_problems(task: TaskSpec) -> list[str]:
         problems.append(f"{where} has execution_timeout={task.execution_timeout}; use more than 0 seconds")
     if task.task_id in task.upstream:
         problems.append(_cycle_message([task.task_id, task.task_id]))
+    for uri in task.outlets:
+        problem = uri_problem(uri)
+        if problem is not None:
+            problems.append(f"{where} outlets: {problem}")
     return problems
 
 

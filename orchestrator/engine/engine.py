@@ -24,7 +24,7 @@ from typing import Any
 
 from orchestrator.core.ids import check_run_id, default_run_id
 from orchestrator.core.model import DagSpec
-from orchestrator.core.records import DagRecord, NewRun, NewTaskInstance, RunRecord, TaskKey
+from orchestrator.core.records import DagRecord, NewAssetEvent, NewRun, NewTaskInstance, RunRecord, TaskKey
 from orchestrator.core.template_limits import DEFAULT_LIMITS, TemplateLimits
 from orchestrator.engine.admission import Admission
 from orchestrator.engine.dispatch import Dispatcher
@@ -116,6 +116,15 @@ class Engine:
     def add_paused_listener(self, callback: Callable[[str, bool], None]) -> None:
         """Call `callback(dag_id, is_paused)` after every pause or unpause through `set_paused`."""
         self._paused_listeners.append(callback)
+
+    def set_asset_events_listener(self, callback: Callable[[list[NewAssetEvent]], None]) -> None:
+        """Call `callback(events)` after every commit that recorded asset events (task outlets)."""
+        self.writer.on_asset_events = callback
+
+    def set_triggering_asset_events(self, run_pk: int, events: Mapping[str, Any]) -> None:
+        """What the templates of an asset-triggered run see as `triggering_asset_events` (kept
+        until the run settles; set before the run is admitted)."""
+        self.progress.triggering_asset_events[run_pk] = events
 
     def _run_finished(self, finished: RunRecord, batch: Batch) -> None:
         self.admission.run_finished(finished, batch)

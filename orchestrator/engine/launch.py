@@ -61,15 +61,17 @@ def build_launch(
     installation: str = "",
     limits: TemplateLimits = DEFAULT_LIMITS,
     xcoms: Mapping[tuple[str, str], Any] | None = None,
+    *,
+    asset_events: Mapping[str, Any] | None = None,
 ) -> LaunchRequest:
     """Render the task's templates for this try. Raises TemplateError on a bad template and
     UnknownTaskKind when no module registered the task's kind. `xcoms` (default: the run's)
-    is what templates may pull."""
+    is what templates may pull; `asset_events` the run's `triggering_asset_events` (if any)."""
     spec = run.dag.spec
     kind = get_kind(task.kind)
     if xcoms is None:
         xcoms = run.xcoms
-    context = build_context(spec, task, run.record, ti.try_number, xcoms)
+    context = build_context(spec, task, run.record, ti.try_number, xcoms, asset_events=asset_events)
     rendered_env = {name: render_template(value, context, limits) for name, value in task.env.items()}
     env = task_environment(spec, task, run.record, ti.try_number, rendered_env, base_env)
     if installation:
@@ -172,6 +174,8 @@ class RenderPool:
         logs_dir: Path,
         base_env: Mapping[str, str],
         installation: str = "",
+        *,
+        asset_events: Mapping[str, Any] | None = None,
     ) -> asyncio.Future[LaunchRequest]:
         """`build_launch` on a pool thread; the future raises what build_launch raises, or
         `TemplateLimitExceeded` once templates.render_timeout has passed. Cancelled once the
@@ -190,7 +194,9 @@ class RenderPool:
 
         def work() -> LaunchRequest:
             def launch() -> LaunchRequest:
-                return build_launch(run, task, ti, logs_dir, base_env, installation, limits, xcoms)
+                return build_launch(
+                    run, task, ti, logs_dir, base_env, installation, limits, xcoms, asset_events=asset_events
+                )
 
             if timeout is None:
                 return launch()

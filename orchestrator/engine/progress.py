@@ -26,7 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core.kinds import UnknownTaskKind
-from orchestrator.core.records import ChangeSet, RunRecord, TaskInstanceRecord, TaskKey, XComRecord, evolve_ti
+from orchestrator.core.records import (
+    ChangeSet,
+    NewAssetEvent,
+    RunRecord,
+    TaskInstanceRecord,
+    TaskKey,
+    XComRecord,
+    evolve_ti,
+)
 from orchestrator.core.resolver import Resolution, resolve_after, run_outcome
 from orchestrator.core.retry import next_retry_at, retry_jitter_key, should_retry
 from orchestrator.core.states import ACTIVE_TASK_STATES, FINISHED_TASK_STATES, RunState, TaskState
@@ -99,6 +107,9 @@ class RunProgress:
         self._retry_timers: dict[TaskKey, TimerHandle] = {}
         #: the runs settled last, should a commit refused later change their outcome
         self._settled: OrderedDict[int, RunRecord] = OrderedDict()
+        #: the `triggering_asset_events` of asset-triggered runs, by run pk (set by the asset
+        #: trigger when it creates a run, and at recovery; dropped when the run settles)
+        self.triggering_asset_events: dict[int, Mapping[str, Any]] = {}
         #: told when a run of a DAG finishes, so that admission can start the next one
         #: called when a run reaches its outcome (before that is committed: `batch` carries it)
         self.on_run_finished: Callable[[RunRecord, Batch], None] = lambda finished, batch: None
@@ -155,6 +166,12 @@ class RunProgress:
                 live.xcoms[(ti.task_id, "return_value")] = value
                 batch.changes.xcoms.append(
                     XComRecord(live.pk, ti.task_id, ti.map_index, "return_value", value)
+                )
+            task = live.dag.tasks.get(ti.task_id)
+            if task is not None and task.outlets:  # recorded in the transaction of the success
+                batch.changes.asset_events.extend(
+                    NewAssetEvent(uri, now, {}, ti.dag_id, ti.task_id, ti.run_id, ti.map_index)
+                    for uri in task.outlets
                 )
         else:
             error = outcome.error if refusal is None else refusal
@@ -365,7 +382,14 @@ class RunProgress:
                 self._render_off_loop(live, task, ti, executor)
                 return True
             request = build_launch(
-                live, task, ti, self._logs_dir, self._base_env, self.installation, self._limits
+                live,
+                task,
+                ti,
+                self._logs_dir,
+                self._base_env,
+                self.installation,
+                self._limits,
+                asset_events=self.triggering_asset_events.get(live.pk),
             )
         except (TemplateError, NoExecutorForTask, UnknownTaskKind) as exc:
             self.note(ti, now, f"try {ti.try_number} failed: {exc}")
@@ -377,7 +401,15 @@ class RunProgress:
     def _render_off_loop(self, live: LiveRun, task: Any, ti: TaskInstanceRecord, executor: str) -> None:
         """Render on the render pool; the try launches (or fails) when the render is done. Its
         `queued` row is in the batch being built now, so it is committed before the launch."""
-        future = self.render_pool.render(live, task, ti, self._logs_dir, self._base_env, self.installation)
+        future = self.render_pool.render(
+            live,
+            task,
+            ti,
+            self._logs_dir,
+            self._base_env,
+            self.installation,
+            asset_events=self.triggering_asset_events.get(live.pk),
+        )
         future.add_done_callback(partial(self._rendered, ti.key, ti.try_number, executor))
 
     def _rendered(
@@ -436,7 +468,15 @@ class RunProgress:
             else run
             for run in changes.runs
         ]
-        return ChangeSet(tasks=tasks, runs=runs, xcoms=[])
+        # a failed try updated no asset: only the outlets of the successes that stay are recorded
+        failed = {(t.dag_id, t.run_id, t.task_id, t.map_index) for t in tasks if t.state == TaskState.FAILED}
+        events = [
+            event
+            for event in changes.asset_events
+            if (event.source_dag_id, event.source_run_id, event.source_task_id, event.source_map_index)
+            not in failed
+        ]
+        return ChangeSet(tasks=tasks, runs=runs, xcoms=[], asset_events=events)
 
     def _record_refused_value(self, failed: TaskInstanceRecord, now: datetime, reason: str) -> None:
         self.note(failed, now, reason)
@@ -489,6 +529,8 @@ class RunProgress:
         finished = replace(live.record, state=outcome, end_date=self._clock.now())
         batch.changes.runs.append(finished)
         del self.runs[live.pk]
+        if self.triggering_asset_events:
+            self.triggering_asset_events.pop(live.pk, None)
         self._settled[live.pk] = finished
         if len(self._settled) > SETTLED_KEPT:
             self._settled.popitem(last=False)

@@ -7,12 +7,15 @@ replacing someone else's DAG would be worse.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from orchestrator.core.kinds import UnknownTaskKind, get_kind
 from orchestrator.core.model import DagSpec, TaskSpec
 from orchestrator.core.resolver import DagGraph
+
+log = logging.getLogger("orchestrator.engine.registry")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,24 @@ class DagRegistry:
     def __init__(self) -> None:
         self._dags: dict[str, LoadedDag] = {}
         self._by_file: dict[str, tuple[str, ...]] = {}
+        #: told of the ids of DAGs (re)defined or dropped by a file (triggers plan them again)
+        self._listeners: list[Callable[[tuple[str, ...]], None]] = []
+
+    def add_listener(self, callback: Callable[[tuple[str, ...]], None]) -> None:
+        """Call `callback(dag_ids)` with the DAGs a file (re)defined or stopped defining, each
+        time the loader `announce`s them: once the store has recorded the change too."""
+        self._listeners.append(callback)
+
+    def announce(self, dag_ids: Iterable[str]) -> None:
+        """Tell the listeners these DAGs changed (the loader calls it after the store's sync)."""
+        ids = tuple(sorted(set(dag_ids)))
+        if not ids:
+            return
+        for listener in tuple(self._listeners):
+            try:
+                listener(ids)
+            except Exception:
+                log.exception("a listener of DAG changes failed on %s", ", ".join(ids))
 
     def get(self, dag_id: str) -> LoadedDag | None:
         return self._dags.get(dag_id)

@@ -15,7 +15,8 @@ comes first. A short task's "running" and "success" rows then share one commit i
 two commits in a row on the chain's critical path. Nothing is acted on because of a lazy
 change, so delaying it a few milliseconds loses nothing that a crash would not lose anyway.
 
-Once a change set is committed its rows are published on the event bus, then the follow-up
+Once a change set is committed its rows are published on the event bus, the asset events it
+recorded (task outlets) are handed to `on_asset_events` (the asset trigger), then the follow-up
 actions run. A follow-up that raises is handed to the supervisor's fatal path: memory and the
 database may then disagree, and only a restart (recovery from the database) is sure to fix it.
 
@@ -43,7 +44,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from orchestrator.core.records import ChangeSet
+from orchestrator.core.records import ChangeSet, NewAssetEvent
 from orchestrator.core.states import RunState
 from orchestrator.engine.supervision import Supervisor
 from orchestrator.ports import Events, StateStore, TimerHandle, Timers
@@ -92,6 +93,8 @@ class GroupCommitWriter:
         self.repair_refused: RepairRefused | None = None
         #: runs one of whose tries a repair failed: a success of theirs is stored as failed
         self._failed_by_repair: OrderedDict[int, None] = OrderedDict()
+        #: told of the asset events of every commit that recorded some, once it is committed
+        self.on_asset_events: Callable[[list[NewAssetEvent]], None] | None = None
 
     def submit(self, changes: ChangeSet, after: AfterCommit | None = None, *, lazy: bool = False) -> None:
         """Queue rows for the next commit; `after` runs once they are durable. A lazy change
@@ -125,6 +128,8 @@ class GroupCommitWriter:
                 merged = await self._commit(batch)
                 if merged is not None:
                     self._events.publish_changes(merged)
+                    if merged.asset_events and self.on_asset_events is not None:
+                        self._tell_asset_events(self.on_asset_events, merged.asset_events)
                 for item in batch:
                     if item.refused:
                         continue
@@ -134,6 +139,14 @@ class GroupCommitWriter:
                         except Exception as exc:
                             self._supervisor.fatal(f"an action after a commit failed: {exc!r}")
             self._idle.set()
+
+    def _tell_asset_events(
+        self, listener: Callable[[list[NewAssetEvent]], None], events: list[NewAssetEvent]
+    ) -> None:
+        try:
+            listener(events)
+        except Exception as exc:  # the events are durable: the trigger's recovery still sees them
+            self._supervisor.fatal(f"the asset trigger failed on committed asset events: {exc!r}")
 
     def _correct(self, item: _Pending) -> None:
         """A success of a run failed by an earlier repair is stored as the failure it is."""

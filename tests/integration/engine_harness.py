@@ -187,8 +187,10 @@ async def load_dag_file(
     """Load a DAG file in process, keep its version's source, register and store its DAGs."""
     specs = load_dag_specs(str(path), versions_dir=str(versions_dir))
     registry.check_file(str(path), specs)
+    before = {dag.spec.dag_id for dag in registry if dag.spec.fileloc == str(path)}
     registry.replace_file(str(path), specs)
     await store.sync_dag_file(str(path), specs, now)
+    registry.announce(before | {spec.dag_id for spec in specs})
 
 
 @asynccontextmanager
@@ -207,12 +209,15 @@ async def running_engine(
     state_dir: Path | None = None,
     log_max_bytes: int | None = None,
     engine_options: Mapping[str, Any] | None = None,
+    before_recover: Callable[[EngineHarness], Awaitable[None]] | None = None,
 ) -> AsyncIterator[EngineHarness]:
     """An Engine + LocalExecutor + writer on `store`, with the DAGs of `dag_files` loaded and
     the store's active runs recovered. Drains on exit (running tasks get `drain_grace` s, none
     if the test failed) unless the test crashed it. `clock` and `timers` default to the real
     ones (tests/fakes.py has fakes that advance time); `extra_executors` adds executors by name;
-    `engine_options` are more keyword arguments of Engine (check_value, template_limits)."""
+    `engine_options` are more keyword arguments of Engine (check_value, template_limits);
+    `before_recover` is awaited with the harness before the engine recovers (to wire a trigger
+    the way the daemon does)."""
     clock = clock or SystemClock()
     timers = timers or LoopTimers(clock)
     registry = DagRegistry()
@@ -270,6 +275,8 @@ async def running_engine(
                 task_logs,
                 _stop_writer=writer_scope.cancel,
             )
+            if before_recover is not None:
+                await before_recover(harness)
             await engine.recover({})
             grace = drain_grace
             try:

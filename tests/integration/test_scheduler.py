@@ -53,6 +53,7 @@ async def scheduling(
     async with running_engine(store, logs, files, clock=clock, timers=timers) as harness:
         scheduler = Scheduler(harness.engine, store, clock, timers, harness.engine.supervisor)
         harness.engine.add_paused_listener(lambda dag_id, _: scheduler.refresh([dag_id]))
+        harness.registry.add_listener(scheduler.refresh)
         scheduler.start()
         try:
             yield harness, scheduler, timers
@@ -182,8 +183,7 @@ async def test_a_changed_schedule_is_planned_again(
             """,
             work,
         )
-        await harness.reload(path)
-        scheduler.refresh(["changing"])
+        await harness.reload(path)  # the registry tells the scheduler
         # the latest scheduled run (03-03, daily) is where the new schedule resumes: every 6 h
         # interval from the start date that ended by noon
         runs = await wait_runs(store, "changing", 3, timers)

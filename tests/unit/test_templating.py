@@ -396,6 +396,7 @@ def test_json_context_is_the_json_able_subset() -> None:
         "params": {"p": 1, "c": 2},
         "conf": {"c": 2},
         "run_type": "manual",
+        "triggering_asset_events": {},
     }
 
 
