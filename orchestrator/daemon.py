@@ -29,7 +29,7 @@ import anyio
 from aiohttp import web
 
 from orchestrator.api.app import create_app
-from orchestrator.config import DEPRECATED_LOG_LEVEL_ENV, Config
+from orchestrator.config import DEPRECATED_LOG_LEVEL_ENV, Config, webhook_secrets
 from orchestrator.core.model import DagSpec
 from orchestrator.core.serialization import spec_from_dict
 from orchestrator.core.template_limits import TemplateLimits
@@ -45,6 +45,7 @@ from orchestrator.engine.supervision import Supervisor
 from orchestrator.engine.timers import LoopTimers
 from orchestrator.errors import AnotherDaemonRunning, OrchestratorError
 from orchestrator.ports import Executor, ExecutorEvents, StateStore, TaskLogs, Timers
+from orchestrator.triggers.webhooks import DeliveryLog, DeliveryLogPruner, WebhookReceiver, build_webhooks
 from storage.filelogs import FileTaskLogs, LogFiles
 
 if TYPE_CHECKING:
@@ -223,6 +224,8 @@ async def _serve(config: Config) -> None:
     from storage.postgres import PostgresStateStore
 
     paths = Paths.of(config)
+    # read before anything starts: a missing webhook secret stops the daemon at once, naming the key
+    secrets = webhook_secrets(config.webhooks, os.environ)
     paths.logs_dir.mkdir(parents=True, exist_ok=True)
     hostname = socket.gethostname()
     daemon_id = config.daemon.daemon_id or f"{hostname}-{os.getpid()}"
@@ -305,7 +308,20 @@ async def _serve(config: Config) -> None:
             # on their recorded DAG versions; a DAG not parsed yet cannot be triggered yet)
             group.start_soon(folder.run, {dag_id: spec.fileloc for dag_id, spec in stored.items()})
             await engine.recover(stored)
-            runner = await _start_api(config, paths, store, engine, task_logs)
+            receiver = WebhookReceiver(
+                build_webhooks(config.webhooks, secrets),
+                engine,
+                store,
+                store,
+                clock,
+                DeliveryLog(store, supervisor.spawn),
+                assets=None,  # the AssetEventSink is wired here once the assets work lands
+            )
+            pruner = DeliveryLogPruner(
+                store, clock, timers, config.webhook_log.retention_days, spawn=supervisor.spawn
+            )
+            pruner.start()
+            runner = await _start_api(config, paths, store, engine, task_logs, receiver)
             group.start_soon(daemon_lock.guard)
             group.start_soon(_heartbeat, store, daemon_lock, daemon_id, clock, timers)
             group.start_soon(_wait_for_stop_signal, stop)
@@ -314,7 +330,8 @@ async def _serve(config: Config) -> None:
             await stop.wait()
             log.info("shutting down: waiting up to %.0f s for running tasks", config.daemon.shutdown_grace)
             await engine.drain(config.daemon.shutdown_grace)
-            await runner.cleanup()
+            pruner.stop()
+            await runner.cleanup()  # also writes what is left of the webhook delivery log
             paths.api_url_file.unlink(missing_ok=True)
             folder.stop()
             group.cancel_scope.cancel()
@@ -369,9 +386,14 @@ async def _stored_specs(store: StateStore) -> dict[str, DagSpec]:
 
 
 async def _start_api(
-    config: Config, paths: Paths, store: StateStore, engine: Engine, task_logs: TaskLogs
+    config: Config,
+    paths: Paths,
+    store: StateStore,
+    engine: Engine,
+    task_logs: TaskLogs,
+    webhook_receiver: WebhookReceiver | None = None,
 ) -> web.AppRunner:
-    app = create_app(store, engine, paths.logs_dir, task_logs, config.api)
+    app = create_app(store, engine, paths.logs_dir, task_logs, config.api, webhook_receiver)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, config.api.host, config.api.port)

@@ -37,6 +37,7 @@ from orchestrator.core.serialization import spec_from_dict, spec_to_dict
 from orchestrator.core.states import RunState, TaskState
 from orchestrator.ports import ActiveRun
 from storage.errors import StorageError
+from storage.postgres_webhooks import PostgresWebhookStore
 from storage.sql import QUERIES
 
 logger = logging.getLogger(__name__)
@@ -267,7 +268,7 @@ def _xcom_columns(xcoms: Iterable[XComRecord]) -> list[list[Any]]:
     ]
 
 
-class PostgresStateStore:
+class PostgresStateStore(PostgresWebhookStore):
     """The state store on one PostgreSQL database (see `orchestrator.ports.StateStore`)."""
 
     def __init__(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from orchestrator.api import dags, runs, task_instances
+from orchestrator.api import dags, runs, task_instances, webhooks
 from orchestrator.api.errors import error_middleware
 from orchestrator.api.guards import origin_guard
 from orchestrator.api.keys import ENGINE, LOGS_DIR, SETTINGS, STORE, TASK_LOGS, UNIXNAME
@@ -21,6 +21,7 @@ from orchestrator.api.params import json_response
 from orchestrator.config import ApiConfig
 from orchestrator.errors import OrchestratorError
 from orchestrator.ports import EngineApi, StateStore, TaskLogs
+from orchestrator.triggers.webhooks import WebhookReceiver
 
 log = logging.getLogger("orchestrator.api")
 
@@ -64,10 +65,12 @@ def create_app(
     logs_dir: Path,
     task_logs: TaskLogs | None = None,
     settings: ApiConfig | None = None,
+    webhook_receiver: WebhookReceiver | None = None,
 ) -> web.Application:
     """The REST API (Airflow's /api/v1 shapes) and /health, reading `store`, triggering via `engine`,
     serving task logs through `task_logs` (default: the files under `logs_dir`), limited by the
-    [api] `settings` (defaults if None)."""
+    [api] `settings` (defaults if None); webhooks are answered by `webhook_receiver` (None: none
+    configured). The app's cleanup writes what is left of the webhook delivery log."""
     settings = settings or ApiConfig()
     app = web.Application(middlewares=[error_middleware, origin_guard(settings.allowed_origins)])
     app[STORE] = store
@@ -85,4 +88,5 @@ def create_app(
     dags.add_routes(app.router)
     runs.add_routes(app.router)
     task_instances.add_routes(app.router)
+    webhooks.add_routes(app, webhook_receiver)
     return app
