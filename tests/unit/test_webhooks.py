@@ -189,7 +189,7 @@ def test_the_conf_is_the_whole_body_or_the_mapped_fields() -> None:
 
 def test_a_missing_mapped_field_is_refused_naming_it() -> None:
     config = WebhookConfig(name="gh", auth="github", dag_id="d", conf={"sha": "head_commit.id"})
-    with pytest.raises(DeliveryRefused, match="no field 'head_commit.id', which conf key 'sha' maps"):
+    with pytest.raises(DeliveryRefused, match=r"no field 'head_commit\.id', which conf key 'sha' maps"):
         map_conf(config, headers(), DOC)
 
 
