@@ -1,0 +1,120 @@
+"""Webhooks end to end: `orchestrator run` with a [webhooks.github-push] table, a GitHub-signed push
+over HTTP, the run it starts succeeding with the mapped conf in its task's log, the delivery log
+through the CLI, and a daemon that refuses to start without its webhook's secret."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import Daemon
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "e2e-webhook-secret-0123456789"
+
+WEBHOOK_CONFIG = """
+[webhooks.github-push]
+dag_id = "build"
+auth = "github"
+secret_env = "GITHUB_WEBHOOK_SECRET"
+delivery_id_header = "X-GitHub-Delivery"
+conf = { ref = "ref", repo = "repository.full_name" }
+filter = { "headers.X-GitHub-Event" = ["push"], "ref" = ["refs/heads/main"] }
+"""
+
+BUILD_DAG = """
+from orchestrator import DAG, Bash
+
+with DAG("build"):
+    Bash("checkout", 'echo "checking out {{ dag_run.conf["ref"] }} of {{ dag_run.conf["repo"] }}"')
+"""
+
+
+def deliver(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, object]]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
+    try:
+        with opener.open(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def github_headers(body: bytes, delivery: str, secret: str = SECRET) -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": "push",
+        "X-GitHub-Delivery": delivery,
+        "X-Hub-Signature-256": "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest(),
+    }
+
+
+def test_a_github_signed_push_runs_the_dag_with_the_mapped_conf(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon(extra_config=WEBHOOK_CONFIG, env={"GITHUB_WEBHOOK_SECRET": SECRET})
+    daemon.write_dag("build.py", BUILD_DAG)
+    daemon.start()
+    daemon.wait_dag("build")
+    url = daemon.url + "/api/v1/webhooks/github-push"
+    body = json.dumps(
+        {"ref": "refs/heads/main", "repository": {"full_name": "acme/app"}, "after": "c0ffee"}
+    ).encode()
+
+    status, answer = deliver(url, body, github_headers(body, "e2e-1"))
+    assert (status, answer) == (202, {"dag_run_id": "webhook__github-push__e2e-1", "created": True})
+    run = daemon.wait_run("build", "webhook__github-push__e2e-1")
+    assert run["state"] == "success" and run["conf"] == {"ref": "refs/heads/main", "repo": "acme/app"}
+    assert run["run_type"] == "manual"
+    assert "checking out refs/heads/main of acme/app" in daemon.task_log(
+        "build", run["dag_run_id"], "checkout", 1
+    )
+
+    assert deliver(url, body, github_headers(body, "e2e-1"))[0] == 200  # a redelivery
+    assert deliver(url, body, github_headers(body, "e2e-2", "wrong-secret"))[0] == 401
+
+    table = daemon.cli("webhooks", "deliveries", "github-push").stdout
+    lines = table.splitlines()
+    assert lines[0].split() == [
+        "received_at",
+        "delivery_id",
+        "status",
+        "created",
+        "dag_id",
+        "dag_run_id",
+        "reason",
+    ]
+    assert len(lines) == 5 and "e2e-2" in lines[2] and "401" in lines[2]
+    listed = json.loads(daemon.cli("webhooks", "deliveries", "github-push", "--output", "json").stdout)
+    assert listed["total_entries"] == 3
+    assert [d["status"] for d in listed["deliveries"]] == [401, 200, 202]
+
+    assert daemon.stop() == 0
+    assert SECRET not in daemon.logs()
+
+
+def test_the_daemon_refuses_to_start_without_the_webhooks_secret(workdir: Path, database_dsn: str) -> None:
+    daemon = Daemon(root=workdir, database_dsn=database_dsn, extra_config=WEBHOOK_CONFIG)
+    daemon.write_config()
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "run", "--config", str(daemon.config_path)],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "GITHUB_WEBHOOK_SECRET"},
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        "error: webhooks.github-push.secret_env names GITHUB_WEBHOOK_SECRET, which is not set"
+    ), result.stderr
