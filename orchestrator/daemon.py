@@ -224,8 +224,12 @@ async def _serve(config: Config) -> None:
     from storage.postgres import PostgresStateStore
 
     paths = Paths.of(config)
-    # read before anything starts: a missing webhook secret stops the daemon at once, naming the key
+    # read before anything starts: a missing webhook secret stops the daemon at once, naming the key;
+    # then gone from the environment, so no task, DAG file or worker inherits a webhook's secret
     secrets = webhook_secrets(config.webhooks, os.environ)
+    for webhook in config.webhooks.values():
+        for variable in webhook.secret_env:
+            os.environ.pop(variable, None)
     paths.logs_dir.mkdir(parents=True, exist_ok=True)
     hostname = socket.gethostname()
     daemon_id = config.daemon.daemon_id or f"{hostname}-{os.getpid()}"

@@ -38,6 +38,7 @@ from orchestrator import DAG, Bash
 
 with DAG("build"):
     Bash("checkout", 'echo "checking out {{ dag_run.conf["ref"] }} of {{ dag_run.conf["repo"] }}"')
+    Bash("environment", 'echo "secret=[${GITHUB_WEBHOOK_SECRET:-}]"')
 """
 
 
@@ -78,6 +79,9 @@ def test_a_github_signed_push_runs_the_dag_with_the_mapped_conf(make_daemon: Cal
     assert "checking out refs/heads/main of acme/app" in daemon.task_log(
         "build", run["dag_run_id"], "checkout", 1
     )
+
+    # the daemon read the secret and took it out of the environment tasks inherit
+    assert "secret=[]" in daemon.task_log("build", run["dag_run_id"], "environment", 1)
 
     assert deliver(url, body, github_headers(body, "e2e-1"))[0] == 200  # a redelivery
     assert deliver(url, body, github_headers(body, "e2e-2", "wrong-secret"))[0] == 401
