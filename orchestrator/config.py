@@ -189,9 +189,9 @@ class WebhookConfig:
     delivery_id_header: str | None = None
     dedup_window: float = 300.0
     #: run-conf key -> dotted path into the JSON body ("headers.X" reads a header); None: whole body
-    conf: Mapping[str, str] | None = None
+    conf: Mapping[str, str] | None = field(default=None, hash=False)
     #: dotted path -> accepted values; a delivery matching not all of them creates nothing
-    filter: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    filter: Mapping[str, tuple[Any, ...]] = field(default_factory=dict, hash=False)
     max_body_bytes: int = 1024 * 1024
     allow_unauthenticated: bool = False
 
@@ -210,7 +210,7 @@ class Config:
     xcom: XComConfig = field(default_factory=XComConfig)
     webhook_log: WebhookLogConfig = field(default_factory=WebhookLogConfig)
     #: [webhooks.<name>] tables, by name (their own parser: the names are the user's)
-    webhooks: Mapping[str, WebhookConfig] = field(default_factory=dict)
+    webhooks: Mapping[str, WebhookConfig] = field(default_factory=dict, hash=False)
     source: str = "built-in defaults"
 
 

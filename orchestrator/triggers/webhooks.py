@@ -283,9 +283,14 @@ class DeliveryLog:
         self._max_batch = max_batch
         self._pending: list[WebhookDelivery] = []
         self._writer: asyncio.Task[Any] | None = None
+        #: entries recorded and entries written (or given up on) so far, and who waits for which
+        self._recorded = 0
+        self._done = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     def record(self, delivery: WebhookDelivery) -> None:
         self._pending.append(delivery)
+        self._recorded += 1
         if self._writer is None or self._writer.done():
             self._writer = self._spawn(self._write(), "webhook delivery log")
 
@@ -296,16 +301,31 @@ class DeliveryLog:
             try:
                 await self._store.record_webhook_deliveries(batch)
             except Exception as exc:  # the log must never fail a delivery; say what was lost
-                log.warning(
-                    "%d webhook deliveries could not be written to the delivery log: %s", len(batch), exc
-                )
+                log.warning("%d webhook deliveries could not be written to the log: %s", len(batch), exc)
+            finally:
+                self._done += len(batch)
+                self._wake()
+
+    def _wake(self) -> None:
+        still = []
+        for target, waiter in self._waiters:
+            if self._done >= target:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                still.append((target, waiter))
+        self._waiters = still
 
     async def flush(self) -> None:
-        """Wait until every entry recorded so far is written."""
-        while self._writer is not None and not self._writer.done():
-            await asyncio.shield(self._writer)
-        if self._pending:  # recorded with no writer running (e.g. outside an event loop's task)
+        """Wait until every entry recorded so far is written (not those recorded meanwhile)."""
+        if self._done >= self._recorded:
+            return
+        if self._writer is None or self._writer.done():  # recorded with no writer running
             await self._write()
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((self._recorded, waiter))
+        await waiter
 
     async def close(self) -> None:
         await self.flush()
@@ -430,6 +450,10 @@ class WebhookReceiver:
             answer = Answer(404, reason=str(exc))
         except ShuttingDown as exc:
             answer = Answer(503, reason=str(exc))
+        except Exception as exc:  # answered 500 by the API's error middleware, which logs the traceback
+            reason = f"internal error ({type(exc).__name__}): see the daemon's log"
+            self.answer(webhook.name, Answer(500, reason=reason), received_at, delivery_id)
+            raise
         return self.answer(webhook.name, answer, received_at, delivery_id)
 
     async def _receive(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,9 +14,11 @@ from multidict import CIMultiDict
 
 from orchestrator.config import WebhookConfig
 from orchestrator.core.ids import check_run_id
+from orchestrator.ports import WebhookDelivery
 from orchestrator.triggers.webhooks import (
     MISSING,
     Answer,
+    DeliveryLog,
     DeliveryRefused,
     Webhook,
     authentication_problem,
@@ -255,3 +259,54 @@ def test_the_answer_body() -> None:
 
 def test_the_secrets_never_show_in_the_webhook_repr() -> None:
     assert "s3cret" not in repr(github(b"s3cret"))
+
+
+class _SlowLogStore:
+    """A WebhookStore whose writes wait on a gate (for the delivery log's batching)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str | None]] = []
+        self.gate = asyncio.Event()
+        self.writing = asyncio.Event()
+        self.fail = False
+
+    async def record_webhook_deliveries(self, deliveries: Sequence[WebhookDelivery]) -> None:
+        self.writing.set()
+        await self.gate.wait()
+        if self.fail:
+            raise ConnectionError("database gone")
+        self.batches.append([d.delivery_id for d in deliveries])
+
+
+def _entry(delivery_id: str) -> WebhookDelivery:
+    return WebhookDelivery("w", delivery_id, datetime(2026, 1, 1, tzinfo=UTC), 202, True)
+
+
+@pytest.mark.anyio
+async def test_the_delivery_log_batches_what_arrives_while_it_writes() -> None:
+    store = _SlowLogStore()
+    delivery_log = DeliveryLog(store)  # type: ignore[arg-type]
+    delivery_log.record(_entry("a"))
+    await store.writing.wait()  # the writer took "a" and waits on the gate
+    for name in ("b", "c"):
+        delivery_log.record(_entry(name))
+    flushed = asyncio.ensure_future(delivery_log.flush())
+    store.gate.set()
+    await flushed
+    assert store.batches == [["a"], ["b", "c"]]
+    await delivery_log.close()
+
+
+@pytest.mark.anyio
+async def test_a_failed_log_write_is_given_up_on_and_never_blocks_a_flush() -> None:
+    store = _SlowLogStore()
+    store.fail = True
+    store.gate.set()
+    delivery_log = DeliveryLog(store)  # type: ignore[arg-type]
+    delivery_log.record(_entry("a"))
+    await delivery_log.flush()
+    assert store.batches == []
+    store.fail = False
+    delivery_log.record(_entry("b"))
+    await delivery_log.close()
+    assert store.batches == [["b"]]
