@@ -7,6 +7,9 @@ dependencies load only in the daemon's own modules.
 
 from orchestrator.authoring import (
     DAG,
+    Asset,
+    AssetAll,
+    AssetAny,
     BaseOperator,
     Bash,
     BashOperator,
@@ -22,6 +25,9 @@ from orchestrator.authoring import (
 
 __all__ = [
     "DAG",
+    "Asset",
+    "AssetAll",
+    "AssetAny",
     "BaseOperator",
     "Bash",
     "BashOperator",

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -180,6 +181,9 @@ def _print(
         print("(none)")
 
 
+ClientCommand = Callable[[argparse.Namespace, ApiClient], int]
+
+
 # --- client commands ---------------------------------------------------------------------
 
 
@@ -188,13 +192,47 @@ def cmd_dags_list(args: argparse.Namespace, client: ApiClient) -> int:
     rows = [
         {
             **dag,
-            "schedule": (dag.get("schedule_interval") or {}).get("value"),
+            "schedule": _schedule_text(dag),
             "tags": ",".join(tag["name"] for tag in dag.get("tags") or []),
         }
         for dag in data["dags"]
     ]
-    _print(args, data, rows, ["dag_id", "is_paused", "schedule", "tags", "fileloc"])
+    _print(args, data, rows, ["dag_id", "is_paused", "schedule", "next_dagrun", "tags", "fileloc"])
     return 0
+
+
+def _schedule_text(dag: Mapping[str, Any]) -> str | None:
+    interval = dag.get("schedule_interval") or {}
+    if interval.get("__type") == "TimeDelta":
+        days, seconds, micros = interval["days"], interval["seconds"], interval["microseconds"]
+        return str(timedelta(days=days, seconds=seconds, microseconds=micros))
+    if interval.get("value") is not None:
+        return str(interval["value"])
+    return "assets" if dag.get("timetable_description") == "Triggered by assets" else None
+
+
+def cmd_dags_next(args: argparse.Namespace, client: ApiClient) -> int:
+    """The DAG's next scheduled run: its logical date, data interval and when it is created."""
+    dag = client.get_json(f"/api/v1/dags/{quote(args.dag_id)}")
+    if args.output == "json":
+        _print_json({key: dag.get(key) for key in _NEXT_RUN_FIELDS})
+    elif dag.get("next_dagrun") is None:
+        print(f"{dag['dag_id']} has no next scheduled run ({dag.get('timetable_description')})")
+    else:
+        for key in _NEXT_RUN_FIELDS:
+            print(f"{key}: {dag.get(key)}")
+    return 0
+
+
+_NEXT_RUN_FIELDS = (
+    "dag_id",
+    "is_paused",
+    "timetable_description",
+    "next_dagrun",
+    "next_dagrun_data_interval_start",
+    "next_dagrun_data_interval_end",
+    "next_dagrun_create_after",
+)
 
 
 def cmd_dags_errors(args: argparse.Namespace, client: ApiClient) -> int:
@@ -247,6 +285,75 @@ def cmd_trigger(args: argparse.Namespace, client: ApiClient) -> int:
     else:
         print(f"triggered {run['dag_id']} run {run['dag_run_id']} (state {run['state']})")
     return 0
+
+
+def cmd_backfill(args: argparse.Namespace, client: ApiClient) -> int:
+    """Create a backfill (or, with --dry-run, list the logical dates it would run)."""
+    body: dict[str, Any] = {
+        "dag_id": args.dag_id,
+        "from_date": args.from_date,
+        "to_date": args.to_date,
+        "reprocess_behavior": args.reprocess,
+        "run_backwards": args.run_backwards,
+    }
+    if args.max_active_runs is not None:
+        body["max_active_runs"] = args.max_active_runs
+    if args.conf is not None:
+        try:
+            body["dag_run_conf"] = json.loads(args.conf)
+        except ValueError as exc:
+            raise CliError(f"--conf is not valid JSON: {exc}") from None
+    if args.dry_run:
+        data = json.loads(client.request("POST", "/api/v1/backfills/dry_run", body=body))
+        _print(args, data, data["backfills"], ["logical_date"])
+        return 0
+    backfill = json.loads(client.request("POST", "/api/v1/backfills", body=body))
+    if args.output == "json":
+        _print_json(backfill)
+    else:
+        print(
+            f"backfill {backfill['id']} of {backfill['dag_id']} created: {backfill['from_date']} to "
+            f"{backfill['to_date']}, at most {backfill['max_active_runs']} runs at a time "
+            f"(`orchestrator backfills show {backfill['id']}`)"
+        )
+    return 0
+
+
+_BACKFILL_COLUMNS = ["id", "dag_id", "from_date", "to_date", "is_paused", "max_active_runs", "completed_at"]
+
+
+def cmd_backfills_list(args: argparse.Namespace, client: ApiClient) -> int:
+    query: dict[str, Any] = {"limit": 1000}
+    if args.dag_id:
+        query["dag_id"] = args.dag_id
+    data = client.get_json("/api/v1/backfills", **query)
+    _print(args, data, data["backfills"], _BACKFILL_COLUMNS)
+    return 0
+
+
+def cmd_backfills_show(args: argparse.Namespace, client: ApiClient) -> int:
+    backfill = client.get_json(f"/api/v1/backfills/{args.backfill_id}")
+    runs = client.get_json(f"/api/v1/backfills/{args.backfill_id}/dagRuns")
+    if args.output == "json":
+        _print_json({**backfill, "dag_runs": runs["dag_runs"]})
+        return 0
+    print(render_table([backfill], _BACKFILL_COLUMNS))
+    print()
+    _print(args, runs, runs["dag_runs"], ["logical_date", "dag_run_id", "state", "exception_reason"])
+    return 0
+
+
+def _backfill_action(action: str) -> ClientCommand:
+    def command(args: argparse.Namespace, client: ApiClient) -> int:
+        backfill = json.loads(client.request("PUT", f"/api/v1/backfills/{args.backfill_id}/{action}"))
+        if args.output == "json":
+            _print_json(backfill)
+        else:
+            done = {"pause": "paused", "unpause": "resumed", "cancel": "cancelled"}[action]
+            print(f"backfill {backfill['id']} of {backfill['dag_id']} {done}")
+        return 0
+
+    return command
 
 
 def cmd_runs(args: argparse.Namespace, client: ApiClient) -> int:
@@ -341,8 +448,6 @@ def _version() -> str:
         return "0.1.0 (not installed)"
 
 
-ClientCommand = Callable[[argparse.Namespace, ApiClient], int]
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -387,6 +492,46 @@ def build_parser() -> argparse.ArgumentParser:
     unpause = dag_commands.add_parser("unpause", parents=[client_opts], help="start the DAG's held runs")
     unpause.add_argument("dag_id")
     unpause.set_defaults(client=cmd_dags_unpause)
+    next_run = dag_commands.add_parser(
+        "next", parents=[client_opts], help="the DAG's next scheduled run and its data interval"
+    )
+    next_run.add_argument("dag_id")
+    next_run.set_defaults(client=cmd_dags_next)
+
+    backfill = commands.add_parser(
+        "backfill", parents=[client_opts], help="run a DAG for the logical dates of its schedule in a range"
+    )
+    backfill.add_argument("dag_id")
+    backfill.add_argument("--from", dest="from_date", required=True, help="ISO 8601: the first logical date")
+    backfill.add_argument("--to", dest="to_date", required=True, help="ISO 8601: the last logical date")
+    backfill.add_argument(
+        "--reprocess",
+        choices=["none", "failed", "completed"],
+        default="none",
+        help="dates with a run: skip them (none), run failed ones again, or run every finished one again",
+    )
+    backfill.add_argument("--max-active-runs", type=int, help="runs of the backfill at once (default 10)")
+    backfill.add_argument("--run-backwards", action="store_true", help="newest logical date first")
+    backfill.add_argument("--conf", help="the conf of every run, as a JSON object")
+    backfill.add_argument("--dry-run", action="store_true", help="only list the logical dates it would run")
+    backfill.set_defaults(client=cmd_backfill)
+
+    backfills = commands.add_parser("backfills", help="list, show, pause, resume and cancel backfills")
+    backfill_commands = backfills.add_subparsers(dest="backfills_command", metavar="COMMAND", required=True)
+    listing = backfill_commands.add_parser("list", parents=[client_opts], help="list backfills, newest first")
+    listing.add_argument("--dag-id", help="only this DAG's")
+    listing.set_defaults(client=cmd_backfills_list)
+    show = backfill_commands.add_parser("show", parents=[client_opts], help="a backfill and its runs")
+    show.add_argument("backfill_id", type=int)
+    show.set_defaults(client=cmd_backfills_show)
+    for action, text in (
+        ("pause", "stop creating the backfill's runs until resumed"),
+        ("unpause", "resume a paused backfill"),
+        ("cancel", "stop the backfill for good (its runs already created finish)"),
+    ):
+        sub = backfill_commands.add_parser(action, parents=[client_opts], help=text)
+        sub.add_argument("backfill_id", type=int)
+        sub.set_defaults(client=_backfill_action(action))
 
     trigger = commands.add_parser("trigger", parents=[client_opts], help="trigger a DAG run")
     trigger.add_argument("dag_id")

@@ -45,6 +45,8 @@ from orchestrator.engine.supervision import Supervisor
 from orchestrator.engine.timers import LoopTimers
 from orchestrator.errors import AnotherDaemonRunning, OrchestratorError
 from orchestrator.ports import Executor, ExecutorEvents, StateStore, TaskLogs, Timers
+from orchestrator.triggers.backfill import Backfills
+from orchestrator.triggers.scheduler import Scheduler
 from orchestrator.triggers.webhooks import DeliveryLog, DeliveryLogPruner, WebhookReceiver, build_webhooks
 from storage.filelogs import FileTaskLogs, LogFiles
 
@@ -307,11 +309,19 @@ async def _serve(config: Config) -> None:
                 events=engine.events,
                 paused_on_creation=config.dags.paused_on_creation,
             )
+            scheduler = Scheduler(
+                engine, store, clock, timers, supervisor, default_timezone=config.dags.default_timezone
+            )
+            backfills = Backfills(engine, store, clock, supervisor, config.dags.default_timezone)
+            folder.add_dags_changed_listener(scheduler.refresh)
+            engine.add_paused_listener(lambda dag_id, _paused: scheduler.refresh([dag_id]))
             stored = await _stored_specs(store)
             # parsed in the background: a slow file must not keep the API closed (runs recover
             # on their recorded DAG versions; a DAG not parsed yet cannot be triggered yet)
             group.start_soon(folder.run, {dag_id: spec.fileloc for dag_id, spec in stored.items()})
             await engine.recover(stored)
+            scheduler.start()
+            await backfills.start()
             receiver = WebhookReceiver(
                 build_webhooks(config.webhooks, secrets),
                 engine,
@@ -325,7 +335,7 @@ async def _serve(config: Config) -> None:
                 store, clock, timers, config.webhook_log.retention_days, spawn=supervisor.spawn
             )
             pruner.start()
-            runner = await _start_api(config, paths, store, engine, task_logs, receiver)
+            runner = await _start_api(config, paths, store, engine, task_logs, backfills, receiver)
             group.start_soon(daemon_lock.guard)
             group.start_soon(_heartbeat, store, daemon_lock, daemon_id, clock, timers)
             group.start_soon(_wait_for_stop_signal, stop)
@@ -333,6 +343,8 @@ async def _serve(config: Config) -> None:
 
             await stop.wait()
             log.info("shutting down: waiting up to %.0f s for running tasks", config.daemon.shutdown_grace)
+            scheduler.stop()
+            backfills.stop()
             await engine.drain(config.daemon.shutdown_grace)
             pruner.stop()
             await runner.cleanup()  # also writes what is left of the webhook delivery log
@@ -395,9 +407,18 @@ async def _start_api(
     store: StateStore,
     engine: Engine,
     task_logs: TaskLogs,
+    backfills: Backfills,
     webhook_receiver: WebhookReceiver | None = None,
 ) -> web.AppRunner:
-    app = create_app(store, engine, paths.logs_dir, task_logs, config.api, webhook_receiver)
+    app = create_app(
+        store,
+        engine,
+        paths.logs_dir,
+        task_logs,
+        config.api,
+        backfills=backfills,
+        webhook_receiver=webhook_receiver,
+    )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, config.api.host, config.api.port)

@@ -20,7 +20,7 @@ finished parsing first.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import anyio
@@ -60,6 +60,8 @@ class DagFolder:
         self.folder = folder.resolve()
         #: whether a DAG seen for the first time starts paused (dags.paused_on_creation)
         self._paused_on_creation = paused_on_creation
+        #: told the ids of DAGs (re)defined or removed by a file, once the store has the change
+        self._changed_listeners: list[Callable[[set[str]], None]] = []
         self._events = events
         #: files whose import error is recorded (a clearing is published only for these)
         self._errored: set[str] = set()
@@ -80,6 +82,20 @@ class DagFolder:
         self._refused: dict[str, set[str]] = {}
         #: during the first load: dag_id -> the file the store knew as its owner, until it is parsed
         self._reserved: dict[str, str] = {}
+
+    def add_dags_changed_listener(self, callback: Callable[[set[str]], None]) -> None:
+        """Call `callback(dag_ids)` with the DAGs a file (re)defined or stopped defining, after
+        the store has recorded it (the scheduler and the asset trigger plan them again)."""
+        self._changed_listeners.append(callback)
+
+    def _tell_changed(self, dag_ids: set[str]) -> None:
+        if not dag_ids:
+            return
+        for listener in tuple(self._changed_listeners):
+            try:
+                listener(dag_ids)
+            except Exception:
+                log.exception("a listener of DAG changes failed on %s", ", ".join(sorted(dag_ids)))
 
     def dag_files(self) -> list[Path]:
         if not self.folder.is_dir():
@@ -165,6 +181,7 @@ class DagFolder:
                 self._registry.replace_file(fileloc, specs)
                 await self._store.sync_dag_file(fileloc, specs, now, self._paused_on_creation)
                 self._cleared(fileloc)
+                self._tell_changed(before | {spec.dag_id for spec in specs})
                 log.info("loaded %s: %s", fileloc, ", ".join(spec.dag_id for spec in specs) or "no DAGs")
             freed = before - self._ids_of(fileloc)
         await self._reevaluate(freed)
@@ -177,6 +194,7 @@ class DagFolder:
             self._registry.remove_file(fileloc)
             await self._store.remove_dag_file(fileloc)
             self._cleared(fileloc)
+            self._tell_changed(freed)
             log.info("removed %s", fileloc)
         await self._reevaluate(freed)
 

@@ -19,6 +19,8 @@ from typing import Any, Protocol
 from orchestrator.core.kinds import Payload
 from orchestrator.core.model import DagSpec
 from orchestrator.core.records import (
+    BackfillRecord,
+    BackfillRunRecord,
     ChangeSet,
     DaemonRecord,
     DagRecord,
@@ -73,7 +75,68 @@ class ActiveRun:
     spec: DagSpec | None = None
 
 
-class StateStore(Protocol):
+class ScheduleStore(Protocol):
+    """What the scheduler and backfills keep in the store (storage/postgres_schedules.py)."""
+
+    async def latest_scheduled_run(self, dag_id: str) -> tuple[datetime, datetime, datetime] | None:
+        """(logical_date, data_interval_start, data_interval_end) of the DAG's latest scheduled run."""
+
+    async def count_unfinished_runs(self, dag_id: str) -> int:
+        """How many runs of the DAG are queued or running."""
+
+    async def set_next_dagrun(
+        self,
+        dag_id: str,
+        logical_date: datetime | None,
+        data_interval_start: datetime | None,
+        data_interval_end: datetime | None,
+        create_after: datetime | None,
+    ) -> None:
+        """Record the DAG's next scheduled run (GET /dags' next_dagrun fields); all None: none."""
+
+    async def create_backfill(
+        self,
+        *,
+        dag_id: str,
+        from_date: datetime,
+        to_date: datetime,
+        dag_run_conf: dict[str, Any],
+        reprocess_behavior: str,
+        max_active_runs: int,
+        run_backwards: bool,
+        now: datetime,
+        runs: Sequence[BackfillRunRecord],
+    ) -> BackfillRecord:
+        """Write a backfill and the runs it plans (in their order) in one transaction."""
+
+    async def runs_at_logical_dates(
+        self, dag_id: str, dates: Sequence[datetime]
+    ) -> list[tuple[datetime, str, str, int | None]]:
+        """(logical_date, state, run_type, backfill_id) of the DAG's runs at these dates."""
+
+    async def get_backfill(self, backfill_id: int) -> BackfillRecord | None: ...
+
+    async def list_backfills(
+        self, dag_id: str | None, limit: int, offset: int, only_unfinished: bool = False
+    ) -> tuple[list[BackfillRecord], int]:
+        """A page of backfills, newest first, and the total count."""
+
+    async def set_backfill_paused(
+        self, backfill_id: int, is_paused: bool, now: datetime
+    ) -> BackfillRecord | None:
+        """Pause or resume an unfinished backfill; None if there is no such unfinished backfill."""
+
+    async def complete_backfill(self, backfill_id: int, now: datetime) -> BackfillRecord | None:
+        """Mark it completed (done or cancelled); None if it was already."""
+
+    async def list_backfill_runs(self, backfill_id: int) -> list[BackfillRunRecord]:
+        """The runs a backfill plans, in order, with the run each created (if any)."""
+
+    async def set_backfill_run(self, backfill_id: int, sort_ordinal: int, run_pk: int) -> None:
+        """Record the run created for one planned logical date."""
+
+
+class StateStore(ScheduleStore, Protocol):
     """Durable state. Every method is one transaction; nothing is acted on before it commits."""
 
     # --- DAGs and DAG files -------------------------------------------------------

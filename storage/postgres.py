@@ -37,6 +37,7 @@ from orchestrator.core.serialization import spec_from_dict, spec_to_dict
 from orchestrator.core.states import RunState, TaskState
 from orchestrator.ports import ActiveRun
 from storage.errors import StorageError
+from storage.postgres_schedules import ScheduleQueries
 from storage.postgres_webhooks import PostgresWebhookStore
 from storage.sql import QUERIES
 
@@ -126,6 +127,10 @@ def _dag(row: Row) -> DagRecord:
         spec=row[10],
         owners=tuple(row["owners"]),
         has_import_errors=row["has_import_errors"],
+        next_dagrun=row["next_dagrun"],
+        next_dagrun_data_interval_start=row["next_dagrun_data_interval_start"],
+        next_dagrun_data_interval_end=row["next_dagrun_data_interval_end"],
+        next_dagrun_create_after=row["next_dagrun_create_after"],
     )
 
 
@@ -156,6 +161,7 @@ def _run(row: Row) -> RunRecord:
         end_date=row["end_date"],
         external_trigger=row["external_trigger"],
         note=row["note"],
+        backfill_id=row.get("backfill_id"),
     )
 
 
@@ -268,7 +274,7 @@ def _xcom_columns(xcoms: Iterable[XComRecord]) -> list[list[Any]]:
     ]
 
 
-class PostgresStateStore(PostgresWebhookStore):
+class PostgresStateStore(ScheduleQueries, PostgresWebhookStore):
     """The state store on one PostgreSQL database (see `orchestrator.ports.StateStore`)."""
 
     def __init__(
@@ -323,7 +329,7 @@ class PostgresStateStore(PostgresWebhookStore):
                 spec.dag_id,
                 fileloc,
                 paused_on_creation if spec.is_paused_upon_creation is None else spec.is_paused_upon_creation,
-                spec.schedule,
+                spec.schedule_summary,
                 spec.description,
                 spec.max_active_runs,
                 spec.max_active_tasks,
@@ -396,6 +402,7 @@ class PostgresStateStore(PostgresWebhookStore):
                 run.queued_at,
                 run.external_trigger,
                 run.note,
+                run.backfill_id,
             )
             if row is None:
                 existing = await conn.fetchrow(QUERIES["get_run"], run.dag_id, run.run_id)

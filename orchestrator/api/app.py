@@ -13,14 +13,16 @@ from pathlib import Path
 
 from aiohttp import web
 
+from orchestrator.api import backfills as backfills_api
 from orchestrator.api import dags, runs, task_instances, webhooks
 from orchestrator.api.errors import error_middleware
 from orchestrator.api.guards import origin_guard
-from orchestrator.api.keys import ENGINE, LOGS_DIR, SETTINGS, STORE, TASK_LOGS, UNIXNAME
+from orchestrator.api.keys import BACKFILLS, ENGINE, LOGS_DIR, SETTINGS, STORE, TASK_LOGS, UNIXNAME
 from orchestrator.api.params import json_response
 from orchestrator.config import ApiConfig
 from orchestrator.errors import OrchestratorError
 from orchestrator.ports import EngineApi, StateStore, TaskLogs
+from orchestrator.triggers.backfill import Backfills
 from orchestrator.triggers.webhooks import WebhookReceiver
 
 log = logging.getLogger("orchestrator.api")
@@ -65,6 +67,7 @@ def create_app(
     logs_dir: Path,
     task_logs: TaskLogs | None = None,
     settings: ApiConfig | None = None,
+    backfills: Backfills | None = None,
     webhook_receiver: WebhookReceiver | None = None,
 ) -> web.Application:
     """The REST API (Airflow's /api/v1 shapes) and /health, reading `store`, triggering via `engine`,
@@ -88,5 +91,8 @@ def create_app(
     dags.add_routes(app.router)
     runs.add_routes(app.router)
     task_instances.add_routes(app.router)
+    if backfills is not None:
+        app[BACKFILLS] = backfills
+        backfills_api.add_routes(app.router)
     webhooks.add_routes(app, webhook_receiver)
     return app

@@ -86,6 +86,9 @@ def _from_orchestrator_error(exc: OrchestratorError) -> ApiError:
         return BadRequest(str(exc))
     if isinstance(exc, ShuttingDown):
         return ApiError(503, str(exc), headers={"Retry-After": "5"})
+    status = getattr(type(exc), "http_status", None)  # an error that knows its answer (409, 404)
+    if isinstance(status, int) and status in _KINDS:
+        return ApiError(status, str(exc))
     return ApiError(500, str(exc))
 
 

@@ -15,6 +15,7 @@ from orchestrator.ports import StateStore, TaskLogs
 
 if TYPE_CHECKING:
     from orchestrator.ports import EngineApi
+    from orchestrator.triggers.backfill import Backfills
 
 STORE = web.AppKey("store", StateStore)
 ENGINE: web.AppKey[EngineApi] = web.AppKey("engine", Any)  # type: ignore[arg-type]
@@ -23,3 +24,5 @@ TASK_LOGS: web.AppKey[TaskLogs] = web.AppKey("task_logs", Any)  # type: ignore[a
 UNIXNAME = web.AppKey("unixname", str)
 #: the [api] configuration (page limit, allowed origins)
 SETTINGS = web.AppKey("settings", ApiConfig)
+#: the backfills (orchestrator.triggers.backfill), when the daemon runs them
+BACKFILLS: web.AppKey[Backfills] = web.AppKey("backfills", Any)  # type: ignore[arg-type]

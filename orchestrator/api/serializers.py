@@ -52,15 +52,26 @@ def time_delta(seconds: float | None) -> dict[str, Any] | None:
     }
 
 
-def schedule_interval(schedule: str | None) -> dict[str, Any] | None:
-    """Airflow 2's schedule_interval: a CronExpression (cron strings and @presets) or null."""
+def schedule_interval(dag: DagRecord) -> dict[str, Any] | None:
+    """Airflow 2's schedule_interval: a CronExpression (cron strings and @presets), a TimeDelta,
+    or null (no schedule, or a schedule on assets)."""
+    delta = dag.spec.get("schedule_delta") if isinstance(dag.spec, dict) else None
+    if delta is not None:
+        return time_delta(delta)
+    schedule = dag.spec.get("schedule") if isinstance(dag.spec, dict) else dag.schedule
     if schedule is None:
         return None
     return {"__type": "CronExpression", "value": schedule}
 
 
-def timetable_description(schedule: str | None) -> str:
+def timetable_description(dag: DagRecord) -> str:
     """A short human description of the schedule, like Airflow's timetable_description."""
+    spec = dag.spec if isinstance(dag.spec, dict) else {}
+    if spec.get("asset_condition") is not None:
+        return "Triggered by assets"
+    if spec.get("schedule_delta") is not None:
+        return f"Every {timedelta(seconds=spec['schedule_delta'])}"
+    schedule = spec.get("schedule", dag.schedule)
     if schedule is None:
         return "Never, external triggers only"
     if schedule in _PRESETS:
@@ -82,8 +93,12 @@ def dag_to_json(dag: DagRecord) -> dict[str, Any]:
         "is_paused": dag.is_paused,
         "is_active": dag.is_active,
         "owners": list(dag.owners),
-        "schedule_interval": schedule_interval(dag.schedule),
-        "timetable_description": timetable_description(dag.schedule),
+        "schedule_interval": schedule_interval(dag),
+        "timetable_description": timetable_description(dag),
+        "next_dagrun": iso(dag.next_dagrun),
+        "next_dagrun_data_interval_start": iso(dag.next_dagrun_data_interval_start),
+        "next_dagrun_data_interval_end": iso(dag.next_dagrun_data_interval_end),
+        "next_dagrun_create_after": iso(dag.next_dagrun_create_after),
         "tags": [{"name": tag} for tag in dag.tags],
         "max_active_runs": dag.max_active_runs,
         "max_active_tasks": dag.max_active_tasks,

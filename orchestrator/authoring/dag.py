@@ -232,7 +232,26 @@ class DAG:
         by_id = {task.task_id: task for task in tasks}
         spec = replace(spec, tasks=tuple(by_id[tid] for tid in topological_order(spec)))
         validate_dag(spec)
+        _check_schedule(spec)
         return spec
+
+
+def _check_schedule(spec: DagSpec) -> None:
+    """A schedule the daemon could not evaluate is the file's import error, not a silent no-op."""
+    if spec.schedule is None and spec.schedule_delta is None:
+        return
+    # imported here: croniter is not needed by files without a schedule, nor by task workers
+    from orchestrator.core.schedules import CONTINUOUS, ScheduleError, make_timetable
+
+    try:
+        make_timetable(spec.schedule, spec.schedule_delta, spec.timezone or "UTC")
+    except ScheduleError as exc:
+        raise DagValidationError(f"DAG {spec.dag_id!r}: {exc}") from None
+    if spec.schedule == CONTINUOUS and spec.max_active_runs != 1:
+        raise DagValidationError(
+            f"DAG {spec.dag_id!r}: a @continuous schedule needs max_active_runs=1 (as in Airflow), "
+            f"got {spec.max_active_runs}"
+        )
 
 
 def json_value(value: Any, where: str, *, allow_refs: bool = False) -> Any:

@@ -221,6 +221,7 @@ class Bash(BaseOperator):
         do_xcom_push: bool = True,
         executor: str | None = None,
         owner: str = DEFAULT_OWNER,
+        outlets: list[Asset] | Asset | None = None,
         dag: DAG | None = None,
     ) -> None:
         super().__init__(
@@ -234,6 +235,7 @@ class Bash(BaseOperator):
             do_xcom_push=do_xcom_push,
             executor=executor,
             owner=owner,
+            outlets=outlets,
             dag=dag,
         )
         where = f"task {task_id!r} in DAG {self.dag.dag_id!r}"
@@ -281,6 +283,7 @@ class Python(BaseOperator):
         do_xcom_push: bool = True,
         executor: str | None = None,
         owner: str = DEFAULT_OWNER,
+        outlets: list[Asset] | Asset | None = None,
         dag: DAG | None = None,
     ) -> None:
         super().__init__(
@@ -294,6 +297,7 @@ class Python(BaseOperator):
             do_xcom_push=do_xcom_push,
             executor=executor,
             owner=owner,
+            outlets=outlets,
             dag=dag,
         )
         where = f"task {task_id!r} in DAG {self.dag.dag_id!r}"

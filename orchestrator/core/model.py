@@ -9,7 +9,7 @@ in the workers; the daemon keeps only `dag_file` + `task_id` to find them again.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, NewType
 
@@ -117,6 +117,18 @@ class DagSpec:
     #: sha256 of the DAG file's source this spec was parsed from: the DAG version (a run's
     #: Python tasks take their callables from this source, however the file changed since)
     source_hash: str | None = None
+
+    @property
+    def schedule_summary(self) -> str | None:
+        """The schedule as one string to show: the cron expression or preset, the timedelta
+        ("1 day, 0:00:00"), "Asset" for an asset schedule, None for none."""
+        if self.schedule is not None:
+            return self.schedule
+        if self.schedule_delta is not None:
+            return str(timedelta(seconds=self.schedule_delta))
+        if self.asset_condition is not None:
+            return "Asset"
+        return None
 
     def task(self, task_id: str) -> TaskSpec:
         for spec in self.tasks:

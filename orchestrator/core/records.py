@@ -43,6 +43,11 @@ class DagRecord:
     owners: tuple[str, ...] = ()
     #: the DAG's file currently fails to load (the DAG runs its last good version meanwhile)
     has_import_errors: bool = False
+    #: the next scheduled run as the scheduler last computed it (None: none planned)
+    next_dagrun: datetime | None = None
+    next_dagrun_data_interval_start: datetime | None = None
+    next_dagrun_data_interval_end: datetime | None = None
+    next_dagrun_create_after: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +86,43 @@ class NewRun:
     external_trigger: bool = True
     #: Airflow's DAG-run note: free text from whoever triggered the run
     note: str | None = None
+    #: the backfill that created the run
+    backfill_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillRecord:
+    """A backfill (Airflow 3's): runs for the schedule's logical dates between two dates."""
+
+    id: int
+    dag_id: str
+    from_date: datetime
+    to_date: datetime
+    dag_run_conf: dict[str, Any]
+    is_paused: bool
+    #: which dates that already have a run get another: "none", "failed" or "completed"
+    reprocess_behavior: str
+    max_active_runs: int
+    run_backwards: bool
+    created_at: datetime
+    completed_at: datetime | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillRunRecord:
+    """One logical date a backfill plans: the run it created, or why it created none."""
+
+    backfill_id: int
+    sort_ordinal: int
+    logical_date: datetime
+    data_interval_start: datetime
+    data_interval_end: datetime
+    run_pk: int | None = None
+    exception_reason: str | None = None
+    #: the run's id and state, when it has one
+    run_id: str | None = None
+    run_state: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +154,8 @@ class RunRecord:
     external_trigger: bool = True
     #: set by the API only (at trigger time or with setNote); the engine's run updates never write it
     note: str | None = None
+    #: the backfill that created the run (read by get_run and create_run only; never written back)
+    backfill_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

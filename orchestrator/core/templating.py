@@ -161,6 +161,30 @@ def _date_strings(logical_date: datetime, utcoffset: timedelta | None) -> tuple[
     return ds, ds.replace("-", ""), ts, ts[:19].replace("-", "").replace(":", ""), _ts_nodash_with_tz(ts)
 
 
+class TemplateDateTime(datetime):
+    """A datetime that prints as ISO 8601 (``2026-03-01T00:00:00+00:00``), as Airflow's pendulum
+    dates do in templates (`{{ data_interval_start }}`); otherwise a plain datetime."""
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, value: datetime) -> TemplateDateTime:
+        return cls(
+            value.year,
+            value.month,
+            value.day,
+            value.hour,
+            value.minute,
+            value.second,
+            value.microsecond,
+            value.tzinfo,
+            fold=value.fold,
+        )
+
+    def __str__(self) -> str:
+        return self.isoformat()
+
+
 def build_context(
     dag: DagSpec,
     task: TaskSpec,
@@ -194,11 +218,11 @@ def build_context(
     return {
         "dag": dag,
         "dag_run": run,
-        "data_interval_end": run.data_interval_end,
-        "data_interval_start": run.data_interval_start,
+        "data_interval_end": TemplateDateTime.of(run.data_interval_end),
+        "data_interval_start": TemplateDateTime.of(run.data_interval_start),
         "ds": ds,
         "ds_nodash": ds_nodash,
-        "logical_date": logical_date,
+        "logical_date": TemplateDateTime.of(logical_date),
         "macros": MACROS,
         "params": params,
         "run_id": run.run_id,

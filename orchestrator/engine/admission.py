@@ -74,7 +74,12 @@ class Admission:
         return dag_id not in self.paused and len(slots.active_runs) < loaded.spec.max_active_runs
 
     def admit_new(self, record: RunRecord, loaded: LoadedDag) -> None:
-        """A run was just created: start it if its DAG has room, else it waits in the store."""
+        """A run was just created: start it if its DAG has room, else it waits in the store.
+
+        Its creator awaited something after the commit (the pause flags), so a fill pass may
+        have found it in the store and started it meanwhile: then it is not started again."""
+        if record.pk in self._progress.runs or record.pk in self._started.get(record.dag_id, {}):
+            return
         if self.has_room(record.dag_id, loaded):
             batch = Batch()
             self.start_run(record, loaded, None, batch)

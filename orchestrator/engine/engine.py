@@ -86,6 +86,8 @@ class Engine:
         self._ready = False
         #: told of every run that reached its outcome, once that is committed (triggers use it)
         self._run_finished_listeners: list[Callable[[RunRecord], None]] = []
+        #: told of every pause or unpause, once it is committed
+        self._paused_listeners: list[Callable[[str, bool], None]] = []
         self.progress.on_run_finished = self._run_finished
 
     def _dag_of_run(self, item: Any) -> Any:
@@ -110,6 +112,10 @@ class Engine:
     def add_run_finished_listener(self, callback: Callable[[RunRecord], None]) -> None:
         """Call `callback(run)` for every run that reaches its outcome, once that is committed."""
         self._run_finished_listeners.append(callback)
+
+    def add_paused_listener(self, callback: Callable[[str, bool], None]) -> None:
+        """Call `callback(dag_id, is_paused)` after every pause or unpause through `set_paused`."""
+        self._paused_listeners.append(callback)
 
     def _run_finished(self, finished: RunRecord, batch: Batch) -> None:
         self.admission.run_finished(finished, batch)
@@ -212,6 +218,11 @@ class Engine:
             self.admission.paused.discard(dag_id)
             self.admission.fill_from_store(dag_id)
         log.info("DAG %s %s", dag_id, "paused" if is_paused else "unpaused")
+        for listener in tuple(self._paused_listeners):
+            try:
+                listener(dag_id, is_paused)
+            except Exception:
+                log.exception("a listener of pauses failed on DAG %s", dag_id)
         return record
 
     # --- executor events (guarded: a failing handler fails its task instance) ---------

@@ -59,7 +59,8 @@ SELECT 1;
 -- name: list_dags
 SELECT dag_id, fileloc, is_paused, is_active, schedule, description, max_active_runs,
        max_active_tasks, tags, last_parsed_time, spec, owners,
-       EXISTS (SELECT 1 FROM import_error AS e WHERE e.filename = dag.fileloc) AS has_import_errors
+       EXISTS (SELECT 1 FROM import_error AS e WHERE e.filename = dag.fileloc) AS has_import_errors,
+       next_dagrun, next_dagrun_data_interval_start, next_dagrun_data_interval_end, next_dagrun_create_after
 FROM dag
 WHERE is_active OR NOT $1::boolean
 ORDER BY dag_id
@@ -71,23 +72,26 @@ SELECT count(*) FROM dag WHERE is_active OR NOT $1::boolean;
 -- name: get_dag
 SELECT dag_id, fileloc, is_paused, is_active, schedule, description, max_active_runs,
        max_active_tasks, tags, last_parsed_time, spec, owners,
-       EXISTS (SELECT 1 FROM import_error AS e WHERE e.filename = dag.fileloc) AS has_import_errors
+       EXISTS (SELECT 1 FROM import_error AS e WHERE e.filename = dag.fileloc) AS has_import_errors,
+       next_dagrun, next_dagrun_data_interval_start, next_dagrun_data_interval_end, next_dagrun_create_after
 FROM dag WHERE dag_id = $1;
 
 -- name: set_dag_paused
 UPDATE dag SET is_paused = $2 WHERE dag_id = $1
 RETURNING dag_id, fileloc, is_paused, is_active, schedule, description, max_active_runs,
           max_active_tasks, tags, last_parsed_time, spec, owners,
-          EXISTS (SELECT 1 FROM import_error AS e WHERE e.filename = dag.fileloc) AS has_import_errors;
+          EXISTS (SELECT 1 FROM import_error AS e WHERE e.filename = dag.fileloc) AS has_import_errors,
+          next_dagrun, next_dagrun_data_interval_start, next_dagrun_data_interval_end,
+          next_dagrun_create_after;
 
 -- name: insert_run
 -- Uniqueness on (dag_id, run_id) is what makes a trigger exactly-once: a duplicate returns nothing.
 INSERT INTO dag_run (dag_id, run_id, state, run_type, conf, logical_date, data_interval_start,
-                     data_interval_end, queued_at, external_trigger, note)
-VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10)
+                     data_interval_end, queued_at, external_trigger, note, backfill_id)
+VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT (dag_id, run_id) DO NOTHING
 RETURNING pk, dag_id, run_id, state, run_type, conf, logical_date, data_interval_start,
-          data_interval_end, queued_at, start_date, end_date, external_trigger, note;
+          data_interval_end, queued_at, start_date, end_date, external_trigger, note, backfill_id;
 
 -- name: set_run_note
 -- The note is the API's alone: the engine's whole-row run updates (update_runs) never write it.
@@ -121,7 +125,7 @@ FROM unnest($4::text[], $5::integer[], $6::integer[], $7::text[])
 
 -- name: get_run
 SELECT pk, dag_id, run_id, state, run_type, conf, logical_date, data_interval_start,
-       data_interval_end, queued_at, start_date, end_date, external_trigger, note
+       data_interval_end, queued_at, start_date, end_date, external_trigger, note, backfill_id
 FROM dag_run WHERE dag_id = $1 AND run_id = $2;
 
 -- name: list_runs

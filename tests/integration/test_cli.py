@@ -194,7 +194,7 @@ async def test_dags_list_and_errors(server: Server) -> None:
     result = await server.run("dags", "list")
     assert result.code == 0, result.err
     lines = result.out.splitlines()
-    assert lines[0].split() == ["dag_id", "is_paused", "schedule", "tags", "fileloc"]
+    assert lines[0].split() == ["dag_id", "is_paused", "schedule", "next_dagrun", "tags", "fileloc"]
     assert lines[2].split() == ["etl", "no", "0", "3", "*", "*", "*", "team-a,daily", "/dags/etl.py"]
     assert lines[3].split() == ["other", "no", "/dags/other.py"]
     data = json.loads((await server.run("dags", "list", "--output", "json")).out)

@@ -383,6 +383,36 @@ async def test_a_queued_run_written_to_the_store_by_someone_else_is_admitted_fro
     assert done.state == RunState.SUCCESS
 
 
+async def test_a_created_run_that_a_fill_pass_started_first_is_not_started_again(
+    store: PostgresStateStore, work: Path, dags: Path, logs: Path
+) -> None:
+    # a trigger writes its run, then awaits the pause flags before starting it; a fill pass
+    # (another run of the DAG finished) may find the committed run in the store meanwhile
+    dag_file = write_dag(dags, "raced", 'with DAG("raced"):\n    Bash("t", "true")\n', work)
+    async with running_engine(store, logs, [dag_file]) as engine:
+        now = datetime.now(UTC)
+        record, created = await store.create_run(
+            NewRun("raced", "r1", "manual", {}, now, now, now, now),
+            engine.engine.new_task_instances(engine.registry.get("raced")),  # type: ignore[arg-type]
+        )
+        assert created
+        engine.engine.admission.fill_from_store("raced")
+
+        async def started() -> bool:
+            if record.pk in engine.engine.progress.runs:
+                return True
+            stored = await store.get_run("raced", "r1")
+            return stored is not None and stored.state != RunState.QUEUED
+
+        await wait_for(started, 10, "the fill pass to start the run")
+        await engine.engine.admit_created(record)  # the trigger's own start comes second
+        done = await wait_run(store, "raced", "r1")
+        ti = (await task_instances(store, record.pk))["t"]
+
+    assert done.state == RunState.SUCCESS
+    assert (ti.state, ti.try_number) == (TaskState.SUCCESS, 1)
+
+
 # --- a try that crashed too early is not run twice ---------------------------------------------
 
 

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from orchestrator import DAG, Bash, BashOperator, Python, PythonOperator, chain, cross_downstream, dag, task
+from orchestrator import (
+    DAG,
+    Asset,
+    Bash,
+    BashOperator,
+    Python,
+    PythonOperator,
+    chain,
+    cross_downstream,
+    dag,
+    task,
+)
 from orchestrator.core.model import TriggerRule, XComRef
 from orchestrator.core.validation import DagValidationError, DuplicateTaskIdFound
 
@@ -489,3 +502,40 @@ def test_a_refused_task_is_not_added_to_the_dag() -> None:
             Python("b", noop, op_args=[object()])
         Bash("a", "true")  # the id is still free
     assert d.task_ids == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"schedule": "0 0 * * * *"}, "DAG 'bad': "),
+        ({"schedule": "@fortnightly"}, "@fortnightly"),
+        ({"schedule": "@continuous"}, "a @continuous schedule needs max_active_runs=1"),
+        ({"schedule": "@daily", "timezone": "Europe/Berlim"}, "timezone must be an IANA time zone name"),
+    ],
+)
+def test_a_schedule_the_daemon_cannot_evaluate_is_refused_when_the_file_loads(
+    kwargs: dict[str, Any], expected: str
+) -> None:
+    with pytest.raises(DagValidationError, match=re.escape(expected)):
+        with DAG("bad", **kwargs) as dag:
+            Bash("t", "true")
+        dag.to_spec()
+
+
+def test_schedule_settings_reach_the_spec() -> None:
+    with DAG(
+        "scheduled",
+        schedule=timedelta(hours=6),
+        start_date=datetime(2026, 1, 1, 2, tzinfo=ZoneInfo("Europe/Berlin")),
+        end_date=datetime(2026, 2, 1),
+        catchup=True,
+    ) as dag:
+        Bash("t", "true", outlets=[Asset("s3://bucket/out")])
+    spec = dag.to_spec()
+    assert spec.schedule is None and spec.schedule_delta == 6 * 3600
+    assert spec.timezone == "Europe/Berlin"  # from the aware start_date
+    assert spec.start_date == datetime(2026, 1, 1, 1, tzinfo=UTC)
+    assert spec.end_date == datetime(2026, 2, 1)  # naive: a wall time in the DAG's zone
+    assert spec.catchup is True
+    assert spec.tasks[0].outlets == ("s3://bucket/out",)
+    assert spec.schedule_summary == "6:00:00"

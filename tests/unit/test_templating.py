@@ -73,7 +73,7 @@ def make_context(
         ("{{ ts_nodash }}", "20240305T060708"),
         ("{{ ts_nodash_with_tz }}", "20240305T060708+0000"),
         ("{{ logical_date.year }}-{{ logical_date.hour }}", "2024-6"),
-        ("{{ data_interval_start }}", "2024-03-04 06:07:08+00:00"),
+        ("{{ data_interval_start }}", "2024-03-04T06:07:08+00:00"),  # ISO, as pendulum prints
         ("{{ data_interval_end.isoformat() }}", "2024-03-05T06:07:08+00:00"),
         ("{{ run_id }}", "manual__2024-03-05"),
         ("{{ dag_run.run_id }} {{ dag_run.run_type }} {{ dag_run.dag_id }}", "manual__2024-03-05 manual etl"),

@@ -1,0 +1,294 @@
+"""The scheduler: one timer for every scheduled DAG, and the runs their schedules ask for.
+
+Each DAG with a cron, preset or timedelta schedule has a plan: its timetable
+(`orchestrator.core.schedules`), its start/end dates and catchup, and the latest scheduled run
+so far (read once from the store). The next fire time of every plan is on one heap; a single
+timer on the `Timers` port is armed for the earliest, and when it fires the DAGs that are due
+get a pass. A pass creates the runs that are due, in order (every missed interval with
+catchup, only the latest without), records the DAG's next run in the store (GET /dags'
+`next_dagrun`) and puts the DAG back on the heap. A DAG is planned again when its file
+changes, when it is paused or unpaused, and at start-up.
+
+Exactly once: a scheduled run's id is `scheduled__<logical date>`, and the store creates a
+run once per (dag_id, run_id), so a restart at the fire time, or several daemons, never
+double a run. A paused DAG creates no scheduled runs; its next run is still shown.
+
+`@continuous` has no fire times: a run is created whenever the DAG has none queued or
+running (at start, on unpause, and when one of its runs finishes). `@once` creates one run.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from orchestrator.core.model import DagSpec
+from orchestrator.core.records import NewRun, RunRecord
+from orchestrator.core.schedules import (
+    Restriction,
+    RunInfo,
+    ScheduleError,
+    Timetable,
+    due_runs,
+    make_timetable,
+)
+from orchestrator.engine.engine import Engine
+from orchestrator.engine.supervision import Supervisor
+from orchestrator.errors import DagNotFound, ShuttingDown
+from orchestrator.ports import Clock, StateStore, TimerHandle, Timers
+
+log = logging.getLogger("orchestrator.triggers.scheduler")
+
+#: seconds before a pass that failed on the database is tried again
+RETRY_DELAY = 5.0
+#: the most runs one pass creates; a catchup of more goes on in the next pass, at once
+MAX_RUNS_PER_PASS = 1000
+
+
+def scheduled_run_id(logical_date: datetime) -> str:
+    """Airflow's id of a scheduled run: ``scheduled__2026-01-01T00:00:00+00:00``."""
+    return f"scheduled__{logical_date.astimezone(UTC).isoformat()}"
+
+
+def restriction_of(spec: DagSpec, zone: ZoneInfo) -> Restriction:
+    """The DAG's start_date, end_date and catchup; a naive date is a wall time in `zone`."""
+
+    def aware(value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=zone) if value.tzinfo is None else value
+
+    return Restriction(earliest=aware(spec.start_date), latest=aware(spec.end_date), catchup=spec.catchup)
+
+
+def timetable_of(spec: DagSpec, default_timezone: str) -> tuple[Timetable, ZoneInfo] | None:
+    """The DAG's timetable and time zone, None for a DAG without a time-based schedule.
+    Raises ScheduleError for a schedule that cannot be evaluated."""
+    if spec.schedule is None and spec.schedule_delta is None:
+        return None
+    zone_name = spec.timezone or default_timezone
+    timetable = make_timetable(spec.schedule, spec.schedule_delta, zone_name)
+    if timetable is None:
+        return None
+    return timetable, ZoneInfo(zone_name)
+
+
+@dataclass
+class _Plan:
+    """What the scheduler knows of one DAG's schedule."""
+
+    spec: DagSpec
+    timetable: Timetable
+    restriction: Restriction
+    #: the latest scheduled run (None: none yet); read from the store once, then kept
+    last: RunInfo | None
+    #: the next run, armed on the heap (None: none planned, or paused)
+    upcoming: RunInfo | None = None
+
+
+class Scheduler:
+    """Creates the scheduled runs of every loaded DAG, on one timer."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: StateStore,
+        clock: Clock,
+        timers: Timers,
+        supervisor: Supervisor,
+        default_timezone: str = "UTC",
+    ) -> None:
+        self._engine = engine
+        self._store = store
+        self._clock = clock
+        self._timers = timers
+        self._supervisor = supervisor
+        self._default_timezone = default_timezone
+        self._plans: dict[str, _Plan] = {}
+        #: (run_after, sequence, dag_id); an entry whose DAG's upcoming run moved is skipped
+        self._heap: list[tuple[datetime, int, str]] = []
+        self._sequence = itertools.count()
+        self._timer: TimerHandle | None = None
+        self._timer_at: datetime | None = None
+        #: DAGs with a pass in flight, and those that need another one after it
+        self._busy: set[str] = set()
+        self._again: set[str] = set()
+        #: schedules refused with an error already logged (logged again only when it changes)
+        self._refused: dict[str, str] = {}
+        self._stopped = False
+        engine.add_run_finished_listener(self._run_finished)
+
+    # --- what makes a DAG planned again ------------------------------------------------------
+
+    def start(self) -> None:
+        """Plan every DAG loaded so far (call once the engine has recovered)."""
+        self.refresh(dag.spec.dag_id for dag in self._engine.registry)
+
+    def refresh(self, dag_ids: Iterable[str]) -> None:
+        """These DAGs were (re)loaded, removed, paused or unpaused: plan them again."""
+        for dag_id in dag_ids:
+            if self._stopped:
+                return
+            if dag_id in self._busy:
+                self._again.add(dag_id)
+                continue
+            self._busy.add(dag_id)
+            self._supervisor.spawn(self._pass(dag_id), name=f"schedule {dag_id}")
+
+    def stop(self) -> None:
+        """Create no more runs (the daemon is draining)."""
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def upcoming(self, dag_id: str) -> RunInfo | None:
+        """The DAG's next scheduled run as planned now (None: none, or not planned yet)."""
+        plan = self._plans.get(dag_id)
+        return None if plan is None else plan.upcoming
+
+    def _run_finished(self, run: RunRecord) -> None:
+        plan = self._plans.get(run.dag_id)
+        if plan is not None and plan.spec.schedule == "@continuous":
+            self.refresh([run.dag_id])
+
+    # --- one pass over one DAG ---------------------------------------------------------------
+
+    async def _pass(self, dag_id: str) -> None:
+        try:
+            while True:
+                self._again.discard(dag_id)
+                try:
+                    more = await self._plan(dag_id)
+                except (DagNotFound, ShuttingDown):
+                    more = False
+                except (OSError, ConnectionError) as exc:
+                    log.warning("scheduling %s failed (%s); trying again in %g s", dag_id, exc, RETRY_DELAY)
+                    self._timers.call_later(RETRY_DELAY, lambda: self.refresh([dag_id]))
+                    more = False
+                if not (more or dag_id in self._again) or self._stopped:
+                    return
+        finally:
+            self._busy.discard(dag_id)
+
+    async def _plan(self, dag_id: str) -> bool:
+        """Create the DAG's due runs and arm its next one; True if more are due at once."""
+        loaded = self._engine.registry.get(dag_id)
+        spec = loaded.spec if loaded is not None else None
+        made = None
+        if spec is not None:
+            try:
+                made = timetable_of(spec, self._default_timezone)
+                self._refused.pop(dag_id, None)
+            except ScheduleError as exc:
+                if self._refused.get(dag_id) != str(exc):
+                    log.error("DAG %s is not scheduled: %s", dag_id, exc)
+                self._refused[dag_id] = str(exc)
+        if spec is None or made is None:
+            if self._plans.pop(dag_id, None) is not None and spec is not None:
+                await self._store.set_next_dagrun(dag_id, None, None, None, None)
+            return False
+        timetable, zone = made
+        previous = self._plans.get(dag_id)
+        if previous is not None and previous.spec == spec:
+            plan = previous
+        else:
+            plan = _Plan(spec, timetable, restriction_of(spec, zone), await self._latest(dag_id))
+            self._plans[dag_id] = plan
+        paused = bool(await self._store.paused_dag_ids([dag_id]))
+        now = self._clock.now()
+        if not timetable.periodic and spec.schedule == "@continuous":
+            if not paused and await self._store.count_unfinished_runs(dag_id) == 0:
+                info = timetable.next_run(plan.last, plan.restriction, now)
+                if info is not None:
+                    await self._create(dag_id, info, now)
+                    plan.last = info
+            return False
+        due, upcoming = due_runs(timetable, plan.last, plan.restriction, now, limit=MAX_RUNS_PER_PASS)
+        more = False
+        if paused:
+            upcoming = due[0] if due else upcoming
+        else:
+            for info in due:
+                await self._create(dag_id, info, now)
+                plan.last = info
+            more = len(due) >= MAX_RUNS_PER_PASS
+        plan.upcoming = None if paused else upcoming
+        await self._store.set_next_dagrun(
+            dag_id,
+            None if upcoming is None else upcoming.logical_date,
+            None if upcoming is None else upcoming.data_interval_start,
+            None if upcoming is None else upcoming.data_interval_end,
+            None if upcoming is None else upcoming.run_after,
+        )
+        if plan.upcoming is not None and not more:
+            heapq.heappush(self._heap, (plan.upcoming.run_after, next(self._sequence), dag_id))
+            self._arm()
+        return more
+
+    async def _latest(self, dag_id: str) -> RunInfo | None:
+        latest = await self._store.latest_scheduled_run(dag_id)
+        if latest is None:
+            return None
+        logical_date, start, end = latest
+        return RunInfo(
+            logical_date=logical_date, data_interval_start=start, data_interval_end=end, run_after=end
+        )
+
+    async def _create(self, dag_id: str, info: RunInfo, now: datetime) -> None:
+        record, created = await self._engine.create_run(
+            NewRun(
+                dag_id=dag_id,
+                run_id=scheduled_run_id(info.logical_date),
+                run_type="scheduled",
+                conf={},
+                logical_date=info.logical_date,
+                data_interval_start=info.data_interval_start,
+                data_interval_end=info.data_interval_end,
+                queued_at=now,
+                external_trigger=False,
+            )
+        )
+        if not created:
+            log.debug("scheduled run %s of %s existed already", record.run_id, dag_id)
+
+    # --- the one timer -----------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        """Arm the timer for the earliest live heap entry (dropping stale ones)."""
+        while self._heap:
+            when, _, dag_id = self._heap[0]
+            plan = self._plans.get(dag_id)
+            if plan is None or plan.upcoming is None or plan.upcoming.run_after != when:
+                heapq.heappop(self._heap)  # the DAG was planned again since
+                continue
+            break
+        else:
+            return
+        if self._stopped or (
+            self._timer is not None and self._timer_at is not None and self._timer_at <= when
+        ):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._timers.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        now = self._clock.now()
+        due: list[str] = []
+        while self._heap and self._heap[0][0] <= now:
+            when, _, dag_id = heapq.heappop(self._heap)
+            plan = self._plans.get(dag_id)
+            if plan is not None and plan.upcoming is not None and plan.upcoming.run_after == when:
+                plan.upcoming = None
+                due.append(dag_id)
+        self.refresh(due)
+        self._arm()
