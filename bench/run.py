@@ -1,5 +1,5 @@
 """The benchmark suite of ../shared/BENCH.md: chain-bash, chain-python, fan-bash, new-dag, idle,
-durable-commit.
+durable-commit, webhook (bench/webhook.py).
 
 Run by hand (`scripts/bench`), never by the tests. It starts `orchestrator run` as a process on
 its embedded, durable PostgreSQL (the default configuration users get), triggers each workload
@@ -192,7 +192,7 @@ def main() -> int:
     parser.add_argument("--slots", type=int, default=16, help="executors.local.slots for the daemon")
     parser.add_argument(
         "--only",
-        default="chain-bash,chain-python,fan-bash,new-dag,idle,durable-commit",
+        default="chain-bash,chain-python,fan-bash,new-dag,idle,durable-commit,webhook",
         help="comma-separated workloads",
     )
     parser.add_argument("--dsn", default=None, help="use this PostgreSQL instead of the embedded one")
@@ -277,6 +277,10 @@ def main() -> int:
                 figures.append(emit({"workload": "durable-commit", "commits_per_s": round(rate, 1)}))
         finally:
             daemon.stop()
+    if "webhook" in wanted:
+        import webhook  # bench/webhook.py: a daemon of its own, with webhooks configured
+
+        figures.extend(webhook.measure(args.dsn, slots=args.slots))
     if "idle" in wanted:
         rss = idle_rss_mb(args.dsn)
         figures.append(emit({"workload": "idle", "rss_mb": round(rss, 1), "bar": "< 100", "pass": rss < 100}))
@@ -307,6 +311,10 @@ def _print_table(figures: list[dict[str, Any]]) -> None:
             )
         elif f["workload"] == "new-dag":
             row = (f"{f['seconds']} s until triggerable", "-", f["bar"], f["pass"])
+        elif f["workload"] == "webhook":
+            import webhook
+
+            row = webhook.table_row(f)
         elif f["workload"] == "idle":
             row = (f"{f['rss_mb']} MB RSS, 100 DAGs", "-", f["bar"], f["pass"])
         else:

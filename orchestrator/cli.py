@@ -363,6 +363,14 @@ def cmd_runs(args: argparse.Namespace, client: ApiClient) -> int:
     return 0
 
 
+def cmd_webhooks_deliveries(args: argparse.Namespace, client: ApiClient) -> int:
+    path = f"/api/v1/webhooks/{quote(args.name)}/deliveries"
+    data = client.get_json(path, limit=args.limit, offset=args.offset)
+    columns = ["received_at", "delivery_id", "status", "created", "dag_id", "dag_run_id", "reason"]
+    _print(args, data, data["deliveries"], columns)
+    return 0
+
+
 def cmd_tasks(args: argparse.Namespace, client: ApiClient) -> int:
     path = f"/api/v1/dags/{quote(args.dag_id)}/dagRuns/{quote(args.run_id)}/taskInstances"
     data = client.get_json(path, limit=1000)
@@ -598,6 +606,16 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("task_id")
     logs.add_argument("--try", dest="try_number", type=int, help="the try number (default: the latest)")
     logs.set_defaults(client=cmd_logs)
+
+    webhooks = commands.add_parser("webhooks", help="webhook deliveries")
+    webhook_commands = webhooks.add_subparsers(dest="webhooks_command", metavar="COMMAND", required=True)
+    deliveries = webhook_commands.add_parser(
+        "deliveries", parents=[client_opts], help="a webhook's deliveries, accepted and refused, newest first"
+    )
+    deliveries.add_argument("name", help="the webhook's name (its [webhooks.<name>] table)")
+    deliveries.add_argument("--limit", type=int, default=25, help="how many (default 25, at most 1000)")
+    deliveries.add_argument("--offset", type=int, default=0, help="skip this many of the newest")
+    deliveries.set_defaults(client=cmd_webhooks_deliveries)
     return parser
 
 

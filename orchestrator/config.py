@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import tomllib
 import types
 import typing
@@ -151,6 +152,51 @@ class XComConfig:
 
 
 @dataclass(frozen=True)
+class WebhookLogConfig:
+    """[webhook_log]: the log of webhook deliveries (accepted and refused)."""
+
+    #: deliveries older than this many days are pruned (hourly, and when the daemon starts)
+    retention_days: float = 30.0
+
+
+#: what each webhook's `auth` may be
+WEBHOOK_AUTHS = ("github", "hmac", "token", "none")
+#: the digests an "hmac" webhook may sign with
+WEBHOOK_ALGORITHMS = ("sha256", "sha1", "sha512")
+#: a webhook's name is a path segment of its URL and part of its runs' ids
+WEBHOOK_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """[webhooks.<name>]: one endpoint, POST /api/v1/webhooks/<name> (see README, Webhooks).
+
+    Exactly one of `dag_id` (a delivery triggers a run of it) and `asset_uri` (a delivery records
+    an event of that asset). `secret_env` names the environment variables holding the accepted
+    secrets, checked in turn (rotation); the values are read when the daemon starts
+    (`webhook_secrets`), never stored here."""
+
+    name: str
+    auth: str
+    dag_id: str | None = None
+    asset_uri: str | None = None
+    secret_env: tuple[str, ...] = ()
+    #: for auth = "hmac": the header carrying the signature, its prefix and the digest
+    header: str = "X-Signature-256"
+    prefix: str = "sha256="
+    algorithm: str = "sha256"
+    #: the header whose value identifies a delivery (None: the body's hash within dedup_window)
+    delivery_id_header: str | None = None
+    dedup_window: float = 300.0
+    #: run-conf key -> dotted path into the JSON body ("headers.X" reads a header); None: whole body
+    conf: Mapping[str, str] | None = field(default=None, hash=False)
+    #: dotted path -> accepted values; a delivery matching not all of them creates nothing
+    filter: Mapping[str, tuple[Any, ...]] = field(default_factory=dict, hash=False)
+    max_body_bytes: int = 1024 * 1024
+    allow_unauthenticated: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration. `source` names the file it was read from, or "built-in defaults"."""
 
@@ -162,6 +208,9 @@ class Config:
     dags: DagsConfig = field(default_factory=DagsConfig)
     templates: TemplatesConfig = field(default_factory=TemplatesConfig)
     xcom: XComConfig = field(default_factory=XComConfig)
+    webhook_log: WebhookLogConfig = field(default_factory=WebhookLogConfig)
+    #: [webhooks.<name>] tables, by name (their own parser: the names are the user's)
+    webhooks: Mapping[str, WebhookConfig] = field(default_factory=dict, hash=False)
     source: str = "built-in defaults"
 
 
@@ -179,7 +228,11 @@ _TABLES: dict[str, type[Any]] = {
     "dags": DagsConfig,
     "templates": TemplatesConfig,
     "xcom": XComConfig,
+    "webhook_log": WebhookLogConfig,
 }
+
+#: Config fields that are not fixed tables of leaf keys
+_NOT_LEAVES = frozenset({"source", "webhooks"})
 
 #: the log levels daemon.log_level accepts
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -216,7 +269,7 @@ def _leaf_keys() -> dict[str, _Key]:
     def walk(prefix: str, cls: type[Any]) -> None:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            if f.name == "source" and cls is Config:
+            if f.name in _NOT_LEAVES and cls is Config:
                 continue
             dotted = f"{prefix}.{f.name}" if prefix else f.name
             if dotted in _TABLES:
@@ -251,11 +304,13 @@ def load_config(path: Path | None, environ: Mapping[str, str], *, cwd: Path | No
     origins: dict[str, str] = {}
     base_dir = cwd
     source = BUILTIN_SOURCE
+    webhooks: dict[str, WebhookConfig] = {}
     if path is not None:
         path = (cwd / path).absolute()
         source = str(path)
         base_dir = path.parent
-        for key, value in _read_file(path).items():
+        file_values, webhooks = _read_file(path)
+        for key, value in file_values.items():
             values[key] = value
             origins[key] = f"{key} in {source}"
     path_bases = {key: base_dir for key in values}
@@ -267,7 +322,7 @@ def load_config(path: Path | None, environ: Mapping[str, str], *, cwd: Path | No
         if KEYS[key].kind is Path and value is not None:
             values[key] = path_bases[key] / value.expanduser()
     defaults = {key: base_dir / default for key, default in _defaults().items() if KEYS[key].kind is Path}
-    config = _build({**defaults, **values}, source)
+    config = dataclasses.replace(_build({**defaults, **values}, source), webhooks=webhooks)
     _check_ranges(config, origins)
     return config
 
@@ -279,7 +334,7 @@ def _defaults() -> dict[str, Any]:
 def _flatten(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     for f in dataclasses.fields(obj):
         dotted = f"{prefix}.{f.name}" if prefix else f.name
-        if dotted == "source":
+        if dotted in _NOT_LEAVES:
             continue
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
@@ -306,7 +361,7 @@ def _build(values: Mapping[str, Any], source: str) -> Config:
 # --- the file -------------------------------------------------------------------------
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, WebhookConfig]]:
     try:
         with path.open("rb") as fh:
             document = tomllib.load(fh)
@@ -321,9 +376,10 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid TOML: {exc}; fix the file at that line") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    webhooks = _parse_webhooks(document.pop("webhooks", {}), path)
     values: dict[str, Any] = {}
     _collect(document, "", path, values)
-    return values
+    return values, webhooks
 
 
 def _collect(table: Mapping[str, Any], prefix: str, path: Path, out: dict[str, Any]) -> None:
@@ -344,7 +400,7 @@ def _collect(table: Mapping[str, Any], prefix: str, path: Path, out: dict[str, A
 
 
 def _all_names() -> list[str]:
-    return [*KEYS, *(t for t in _TABLES if t)]
+    return [*KEYS, *(t for t in _TABLES if t), "webhooks"]
 
 
 def _check_toml_type(key: _Key, value: Any, where: str) -> Any:
@@ -490,6 +546,11 @@ def _check_ranges(config: Config, origins: Mapping[str, str]) -> None:
     at_least("executors.local.python_workers", local.python_workers, 1)
     at_least("executors.local.kill_grace", local.kill_grace, 0)
     at_least("logs.max_bytes_per_try", config.logs.max_bytes_per_try, MIN_LOG_BYTES_PER_TRY)
+    if not config.webhook_log.retention_days > 0:
+        raise ConfigError(
+            f"{where('webhook_log.retention_days')} must be a number of days above 0, "
+            f"got {config.webhook_log.retention_days:g}"
+        )
     _check_dags(config.dags, where)
 
 
@@ -533,3 +594,157 @@ def _is_origin(text: str) -> bool:
         and not parts.fragment
         and "@" not in parts.netloc
     )
+
+
+# --- webhooks -------------------------------------------------------------------------
+
+#: the keys of a [webhooks.<name>] table and what each must be (README, Webhooks)
+WEBHOOK_KEYS: Mapping[str, str] = {
+    "dag_id": "a string",
+    "asset_uri": "a string",
+    "auth": "a string",
+    "secret_env": "a string or a list of strings",
+    "header": "a string",
+    "prefix": "a string",
+    "algorithm": "a string",
+    "delivery_id_header": "a string",
+    "dedup_window": "a number",
+    "conf": "a table of strings (run-conf key = dotted path)",
+    "filter": "a table of lists (dotted path = [accepted values])",
+    "max_body_bytes": "an integer",
+    "allow_unauthenticated": "a boolean (true or false)",
+}
+_HMAC_ONLY = ("header", "prefix", "algorithm")
+
+
+def _parse_webhooks(tables: Any, path: Path) -> dict[str, WebhookConfig]:
+    if not isinstance(tables, dict):
+        raise ConfigError(
+            f"webhooks in {path} must be tables, one per endpoint ([webhooks.github-push]), "
+            f"got {_show(tables)}"
+        )
+    webhooks: dict[str, WebhookConfig] = {}
+    for name, table in tables.items():
+        where = f"webhooks.{name}"
+        if not WEBHOOK_NAME_PATTERN.fullmatch(name):
+            raise ConfigError(
+                f"[{where}] in {path}: a webhook's name is part of its URL and its runs' ids: "
+                "use 1 to 64 letters, digits, '-' and '_'"
+            )
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where} in {path} must be a table ([{where}]), got {_show(table)}")
+        webhooks[name] = _parse_webhook(name, table, f"in {path}")
+    return webhooks
+
+
+def _webhook_value(key: str, value: Any, where: str) -> Any:
+    """`value` checked against the type of the webhook key `key`."""
+    expected = WEBHOOK_KEYS[key]
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if key == "secret_env":
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, list) and value and all(isinstance(item, str) for item in value):
+            return tuple(value)
+    elif key == "conf":
+        if isinstance(value, dict) and all(isinstance(item, str) for item in value.values()):
+            return dict(value)
+    elif key == "filter":
+        if isinstance(value, dict) and all(isinstance(item, list) and item for item in value.values()):
+            return {field_path: tuple(accepted) for field_path, accepted in value.items()}
+    elif key == "dedup_window":
+        if number and math.isfinite(value):
+            return float(value)
+    elif key == "max_body_bytes":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif key == "allow_unauthenticated":
+        if isinstance(value, bool):
+            return value
+    elif isinstance(value, str):
+        return value
+    raise ConfigError(f"{where} must be {expected}, got {_show(value)}")
+
+
+def _parse_webhook(name: str, table: Mapping[str, Any], source: str) -> WebhookConfig:
+    prefix = f"webhooks.{name}"
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in WEBHOOK_KEYS:
+            close = difflib.get_close_matches(key, list(WEBHOOK_KEYS), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}?" if close else f"valid keys are {', '.join(WEBHOOK_KEYS)}"
+            raise ConfigError(f"unknown key {f'{prefix}.{key}'!r} {source}: {hint}")
+        values[key] = _webhook_value(key, value, f"{prefix}.{key} {source}")
+
+    def where(key: str) -> str:
+        return f"{prefix}.{key} {source}"
+
+    auth = values.get("auth")
+    if auth is None:
+        raise ConfigError(
+            f"[{prefix}] {source} needs auth: one of {', '.join(WEBHOOK_AUTHS)} "
+            '(e.g. auth = "github" with secret_env = "GITHUB_WEBHOOK_SECRET")'
+        )
+    if auth not in WEBHOOK_AUTHS:
+        raise ConfigError(f"{where('auth')} is {auth!r}: use one of {', '.join(WEBHOOK_AUTHS)}")
+    if ("dag_id" in values) == ("asset_uri" in values):
+        raise ConfigError(
+            f"[{prefix}] {source} must set exactly one of dag_id (a delivery triggers a run of that DAG) "
+            "and asset_uri (a delivery records an event of that asset)"
+        )
+    if auth == "none":
+        if not values.get("allow_unauthenticated", False):
+            raise ConfigError(
+                f'{where("auth")} is "none": anyone who can reach the API could trigger it; '
+                "set allow_unauthenticated = true if that is what you want"
+            )
+        if "secret_env" in values:
+            raise ConfigError(f'{where("secret_env")} is set but auth is "none": remove one of them')
+    elif "secret_env" not in values:
+        raise ConfigError(
+            f"[{prefix}] {source} needs secret_env: the environment variable holding the secret "
+            '(a list, e.g. ["NEW_SECRET", "OLD_SECRET"], accepts each of them while you rotate)'
+        )
+    if auth != "hmac":
+        for key in _HMAC_ONLY:
+            if key in values:
+                raise ConfigError(f'{where(key)} applies to auth = "hmac" only (auth is {auth!r}): remove it')
+    if values.get("algorithm", "sha256") not in WEBHOOK_ALGORITHMS:
+        raise ConfigError(
+            f"{where('algorithm')} is {values['algorithm']!r}: use one of {', '.join(WEBHOOK_ALGORITHMS)}"
+        )
+    if values.get("dedup_window", 1.0) <= 0:
+        raise ConfigError(f"{where('dedup_window')} must be a number of seconds above 0")
+    if values.get("max_body_bytes", 1) < 1:
+        raise ConfigError(f"{where('max_body_bytes')} must be at least 1")
+    for key in ("header", "delivery_id_header", "dag_id", "asset_uri"):
+        if key in values and not values[key].strip():
+            raise ConfigError(f"{where(key)} must not be empty")
+    for field_path in [*(values.get("conf") or {}).values(), *values.get("filter", {})]:
+        if not field_path or any(not part for part in field_path.split(".")):
+            raise ConfigError(
+                f"[{prefix}] {source}: {field_path!r} is not a dotted path: write e.g. "
+                '"repository.full_name" or "headers.X-GitHub-Event"'
+            )
+    return WebhookConfig(name=name, **values)
+
+
+def webhook_secrets(
+    webhooks: Mapping[str, WebhookConfig], environ: Mapping[str, str]
+) -> dict[str, tuple[bytes, ...]]:
+    """The accepted secrets of every webhook, by name, read from `environ` when the daemon starts.
+    A variable that is unset or empty is a ConfigError naming the key (never a value)."""
+    secrets: dict[str, tuple[bytes, ...]] = {}
+    for name, webhook in webhooks.items():
+        values: list[bytes] = []
+        for variable in webhook.secret_env:
+            value = environ.get(variable, "")
+            if not value:
+                raise ConfigError(
+                    f"webhooks.{name}.secret_env names {variable}, which is "
+                    f"{'empty' if variable in environ else 'not set'} in the daemon's environment: "
+                    "set it to the webhook's secret (or remove it from the list once rotated out)"
+                )
+            values.append(value.encode())
+        secrets[name] = tuple(values)
+    return secrets

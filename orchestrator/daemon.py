@@ -29,7 +29,7 @@ import anyio
 from aiohttp import web
 
 from orchestrator.api.app import create_app
-from orchestrator.config import DEPRECATED_LOG_LEVEL_ENV, Config
+from orchestrator.config import DEPRECATED_LOG_LEVEL_ENV, Config, webhook_secrets
 from orchestrator.core.model import DagSpec
 from orchestrator.core.serialization import spec_from_dict
 from orchestrator.core.template_limits import TemplateLimits
@@ -48,6 +48,7 @@ from orchestrator.ports import AssetEventSink, Executor, ExecutorEvents, StateSt
 from orchestrator.triggers.assets import AssetTrigger
 from orchestrator.triggers.backfill import Backfills
 from orchestrator.triggers.scheduler import Scheduler
+from orchestrator.triggers.webhooks import DeliveryLog, DeliveryLogPruner, WebhookReceiver, build_webhooks
 from storage.filelogs import FileTaskLogs, LogFiles
 
 if TYPE_CHECKING:
@@ -226,6 +227,12 @@ async def _serve(config: Config) -> None:
     from storage.postgres import PostgresStateStore
 
     paths = Paths.of(config)
+    # read before anything starts: a missing webhook secret stops the daemon at once, naming the key;
+    # then gone from the environment, so no task, DAG file or worker inherits a webhook's secret
+    secrets = webhook_secrets(config.webhooks, os.environ)
+    for webhook in config.webhooks.values():
+        for variable in webhook.secret_env:
+            os.environ.pop(variable, None)
     paths.logs_dir.mkdir(parents=True, exist_ok=True)
     hostname = socket.gethostname()
     daemon_id = config.daemon.daemon_id or f"{hostname}-{os.getpid()}"
@@ -320,8 +327,23 @@ async def _serve(config: Config) -> None:
             await engine.recover(stored)
             scheduler.start()
             await backfills.start()
+            receiver = WebhookReceiver(
+                build_webhooks(config.webhooks, secrets),
+                engine,
+                store,
+                store,
+                clock,
+                DeliveryLog(store, supervisor.spawn),
+                assets=asset_trigger,
+            )
+            pruner = DeliveryLogPruner(
+                store, clock, timers, config.webhook_log.retention_days, spawn=supervisor.spawn
+            )
+            pruner.start()
             asset_trigger.start()
-            runner = await _start_api(config, paths, store, engine, task_logs, backfills, asset_trigger)
+            runner = await _start_api(
+                config, paths, store, engine, task_logs, backfills, receiver, asset_trigger
+            )
             group.start_soon(daemon_lock.guard)
             group.start_soon(_heartbeat, store, daemon_lock, daemon_id, clock, timers)
             group.start_soon(_wait_for_stop_signal, stop)
@@ -332,7 +354,8 @@ async def _serve(config: Config) -> None:
             scheduler.stop()
             backfills.stop()
             await engine.drain(config.daemon.shutdown_grace)
-            await runner.cleanup()
+            pruner.stop()
+            await runner.cleanup()  # also writes what is left of the webhook delivery log
             paths.api_url_file.unlink(missing_ok=True)
             folder.stop()
             group.cancel_scope.cancel()
@@ -392,10 +415,20 @@ async def _start_api(
     store: StateStore,
     engine: Engine,
     task_logs: TaskLogs,
-    backfills: Backfills | None = None,
+    backfills: Backfills,
+    webhook_receiver: WebhookReceiver | None = None,
     assets: AssetEventSink | None = None,
 ) -> web.AppRunner:
-    app = create_app(store, engine, paths.logs_dir, task_logs, config.api, backfills=backfills, assets=assets)
+    app = create_app(
+        store,
+        engine,
+        paths.logs_dir,
+        task_logs,
+        config.api,
+        backfills=backfills,
+        assets=assets,
+        webhook_receiver=webhook_receiver,
+    )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, config.api.host, config.api.port)

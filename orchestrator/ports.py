@@ -477,6 +477,48 @@ class AssetEventSink(Protocol):
         id is that of the event recorded then)."""
 
 
+# --- webhooks --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    """One entry of the webhook delivery log: what was received and what was answered. It never
+    holds a secret, a token or a signature value."""
+
+    webhook: str
+    delivery_id: str | None
+    received_at: datetime
+    status: int
+    created: bool = False
+    dag_id: str | None = None
+    run_id: str | None = None
+    asset_uri: str | None = None
+    asset_event_id: int | None = None
+    reason: str | None = None
+
+
+class WebhookStore(Protocol):
+    """The durable state of webhooks: the delivery log and the body-hash deduplication window."""
+
+    async def record_webhook_deliveries(self, deliveries: Sequence[WebhookDelivery]) -> None:
+        """Append entries to the delivery log (one statement for the batch)."""
+
+    async def list_webhook_deliveries(
+        self, webhook: str, limit: int, offset: int
+    ) -> tuple[list[WebhookDelivery], int]:
+        """A page of one webhook's deliveries, newest first, and their total count."""
+
+    async def claim_webhook_body(
+        self, webhook: str, body_sha256: str, key: str, now: datetime, expires_at: datetime
+    ) -> tuple[str, bool]:
+        """The idempotency key in force for this body: `key` and True if this delivery claimed it
+        (none was in force before `now`, until `expires_at`), else the earlier key and False."""
+
+    async def prune_webhook_deliveries(self, before: datetime, now: datetime) -> int:
+        """Delete log entries received before `before` and deduplication claims expired at `now`;
+        returns how many log entries went."""
+
+
 # --- what the DAG folder asks of its parser -------------------------------------------------
 
 

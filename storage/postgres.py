@@ -39,6 +39,7 @@ from orchestrator.ports import ActiveRun
 from storage.errors import StorageError
 from storage.postgres_assets import PostgresAssetStore, write_asset_events
 from storage.postgres_schedules import ScheduleQueries
+from storage.postgres_webhooks import PostgresWebhookStore
 from storage.sql import QUERIES
 
 logger = logging.getLogger(__name__)
@@ -312,10 +313,10 @@ async def insert_run_rows(
     return created
 
 
-class PostgresStateStore(ScheduleQueries, PostgresAssetStore):
+class PostgresStateStore(ScheduleQueries, PostgresAssetStore, PostgresWebhookStore):
     """The state store on one PostgreSQL database (see `orchestrator.ports.StateStore`; its
     `ScheduleStore` methods are in `storage.postgres_schedules`, its `AssetStore` methods in
-    `storage.postgres_assets`)."""
+    `storage.postgres_assets`, its `WebhookStore` methods in `storage.postgres_webhooks`)."""
 
     def __init__(
         self, pool: asyncpg.Pool, dsn: str, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT

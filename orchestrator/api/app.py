@@ -15,7 +15,7 @@ from aiohttp import web
 
 from orchestrator.api import assets as asset_routes
 from orchestrator.api import backfills as backfills_api
-from orchestrator.api import dags, runs, task_instances
+from orchestrator.api import dags, runs, task_instances, webhooks
 from orchestrator.api.errors import error_middleware
 from orchestrator.api.guards import origin_guard
 from orchestrator.api.keys import BACKFILLS, ENGINE, LOGS_DIR, SETTINGS, STORE, TASK_LOGS, UNIXNAME
@@ -24,6 +24,7 @@ from orchestrator.config import ApiConfig
 from orchestrator.errors import OrchestratorError
 from orchestrator.ports import AssetEventSink, AssetStore, EngineApi, StateStore, TaskLogs
 from orchestrator.triggers.backfill import Backfills
+from orchestrator.triggers.webhooks import WebhookReceiver
 
 log = logging.getLogger("orchestrator.api")
 
@@ -70,12 +71,14 @@ def create_app(
     backfills: Backfills | None = None,
     assets: AssetEventSink | None = None,
     asset_store: AssetStore | None = None,
+    webhook_receiver: WebhookReceiver | None = None,
 ) -> web.Application:
     """The REST API (Airflow's /api/v1 shapes) and /health, reading `store`, triggering via `engine`,
     serving task logs through `task_logs` (default: the files under `logs_dir`), limited by the
     [api] `settings` (defaults if None). External asset events go to `assets` (without it, POST
     /assets/events answers 503); assets are listed from `asset_store` (default: `store`, when it
-    is one, as the PostgreSQL store is)."""
+    is one, as the PostgreSQL store is); webhooks are answered by `webhook_receiver` (None: none
+    configured). The app's cleanup writes what is left of the webhook delivery log."""
     settings = settings or ApiConfig()
     app = web.Application(middlewares=[error_middleware, origin_guard(settings.allowed_origins)])
     app[STORE] = store
@@ -104,4 +107,5 @@ def create_app(
         backfills_api.add_routes(app.router)
     if asset_store is not None:
         asset_routes.add_routes(app.router)
+    webhooks.add_routes(app, webhook_receiver)
     return app
