@@ -178,6 +178,12 @@ class StateStore(ScheduleStore, Protocol):
         unique on (dag_id, run_id), then NOTIFY. Returns the run and whether it was created;
         when it already existed, the existing run is returned and nothing is written."""
 
+    async def create_runs(
+        self, items: Sequence[tuple[NewRun, Sequence[NewTaskInstance], str | None]]
+    ) -> list[tuple[RunRecord, bool]]:
+        """`create_run` for many (run, task instances, source hash) at once, in one transaction;
+        the answers in the order of `items` (a run repeated in `items` is created once)."""
+
     async def get_run(self, dag_id: str, run_id: str) -> RunRecord | None: ...
 
     async def set_run_note(self, dag_id: str, run_id: str, note: str) -> RunRecord | None:

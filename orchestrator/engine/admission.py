@@ -22,11 +22,14 @@ from orchestrator.core.states import FINISHED_TASK_STATES, RunState, TaskState
 from orchestrator.core.transitions import check_run_transition
 from orchestrator.engine.live import Batch, LiveRun
 from orchestrator.engine.progress import RunProgress
-from orchestrator.engine.registry import LoadedDag
+from orchestrator.engine.registry import DagRegistry, LoadedDag
 from orchestrator.engine.supervision import Supervisor
 from orchestrator.ports import ActiveRun, Clock, StateStore
 
 log = logging.getLogger("orchestrator.engine.admission")
+
+#: the most waiting runs one admission pass reads from the store
+MAX_READ_PER_FILL = 64
 
 #: turns a run read back from the store into the DAG it runs (its version), or None
 DagOfRun = Callable[[ActiveRun], LoadedDag | None]
@@ -42,12 +45,15 @@ class Admission:
         progress: RunProgress,
         supervisor: Supervisor,
         dag_of_run: DagOfRun,
+        registry: DagRegistry | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._progress = progress
         self._supervisor = supervisor
         self._dag_of_run = dag_of_run
+        #: the DAGs as loaded (to ask the store for no more waiting runs than there is room for)
+        self._registry = registry
         #: DAGs whose new runs wait in `queued` (Airflow's pause); runs already running go on
         self.paused: set[str] = set()
         #: DAGs with an admission pass in flight, and those that need another one after it
@@ -142,7 +148,7 @@ class Admission:
         settled = [pk for pk, committed in started.items() if committed]
         # runs being started (their `running` row may not be committed yet) are left out
         starting = [pk for pk in slots.active_runs]
-        candidates = await self._store.load_queued_runs(dag_id, limit=64, exclude=starting)
+        candidates = await self._store.load_queued_runs(dag_id, limit=self._wanted(dag_id), exclude=starting)
         for pk in settled:
             started.pop(pk, None)
         batch = Batch()
@@ -164,6 +170,17 @@ class Admission:
         progress.commit(batch)
         if admitted:
             self._confirm_after_commit(dag_id, admitted)
+
+    def _wanted(self, dag_id: str) -> int:
+        """How many waiting runs to read: the DAG's free run slots, plus the runs this daemon
+        started that the store may still list as queued (they are skipped), at most 64. With
+        many runs waiting, each finished run reads one, not 64 with all their task instances."""
+        loaded = self._registry.get(dag_id) if self._registry is not None else None
+        if loaded is None:
+            return MAX_READ_PER_FILL
+        room = loaded.spec.max_active_runs - len(self._progress.slots_of(dag_id).active_runs)
+        pending = len(self._started.get(dag_id, ()))
+        return max(1, min(MAX_READ_PER_FILL, room + pending))
 
     def _confirm_after_commit(self, dag_id: str, pks: list[int]) -> None:
         """Mark these starts committed once the writer has committed what was submitted so far."""

@@ -27,6 +27,7 @@ from orchestrator.core.model import DagSpec
 from orchestrator.core.records import DagRecord, NewAssetEvent, NewRun, NewTaskInstance, RunRecord, TaskKey
 from orchestrator.core.template_limits import DEFAULT_LIMITS, TemplateLimits
 from orchestrator.engine.admission import Admission
+from orchestrator.engine.creation import RunCreator
 from orchestrator.engine.dispatch import Dispatcher
 from orchestrator.engine.events import EventBus
 from orchestrator.engine.live import Batch
@@ -81,8 +82,11 @@ class Engine:
             template_limits=template_limits,
         )
         self._recovery: Recovery
-        self.admission = Admission(store, clock, self.progress, self.supervisor, self._dag_of_run)
+        self.admission = Admission(
+            store, clock, self.progress, self.supervisor, self._dag_of_run, registry=registry
+        )
         self._recovery = Recovery(store, self.progress, self.admission, registry)
+        self._creator = RunCreator(store, self.admission, self.supervisor)
         self._ready = False
         #: told of every run that reached its outcome, once that is committed (triggers use it)
         self._run_finished_listeners: list[Callable[[RunRecord], None]] = []
@@ -198,13 +202,10 @@ class Engine:
     async def create_run(self, new_run: NewRun) -> tuple[RunRecord, bool]:
         """Create a run of a loaded DAG, whatever triggered it (the API, the scheduler, a webhook,
         a backfill), with the DAG's current version; start it if its DAG has room. Unique on
-        (dag_id, run_id): an existing run is returned with False and nothing is written."""
+        (dag_id, run_id): an existing run is returned with False and nothing is written. Requests
+        made at the same time are written together (`creation.RunCreator`)."""
         loaded = self.loaded_dag(new_run.dag_id)
-        tasks = self.new_task_instances(loaded)
-        record, created = await self._store.create_run(new_run, tasks, loaded.spec.source_hash)
-        if created:
-            await self.admit_created(record)
-        return record, created
+        return await self._creator.create(new_run, loaded, self.new_task_instances(loaded))
 
     async def admit_created(self, record: RunRecord) -> None:
         """A run was just written to the store (by `create_run`, or by a store method that creates

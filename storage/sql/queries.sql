@@ -374,3 +374,38 @@ SELECT installation_id FROM inserted
 UNION ALL
 SELECT installation_id FROM installation
 LIMIT 1;
+
+-- name: insert_runs
+-- Many runs in one statement (Engine.create_run batches concurrent triggers); a (dag_id, run_id)
+-- that exists, or repeats within the batch, inserts nothing and is read back by get_runs_by_ids.
+INSERT INTO dag_run (dag_id, run_id, state, run_type, conf, logical_date, data_interval_start,
+                     data_interval_end, queued_at, external_trigger, note, backfill_id)
+SELECT u.dag_id, u.run_id, 'queued', u.run_type, u.conf::jsonb, u.logical_date, u.data_interval_start,
+       u.data_interval_end, u.queued_at, u.external_trigger, u.note, u.backfill_id
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[],
+            $7::timestamptz[], $8::timestamptz[], $9::boolean[], $10::text[], $11::bigint[])
+    WITH ORDINALITY AS u (dag_id, run_id, run_type, conf, logical_date, data_interval_start,
+                          data_interval_end, queued_at, external_trigger, note, backfill_id, ordinal)
+ORDER BY u.ordinal
+ON CONFLICT (dag_id, run_id) DO NOTHING
+RETURNING pk, dag_id, run_id, state, run_type, conf, logical_date, data_interval_start,
+          data_interval_end, queued_at, start_date, end_date, external_trigger, note, backfill_id;
+
+-- name: get_runs_by_ids
+SELECT r.pk, r.dag_id, r.run_id, r.state, r.run_type, r.conf, r.logical_date, r.data_interval_start,
+       r.data_interval_end, r.queued_at, r.start_date, r.end_date, r.external_trigger, r.note,
+       r.backfill_id
+FROM unnest($1::text[], $2::text[]) AS k (dag_id, run_id)
+JOIN dag_run AS r ON r.dag_id = k.dag_id AND r.run_id = k.run_id;
+
+-- name: insert_task_instances_of_runs
+INSERT INTO task_instance (run_pk, dag_id, run_id, task_id, map_index, state, max_tries, operator)
+SELECT u.run_pk, u.dag_id, u.run_id, u.task_id, u.map_index, 'none', u.max_tries, u.operator
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::integer[], $6::integer[], $7::text[])
+    AS u (run_pk, dag_id, run_id, task_id, map_index, max_tries, operator);
+
+-- name: insert_run_versions
+INSERT INTO dag_run_version (run_pk, dag_id, source_hash)
+SELECT u.run_pk, u.dag_id, u.source_hash
+FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u (run_pk, dag_id, source_hash)
+WHERE EXISTS (SELECT 1 FROM dag_version AS v WHERE v.dag_id = u.dag_id AND v.source_hash = u.source_hash);

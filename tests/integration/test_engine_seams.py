@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
+import anyio
 import pytest
 
 from orchestrator.core.kinds import RenderInput, register_kind, unregister_kind
@@ -548,3 +549,47 @@ async def test_runs_that_fail_at_once_are_each_started_once_while_others_wait(
 
     assert {run.state for run in runs} == {RunState.FAILED}
     assert notes == [1] * 12
+
+
+# --- runs created together --------------------------------------------------------------------
+
+
+async def test_runs_asked_for_at_once_are_created_once_each_and_a_refused_one_fails_alone(
+    store: PostgresStateStore, work: Path, dags: Path, logs: Path
+) -> None:
+    dag_file = write_dag(dags, "flooded", 'with DAG("flooded", max_active_runs=4):\n    Bash("t", "true")\n', work)
+    batches: list[int] = []
+    create_runs = store.create_runs
+
+    async def counted(items):  # type: ignore[no-untyped-def]
+        batches.append(len(items))
+        return await create_runs(items)
+
+    store.create_runs = counted  # type: ignore[method-assign]
+    async with running_engine(store, logs, [dag_file]) as engine:
+        answers: list[tuple[str, object]] = []
+
+        async def ask(run_id: str, conf: dict[str, object]) -> None:
+            try:
+                answer: object = await engine.engine.trigger_run("flooded", run_id=run_id, conf=conf, logical_date=None)
+            except Exception as exc:
+                answer = exc
+            answers.append((run_id, answer))
+
+        async with anyio.create_task_group() as group:
+            for index in range(40):
+                group.start_soon(ask, f"r{index % 30}", {"i": index})  # ten ids asked twice
+            group.start_soon(ask, "refused", {"text": "nul \u0000 byte"})  # PostgreSQL cannot store it
+        for index in range(30):
+            await wait_run(store, "flooded", f"r{index}")
+
+    refused = [answer for run_id, answer in answers if run_id == "refused"]
+    assert len(refused) == 1 and isinstance(refused[0], Exception)
+    others = [answer for run_id, answer in answers if run_id != "refused"]
+    assert len(others) == 40 and not any(isinstance(answer, Exception) for answer in others)
+    created = sorted(answer[0].run_id for answer in others if answer[1])  # type: ignore[index]
+    assert created == sorted(f"r{index}" for index in range(30))  # each id created exactly once
+    runs, total = await store.list_runs("flooded", 100, 0)
+    assert total == 30 and all(run.state == RunState.SUCCESS for run in runs)
+    assert await store.get_run("flooded", "refused") is None
+    assert max(batches) > 1  # they were written together, the refused one with others

@@ -97,6 +97,32 @@ async def test_create_run_twice_returns_the_existing_run_and_writes_nothing(
     ]
 
 
+async def test_create_runs_writes_a_batch_in_order_once_each_and_answers_existing_ones(
+    store: PostgresStateStore,
+) -> None:
+    existing, _ = await store.create_run(new_run(run_id="old"), TASKS[:1])
+    items = [
+        (new_run(run_id="a"), TASKS, None),
+        (dataclasses.replace(new_run(run_id="old"), conf={"new": 1}), TASKS, None),  # exists
+        (new_run(run_id="b"), TASKS[:2], None),
+        (dataclasses.replace(new_run(run_id="a"), conf={"copy": 1}), TASKS[:1], None),  # repeated
+    ]
+    answers = await store.create_runs(items)
+
+    assert [(run.run_id, created) for run, created in answers] == [
+        ("a", True),
+        ("old", False),
+        ("b", True),
+        ("a", False),
+    ]
+    assert answers[1][0] == existing and answers[3][0] == answers[0][0]
+    assert answers[0][0].conf == {"who": "test", "n": [1, 2]}  # the first copy won
+    assert answers[0][0].state == RunState.QUEUED and answers[0][0].pk < answers[2][0].pk
+    tis = {run.run_id: [ti.task_id for ti in await store.list_task_instances(run.pk)] for run, _ in answers}
+    assert tis == {"a": ["extract", "load", "mapped", "mapped"], "old": ["extract"], "b": ["extract", "load"]}
+    assert await store.create_runs([]) == []
+
+
 async def test_create_run_with_thousands_of_tasks_creates_them_all(store: PostgresStateStore) -> None:
     tasks = [NewTaskInstance(f"task_{i:05d}", "BashOperator", max_tries=1) for i in range(2500)]
     run, created = await store.create_run(new_run(), tasks)
