@@ -244,6 +244,10 @@ class Backfills:
         backfill_id = self._owner_of_run.pop(run.pk, None)
         if backfill_id is not None:
             self._drive(backfill_id)
+        else:
+            # a pass in flight may have read this run as unfinished before it was known to be
+            # the backfill's (after a restart, say): that pass looks again once it is done
+            self._again.update(self._busy)
 
     def _drive(self, backfill_id: int) -> None:
         if self._stopped:

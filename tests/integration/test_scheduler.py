@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.core.records import RunRecord
+from orchestrator.core.records import DagRecord, RunRecord
+from orchestrator.core.schedules import RunInfo
 from orchestrator.core.states import RunState
 from orchestrator.triggers.scheduler import Scheduler, scheduled_run_id
 from storage.postgres import PostgresStateStore
@@ -104,8 +105,11 @@ async def test_a_catchup_dag_creates_every_missed_interval_in_order_then_one_per
         log = harness.log_text("caught", runs[0].run_id, "t", 1)
         assert "2026-03-01 2026-03-01T00:00:00+00:00 2026-03-02T00:00:00+00:00" in log
 
-        dag = await store.get_dag("caught")
-        assert dag is not None
+        async def planned() -> DagRecord | None:
+            dag = await store.get_dag("caught")  # recorded after the pass created the runs
+            return dag if dag is not None and dag.next_dagrun is not None else None
+
+        dag = await wait_for(planned, 10, "the next run to be recorded")
         assert dag.next_dagrun == datetime(2026, 3, 4, tzinfo=UTC)
         assert dag.next_dagrun_data_interval_end == datetime(2026, 3, 5, tzinfo=UTC)
         assert dag.next_dagrun_create_after == datetime(2026, 3, 5, tzinfo=UTC)
@@ -191,8 +195,11 @@ async def test_a_changed_schedule_is_planned_again(
             datetime(2026, 3, 4, 0, tzinfo=UTC),
             datetime(2026, 3, 4, 6, tzinfo=UTC),
         ]
-        upcoming = scheduler.upcoming("changing")
-        assert upcoming is not None and upcoming.run_after == datetime(2026, 3, 4, 18, tzinfo=UTC)
+        async def armed() -> RunInfo | None:
+            return scheduler.upcoming("changing")  # set once the pass that made the runs ends
+
+        upcoming = await wait_for(armed, 10, "the next run to be armed")
+        assert upcoming.run_after == datetime(2026, 3, 4, 18, tzinfo=UTC)
 
 
 async def test_once_runs_once_and_continuous_starts_a_run_whenever_none_is_active(
