@@ -270,6 +270,10 @@ class Backfills:
                     log.warning(
                         "backfill %d could not go on (%s); it does at the next finished run", backfill_id, exc
                     )
+                except Exception:  # one backfill must not stop the daemon nor the other triggers
+                    log.exception(
+                        "backfill %d could not go on; it tries again at its next finished run", backfill_id
+                    )
                 if backfill_id not in self._again or self._stopped:
                     return
         finally:

@@ -46,6 +46,8 @@ log = logging.getLogger("orchestrator.triggers.scheduler")
 
 #: seconds before a pass that failed on the database is tried again
 RETRY_DELAY = 5.0
+#: seconds before a pass that failed otherwise (a bug, a value the database refused) is tried again
+FAILED_PASS_DELAY = 60.0
 #: the most runs one pass creates; a catchup of more goes on in the next pass, at once
 MAX_RUNS_PER_PASS = 1000
 
@@ -170,6 +172,11 @@ class Scheduler:
                 except (OSError, ConnectionError) as exc:
                     log.warning("scheduling %s failed (%s); trying again in %g s", dag_id, exc, RETRY_DELAY)
                     self._timers.call_later(RETRY_DELAY, lambda: self.refresh([dag_id]))
+                    more = False
+                except Exception:
+                    # one DAG's schedule must not stop the daemon nor the other DAGs' schedules
+                    log.exception("scheduling %s failed; trying again in %g s", dag_id, FAILED_PASS_DELAY)
+                    self._timers.call_later(FAILED_PASS_DELAY, lambda: self.refresh([dag_id]))
                     more = False
                 if not (more or dag_id in self._again) or self._stopped:
                     return
