@@ -23,7 +23,7 @@ from orchestrator.core.transitions import check_run_transition
 from orchestrator.engine.live import Batch, LiveRun
 from orchestrator.engine.progress import RunProgress
 from orchestrator.engine.registry import DagRegistry, LoadedDag
-from orchestrator.engine.supervision import Supervisor
+from orchestrator.engine.supervision import OnePassAtATime, Supervisor
 from orchestrator.ports import ActiveRun, Clock, StateStore
 
 log = logging.getLogger("orchestrator.engine.admission")
@@ -50,15 +50,13 @@ class Admission:
         self._store = store
         self._clock = clock
         self._progress = progress
-        self._supervisor = supervisor
         self._dag_of_run = dag_of_run
         #: the DAGs as loaded (to ask the store for no more waiting runs than there is room for)
         self._registry = registry
         #: DAGs whose new runs wait in `queued` (Airflow's pause); runs already running go on
         self.paused: set[str] = set()
-        #: DAGs with an admission pass in flight, and those that need another one after it
-        self._filling: set[str] = set()
-        self._again: set[str] = set()
+        #: admission passes, one at a time per DAG
+        self._fills = OnePassAtATime(supervisor, self._fill_once, "admit waiting runs of")
         #: the DAG version of each run this daemon created that waits (a reference to a shared
         #: LoadedDag, not a copy); after a restart a waiting run takes the store's version
         self._versions: dict[int, LoadedDag] = {}
@@ -122,21 +120,7 @@ class Admission:
         """Start the oldest runs of `dag_id` that wait in the store, as far as room allows."""
         if self._progress.draining:
             return
-        if dag_id in self._filling:
-            self._again.add(dag_id)
-            return
-        self._filling.add(dag_id)
-        self._supervisor.spawn(self._fill(dag_id), name=f"admit waiting runs of {dag_id}")
-
-    async def _fill(self, dag_id: str) -> None:
-        try:
-            while True:
-                self._again.discard(dag_id)
-                await self._fill_once(dag_id)
-                if dag_id not in self._again:
-                    return
-        finally:
-            self._filling.discard(dag_id)
+        self._fills.request(dag_id)
 
     async def _fill_once(self, dag_id: str) -> None:
         progress = self._progress

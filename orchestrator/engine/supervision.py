@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger("orchestrator.engine.supervision")
 
 FatalHandler = Callable[[str], None]
+
+K = TypeVar("K", bound=Hashable)
 
 
 class Supervisor:
@@ -84,3 +86,38 @@ def guarded(
             recover(exc, traceback.format_exc())
 
     return run
+
+
+class OnePassAtATime(Generic[K]):
+    """Supervised background passes of `work(key)`, one at a time per key. A pass asked for while
+    one for the same key runs is not started beside it: the running one goes round once more when
+    it ends, so what changed meanwhile is seen and two passes never race on one key."""
+
+    def __init__(self, supervisor: Supervisor, work: Callable[[K], Awaitable[None]], name: str) -> None:
+        self._supervisor = supervisor
+        self._work = work
+        self._name = name
+        self._busy: set[K] = set()
+        self._again: set[K] = set()
+
+    def request(self, key: K) -> None:
+        """Run a pass for `key` now, or once more after the one running."""
+        if key in self._busy:
+            self._again.add(key)
+            return
+        self._busy.add(key)
+        self._supervisor.spawn(self._passes(key), name=f"{self._name} {key}")
+
+    def again_if_running(self) -> None:
+        """Every pass running now goes round once more when it ends."""
+        self._again.update(self._busy)
+
+    async def _passes(self, key: K) -> None:
+        try:
+            while True:
+                self._again.discard(key)
+                await self._work(key)
+                if key not in self._again:
+                    return
+        finally:
+            self._busy.discard(key)

@@ -26,7 +26,7 @@ from orchestrator.core.records import BackfillRecord, BackfillRunRecord, NewRun,
 from orchestrator.core.schedules import ScheduleError
 from orchestrator.core.states import RunState
 from orchestrator.engine.engine import Engine
-from orchestrator.engine.supervision import Supervisor
+from orchestrator.engine.supervision import OnePassAtATime, Supervisor
 from orchestrator.errors import DagNotFound, InvalidRequest, OrchestratorError, ShuttingDown
 from orchestrator.ports import Clock, StateStore
 from orchestrator.triggers.scheduler import restriction_of, timetable_of
@@ -100,12 +100,11 @@ class Backfills:
         self._engine = engine
         self._store = store
         self._clock = clock
-        self._supervisor = supervisor
         self._default_timezone = default_timezone
         #: run pk -> the backfill that created it (for the runs not finished yet)
         self._owner_of_run: dict[int, int] = {}
-        self._busy: set[int] = set()
-        self._again: set[int] = set()
+        #: passes over one backfill, one at a time per backfill
+        self._passes = OnePassAtATime(supervisor, self._pass, "backfill")
         self._stopped = False
         engine.add_run_finished_listener(self._run_finished)
 
@@ -247,37 +246,25 @@ class Backfills:
         else:
             # a pass in flight may have read this run as unfinished before it was known to be
             # the backfill's (after a restart, say): that pass looks again once it is done
-            self._again.update(self._busy)
+            self._passes.again_if_running()
 
     def _drive(self, backfill_id: int) -> None:
+        if not self._stopped:
+            self._passes.request(backfill_id)
+
+    async def _pass(self, backfill_id: int) -> None:
         if self._stopped:
             return
-        if backfill_id in self._busy:
-            self._again.add(backfill_id)
-            return
-        self._busy.add(backfill_id)
-        self._supervisor.spawn(self._advance_loop(backfill_id), name=f"backfill {backfill_id}")
-
-    async def _advance_loop(self, backfill_id: int) -> None:
         try:
-            while True:
-                self._again.discard(backfill_id)
-                try:
-                    await self._advance(backfill_id)
-                except (DagNotFound, ShuttingDown) as exc:
-                    log.warning("backfill %d waits: %s", backfill_id, exc)
-                except (OSError, ConnectionError) as exc:
-                    log.warning(
-                        "backfill %d could not go on (%s); it does at the next finished run", backfill_id, exc
-                    )
-                except Exception:  # one backfill must not stop the daemon nor the other triggers
-                    log.exception(
-                        "backfill %d could not go on; it tries again at its next finished run", backfill_id
-                    )
-                if backfill_id not in self._again or self._stopped:
-                    return
-        finally:
-            self._busy.discard(backfill_id)
+            await self._advance(backfill_id)
+        except (DagNotFound, ShuttingDown) as exc:
+            log.warning("backfill %d waits: %s", backfill_id, exc)
+        except (OSError, ConnectionError) as exc:
+            log.warning(
+                "backfill %d could not go on (%s); it does at the next finished run", backfill_id, exc
+            )
+        except Exception:  # one backfill must not stop the daemon nor the other triggers
+            log.exception("backfill %d could not go on; it tries again at its next finished run", backfill_id)
 
     async def _advance(self, backfill_id: int) -> None:
         backfill = await self._store.get_backfill(backfill_id)
@@ -299,7 +286,7 @@ class Backfills:
             if run.state in _UNFINISHED:
                 self._owner_of_run[run.pk] = backfill_id
             else:  # finished already (a run made before a restart): take the next one
-                self._again.add(backfill_id)
+                self._drive(backfill_id)
 
     async def _create_run(self, backfill: BackfillRecord, row: BackfillRunRecord) -> RunRecord:
         """The backfill's run for this date: created now, or found by its id if it was already."""

@@ -38,7 +38,7 @@ from orchestrator.core.schedules import (
     make_timetable,
 )
 from orchestrator.engine.engine import Engine
-from orchestrator.engine.supervision import Supervisor
+from orchestrator.engine.supervision import OnePassAtATime, Supervisor
 from orchestrator.errors import DagNotFound, ShuttingDown
 from orchestrator.ports import Clock, StateStore, TimerHandle, Timers
 
@@ -109,7 +109,6 @@ class Scheduler:
         self._store = store
         self._clock = clock
         self._timers = timers
-        self._supervisor = supervisor
         self._default_timezone = default_timezone
         self._plans: dict[str, _Plan] = {}
         #: (run_after, sequence, dag_id); an entry whose DAG's upcoming run moved is skipped
@@ -117,9 +116,8 @@ class Scheduler:
         self._sequence = itertools.count()
         self._timer: TimerHandle | None = None
         self._timer_at: datetime | None = None
-        #: DAGs with a pass in flight, and those that need another one after it
-        self._busy: set[str] = set()
-        self._again: set[str] = set()
+        #: passes over one DAG, one at a time per DAG
+        self._passes = OnePassAtATime(supervisor, self._pass, "schedule")
         #: schedules refused with an error already logged (logged again only when it changes)
         self._refused: dict[str, str] = {}
         self._stopped = False
@@ -136,11 +134,7 @@ class Scheduler:
         for dag_id in dag_ids:
             if self._stopped:
                 return
-            if dag_id in self._busy:
-                self._again.add(dag_id)
-                continue
-            self._busy.add(dag_id)
-            self._supervisor.spawn(self._pass(dag_id), name=f"schedule {dag_id}")
+            self._passes.request(dag_id)
 
     def stop(self) -> None:
         """Create no more runs (the daemon is draining)."""
@@ -162,51 +156,47 @@ class Scheduler:
     # --- one pass over one DAG ---------------------------------------------------------------
 
     async def _pass(self, dag_id: str) -> None:
+        if self._stopped:
+            return
         try:
-            while True:
-                self._again.discard(dag_id)
-                try:
-                    more = await self._plan(dag_id)
-                except (DagNotFound, ShuttingDown):
-                    more = False
-                except (OSError, ConnectionError) as exc:
-                    log.warning("scheduling %s failed (%s); trying again in %g s", dag_id, exc, RETRY_DELAY)
-                    self._timers.call_later(RETRY_DELAY, lambda: self.refresh([dag_id]))
-                    more = False
-                except Exception:
-                    # one DAG's schedule must not stop the daemon nor the other DAGs' schedules
-                    log.exception("scheduling %s failed; trying again in %g s", dag_id, FAILED_PASS_DELAY)
-                    self._timers.call_later(FAILED_PASS_DELAY, lambda: self.refresh([dag_id]))
-                    more = False
-                if not (more or dag_id in self._again) or self._stopped:
-                    return
-        finally:
-            self._busy.discard(dag_id)
+            more = await self._plan(dag_id)
+        except (DagNotFound, ShuttingDown):
+            return
+        except (OSError, ConnectionError) as exc:
+            log.warning("scheduling %s failed (%s); trying again in %g s", dag_id, exc, RETRY_DELAY)
+            self._timers.call_later(RETRY_DELAY, lambda: self.refresh([dag_id]))
+            return
+        except Exception:
+            # one DAG's schedule must not stop the daemon nor the other DAGs' schedules
+            log.exception("scheduling %s failed; trying again in %g s", dag_id, FAILED_PASS_DELAY)
+            self._timers.call_later(FAILED_PASS_DELAY, lambda: self.refresh([dag_id]))
+            return
+        if more:  # a catchup longer than one pass goes on at once
+            self.refresh([dag_id])
 
     async def _plan(self, dag_id: str) -> bool:
         """Create the DAG's due runs and arm its next one; True if more are due at once."""
         loaded = self._engine.registry.get(dag_id)
         spec = loaded.spec if loaded is not None else None
-        made = None
-        if spec is not None:
-            try:
-                made = timetable_of(spec, self._default_timezone)
-                self._refused.pop(dag_id, None)
-            except ScheduleError as exc:
-                if self._refused.get(dag_id) != str(exc):
-                    log.error("DAG %s is not scheduled: %s", dag_id, exc)
-                self._refused[dag_id] = str(exc)
-        if spec is None or made is None:
-            if self._plans.pop(dag_id, None) is not None and spec is not None:
-                await self._store.set_next_dagrun(dag_id, None, None, None, None)
-            return False
-        timetable, zone = made
-        previous = self._plans.get(dag_id)
-        if previous is not None and previous.spec == spec:
-            plan = previous
-        else:
+        plan = self._plans.get(dag_id)
+        if spec is None or plan is None or plan.spec != spec:  # new, changed or gone: read it again
+            made = None
+            if spec is not None:
+                try:
+                    made = timetable_of(spec, self._default_timezone)
+                    self._refused.pop(dag_id, None)
+                except ScheduleError as exc:
+                    if self._refused.get(dag_id) != str(exc):
+                        log.error("DAG %s is not scheduled: %s", dag_id, exc)
+                    self._refused[dag_id] = str(exc)
+            if spec is None or made is None:
+                if self._plans.pop(dag_id, None) is not None and spec is not None:
+                    await self._store.set_next_dagrun(dag_id, None, None, None, None)
+                return False
+            timetable, zone = made
             plan = _Plan(spec, timetable, restriction_of(spec, zone), await self._latest(dag_id))
             self._plans[dag_id] = plan
+        timetable = plan.timetable
         paused = bool(await self._store.paused_dag_ids([dag_id]))
         now = self._clock.now()
         if not timetable.periodic and spec.schedule == "@continuous":
