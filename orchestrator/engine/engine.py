@@ -132,12 +132,12 @@ class Engine:
 
     def _run_finished(self, finished: RunRecord, batch: Batch) -> None:
         self.admission.run_finished(finished, batch)
-        if self._run_finished_listeners:
-            listeners = tuple(self._run_finished_listeners)
-            self.progress.after_commits(lambda: self._tell_run_finished(listeners, finished))
+        # the listeners are those of the moment of the commit: one added meanwhile (a trigger
+        # started after recovery) still hears of a run whose outcome it could not read yet
+        self.progress.after_commits(lambda: self._tell_run_finished(finished))
 
-    def _tell_run_finished(self, listeners: tuple[Callable[[RunRecord], None], ...], run: RunRecord) -> None:
-        for listener in listeners:
+    def _tell_run_finished(self, run: RunRecord) -> None:
+        for listener in tuple(self._run_finished_listeners):
             try:
                 listener(run)
             except Exception:
