@@ -49,14 +49,23 @@ def require_json_content_type(request: web.Request) -> None:
 async def read_body(request: web.Request) -> bytes:
     """The whole body, at most MAX_BODY_BYTES: the same 413 whether the client sent a
     Content-Length or chunks, and a large body is refused before it is all in memory."""
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+    body = await read_limited(request, MAX_BODY_BYTES)
+    if body is None:
         raise _too_large()
+    return body
+
+
+async def read_limited(request: web.Request, limit: int) -> bytes | None:
+    """The whole body, or None once it is known to be over `limit` bytes (by its Content-Length,
+    or as soon as that many bytes have arrived): the rest is never read."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_any():
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise _too_large()
+        if size > limit:
+            return None
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from orchestrator.api.bodies import read_limited
 from orchestrator.api.errors import ApiError, NotFound, problem_response
 from orchestrator.api.params import json_response, pagination
 from orchestrator.ports import WebhookDelivery
@@ -24,8 +25,6 @@ log = logging.getLogger("orchestrator.api")
 
 WEBHOOKS: web.AppKey[WebhookReceiver | None] = web.AppKey("webhooks", WebhookReceiver)  # type: ignore[arg-type]
 
-#: bytes read from the request at a time while the body's size is checked
-READ_CHUNK = 64 * 1024
 
 
 def _receiver(request: web.Request) -> WebhookReceiver | None:
@@ -38,20 +37,6 @@ def _unknown(name: str, receiver: WebhookReceiver | None) -> str:
         f"no webhook named {name!r} is configured (configured: {known}): declare it as a "
         f"[webhooks.{name}] table in config.toml"
     )
-
-
-async def _read_body(request: web.Request, limit: int) -> bytes | None:
-    """The whole body, or None as soon as more than `limit` bytes have been read."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = await request.content.read(READ_CHUNK)
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
 
 
 def _too_large(limit: int) -> web.Response:
@@ -86,8 +71,7 @@ async def receive_delivery(request: web.Request) -> web.StreamResponse:
             request, receiver.answer(name, Answer(404, reason=_unknown(name, receiver)), received_at)
         )
     limit = webhook.config.max_body_bytes
-    length = request.content_length
-    body = None if length is not None and length > limit else await _read_body(request, limit)
+    body = await read_limited(request, limit)
     if body is None:
         receiver.answer(name, Answer(413, reason=f"body over max_body_bytes ({limit} bytes)"), received_at)
         log.info("%s %s -> 413 body over %d bytes", request.method, request.path, limit)
