@@ -331,7 +331,6 @@ async def _serve(config: Config) -> None:
                 build_webhooks(config.webhooks, secrets),
                 engine,
                 store,
-                store,
                 clock,
                 DeliveryLog(store, supervisor.spawn),
                 assets=asset_trigger,

@@ -139,7 +139,78 @@ class ScheduleStore(Protocol):
         """Record the run created for one planned logical date."""
 
 
-class StateStore(ScheduleStore, Protocol):
+class AssetStore(Protocol):
+    """Assets, their events and the consumer queues (`storage.postgres_assets`). Events of task
+    outlets are written by `StateStore.commit` with the task's success (`ChangeSet.asset_events`),
+    in the same transaction, together with the queue rows of every active DAG scheduled on them."""
+
+    async def record_asset_event(
+        self, event: NewAssetEvent, idempotency_key: str | None = None
+    ) -> tuple[AssetEventRecord, bool, tuple[str, ...]]:
+        """Record one event from outside (the asset is created if unknown) and queue it for every
+        active DAG scheduled on it, in one transaction. Returns the event, whether it was created
+        (False: `idempotency_key` was seen before: that event, nothing written) and the DAGs it
+        was queued for."""
+
+    async def asset_queues(self, dag_ids: Sequence[str]) -> dict[str, list[QueuedAsset]]:
+        """What each of these DAGs that is not paused has queued, per asset URI."""
+
+    async def create_asset_triggered_run(
+        self,
+        run: NewRun,
+        tasks: Sequence[NewTaskInstance],
+        source_hash: str | None,
+        consumed: Sequence[QueuedAsset],
+    ) -> tuple[RunRecord, list[AssetEventRecord]] | None:
+        """In one transaction: delete the DAG's queue rows of `consumed` (its URIs, up to their last
+        event id), create the run (as create_run does) and link it to the events deleted. None,
+        with nothing written, when the rows deleted are not exactly those `consumed` counts
+        (another evaluator consumed them first, or more arrived: read the queue again)."""
+
+    async def drop_stale_asset_queue(self, dag_id: str, uris: Sequence[str]) -> int:
+        """Delete the DAG's queue rows of assets other than `uris` (its condition changed)."""
+
+    async def triggering_asset_events(
+        self, run_pks: Sequence[int] | None = None
+    ) -> dict[int, list[AssetEventRecord]]:
+        """The events that triggered these runs (None: every unfinished asset-triggered run)."""
+
+    async def list_assets(
+        self, limit: int, offset: int, uri_pattern: str | None = None
+    ) -> tuple[list[AssetRecord], int]:
+        """A page of assets ordered by URI (`uri_pattern`: SQL LIKE), and the total count."""
+
+    async def list_asset_events(
+        self, limit: int, offset: int, uri: str | None = None, newest_first: bool = False
+    ) -> tuple[list[AssetEventRecord], int]:
+        """A page of events (of one asset if `uri`), oldest first by default, and the total count."""
+
+    async def get_asset_event(self, event_id: int) -> AssetEventRecord | None: ...
+
+
+class WebhookStore(Protocol):
+    """The durable state of webhooks: the delivery log and the body-hash deduplication window."""
+
+    async def record_webhook_deliveries(self, deliveries: Sequence[WebhookDelivery]) -> None:
+        """Append entries to the delivery log (one statement for the batch)."""
+
+    async def list_webhook_deliveries(
+        self, webhook: str, limit: int, offset: int
+    ) -> tuple[list[WebhookDelivery], int]:
+        """A page of one webhook's deliveries, newest first, and their total count."""
+
+    async def claim_webhook_body(
+        self, webhook: str, body_sha256: str, key: str, now: datetime, expires_at: datetime
+    ) -> tuple[str, bool]:
+        """The idempotency key in force for this body: `key` and True if this delivery claimed it
+        (none was in force before `now`, until `expires_at`), else the earlier key and False."""
+
+    async def prune_webhook_deliveries(self, before: datetime, now: datetime) -> int:
+        """Delete log entries received before `before` and deduplication claims expired at `now`;
+        returns how many log entries went."""
+
+
+class StateStore(ScheduleStore, AssetStore, WebhookStore, Protocol):
     """Durable state. Every method is one transaction; nothing is acted on before it commits."""
 
     # --- DAGs and DAG files -------------------------------------------------------
@@ -256,55 +327,6 @@ class QueuedAsset:
     last_event_id: int
     first_at: datetime
     last_at: datetime
-
-
-class AssetStore(Protocol):
-    """Assets, their events and the consumer queues (`storage.postgres_assets`). Events of task
-    outlets are written by `StateStore.commit` with the task's success (`ChangeSet.asset_events`),
-    in the same transaction, together with the queue rows of every active DAG scheduled on them."""
-
-    async def record_asset_event(
-        self, event: NewAssetEvent, idempotency_key: str | None = None
-    ) -> tuple[AssetEventRecord, bool, tuple[str, ...]]:
-        """Record one event from outside (the asset is created if unknown) and queue it for every
-        active DAG scheduled on it, in one transaction. Returns the event, whether it was created
-        (False: `idempotency_key` was seen before: that event, nothing written) and the DAGs it
-        was queued for."""
-
-    async def asset_queues(self, dag_ids: Sequence[str]) -> dict[str, list[QueuedAsset]]:
-        """What each of these DAGs that is not paused has queued, per asset URI."""
-
-    async def create_asset_triggered_run(
-        self,
-        run: NewRun,
-        tasks: Sequence[NewTaskInstance],
-        source_hash: str | None,
-        consumed: Sequence[QueuedAsset],
-    ) -> tuple[RunRecord, list[AssetEventRecord]] | None:
-        """In one transaction: delete the DAG's queue rows of `consumed` (its URIs, up to their last
-        event id), create the run (as create_run does) and link it to the events deleted. None,
-        with nothing written, when the rows deleted are not exactly those `consumed` counts
-        (another evaluator consumed them first, or more arrived: read the queue again)."""
-
-    async def drop_stale_asset_queue(self, dag_id: str, uris: Sequence[str]) -> int:
-        """Delete the DAG's queue rows of assets other than `uris` (its condition changed)."""
-
-    async def triggering_asset_events(
-        self, run_pks: Sequence[int] | None = None
-    ) -> dict[int, list[AssetEventRecord]]:
-        """The events that triggered these runs (None: every unfinished asset-triggered run)."""
-
-    async def list_assets(
-        self, limit: int, offset: int, uri_pattern: str | None = None
-    ) -> tuple[list[AssetRecord], int]:
-        """A page of assets ordered by URI (`uri_pattern`: SQL LIKE), and the total count."""
-
-    async def list_asset_events(
-        self, limit: int, offset: int, uri: str | None = None, newest_first: bool = False
-    ) -> tuple[list[AssetEventRecord], int]:
-        """A page of events (of one asset if `uri`), oldest first by default, and the total count."""
-
-    async def get_asset_event(self, event_id: int) -> AssetEventRecord | None: ...
 
 
 # --- executors -----------------------------------------------------------------------
@@ -501,28 +523,6 @@ class WebhookDelivery:
     asset_uri: str | None = None
     asset_event_id: int | None = None
     reason: str | None = None
-
-
-class WebhookStore(Protocol):
-    """The durable state of webhooks: the delivery log and the body-hash deduplication window."""
-
-    async def record_webhook_deliveries(self, deliveries: Sequence[WebhookDelivery]) -> None:
-        """Append entries to the delivery log (one statement for the batch)."""
-
-    async def list_webhook_deliveries(
-        self, webhook: str, limit: int, offset: int
-    ) -> tuple[list[WebhookDelivery], int]:
-        """A page of one webhook's deliveries, newest first, and their total count."""
-
-    async def claim_webhook_body(
-        self, webhook: str, body_sha256: str, key: str, now: datetime, expires_at: datetime
-    ) -> tuple[str, bool]:
-        """The idempotency key in force for this body: `key` and True if this delivery claimed it
-        (none was in force before `now`, until `expires_at`), else the earlier key and False."""
-
-    async def prune_webhook_deliveries(self, before: datetime, now: datetime) -> int:
-        """Delete log entries received before `before` and deduplication claims expired at `now`;
-        returns how many log entries went."""
 
 
 # --- what the DAG folder asks of its parser -------------------------------------------------

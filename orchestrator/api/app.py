@@ -22,7 +22,7 @@ from orchestrator.api.keys import BACKFILLS, ENGINE, LOGS_DIR, SETTINGS, STORE, 
 from orchestrator.api.params import json_response
 from orchestrator.config import ApiConfig
 from orchestrator.errors import OrchestratorError
-from orchestrator.ports import AssetEventSink, AssetStore, EngineApi, StateStore, TaskLogs
+from orchestrator.ports import AssetEventSink, EngineApi, StateStore, TaskLogs
 from orchestrator.triggers.backfill import Backfills
 from orchestrator.triggers.webhooks import WebhookReceiver
 
@@ -70,14 +70,12 @@ def create_app(
     settings: ApiConfig | None = None,
     backfills: Backfills | None = None,
     assets: AssetEventSink | None = None,
-    asset_store: AssetStore | None = None,
     webhook_receiver: WebhookReceiver | None = None,
 ) -> web.Application:
     """The REST API (Airflow's /api/v1 shapes) and /health, reading `store`, triggering via `engine`,
     serving task logs through `task_logs` (default: the files under `logs_dir`), limited by the
     [api] `settings` (defaults if None). External asset events go to `assets` (without it, POST
-    /assets/events answers 503); assets are listed from `asset_store` (default: `store`, when it
-    is one, as the PostgreSQL store is); webhooks are answered by `webhook_receiver` (None: none
+    /assets/events answers 503); webhooks are answered by `webhook_receiver` (None: none
     configured). The app's cleanup writes what is left of the webhook delivery log."""
     settings = settings or ApiConfig()
     app = web.Application(middlewares=[error_middleware, origin_guard(settings.allowed_origins)])
@@ -91,12 +89,8 @@ def create_app(
     app[TASK_LOGS] = task_logs
     app[UNIXNAME] = _unixname()
     app[SETTINGS] = settings
-    if asset_store is None and hasattr(store, "list_asset_events"):
-        asset_store = store  # type: ignore[assignment]
-    if asset_store is not None:
-        app[asset_routes.ASSET_STORE] = asset_store
-        if assets is not None:
-            app[asset_routes.ASSET_SINK] = assets
+    if assets is not None:
+        app[asset_routes.ASSET_SINK] = assets
     app.router.add_get("/health", health)
     app.router.add_get("/api/v1/health", health)
     dags.add_routes(app.router)
@@ -105,7 +99,6 @@ def create_app(
     if backfills is not None:
         app[BACKFILLS] = backfills
         backfills_api.add_routes(app.router)
-    if asset_store is not None:
-        asset_routes.add_routes(app.router)
+    asset_routes.add_routes(app.router)
     webhooks.add_routes(app, webhook_receiver)
     return app

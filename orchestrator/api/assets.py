@@ -17,12 +17,12 @@ from aiohttp import web
 
 from orchestrator.api.bodies import json_object
 from orchestrator.api.errors import ApiError, BadRequest
+from orchestrator.api.keys import STORE
 from orchestrator.api.params import json_response, pagination
 from orchestrator.api.serializers import iso
 from orchestrator.core.records import AssetEventRecord, AssetRecord
-from orchestrator.ports import AssetEventSink, AssetStore
+from orchestrator.ports import AssetEventSink
 
-ASSET_STORE: web.AppKey[AssetStore] = web.AppKey("asset_store", Any)  # type: ignore[arg-type]
 ASSET_SINK: web.AppKey[AssetEventSink] = web.AppKey("asset_sink", Any)  # type: ignore[arg-type]
 
 _EVENT_FIELDS = frozenset({"asset_uri", "dataset_uri", "uri", "extra"})
@@ -91,7 +91,7 @@ async def create_event(request: web.Request) -> web.Response:
     if not isinstance(extra, dict):
         raise BadRequest(f'extra must be a JSON object, got {type(extra).__name__}: e.g. {{"rows": 10}}')
     event_id, _created = await sink.record_asset_event(uri, extra)
-    event = await request.app[ASSET_STORE].get_asset_event(event_id)
+    event = await request.app[STORE].get_asset_event(event_id)
     if event is None:
         raise ApiError(500, f"asset event {event_id} was recorded but cannot be read back: retry the GET")
     return json_response(event_to_json(event))
@@ -105,7 +105,7 @@ def _aliases(request: web.Request) -> tuple[str, str]:
 async def list_assets(request: web.Request) -> web.Response:
     limit, offset = pagination(request)
     pattern = request.query.get("uri_pattern") or None
-    assets, total = await request.app[ASSET_STORE].list_assets(
+    assets, total = await request.app[STORE].list_assets(
         limit, offset, None if pattern is None else _like_pattern(pattern)
     )
     key, _ = _aliases(request)
@@ -120,7 +120,7 @@ async def list_events(request: web.Request) -> web.Response:
     order_by = request.query.get("order_by") or "timestamp"
     if order_by not in _ORDERS:
         raise BadRequest(f"order_by={order_by!r} is not supported; use one of: {', '.join(_ORDERS)}")
-    events, total = await request.app[ASSET_STORE].list_asset_events(limit, offset, uri, _ORDERS[order_by])
+    events, total = await request.app[STORE].list_asset_events(limit, offset, uri, _ORDERS[order_by])
     _, key = _aliases(request)
     return json_response({key: [event_to_json(event) for event in events], "total_entries": total})
 

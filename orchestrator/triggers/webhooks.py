@@ -394,7 +394,6 @@ class WebhookReceiver:
         webhooks: Mapping[str, Webhook],
         engine: EngineApi,
         store: StateStore,
-        webhook_store: WebhookStore,
         clock: Clock,
         delivery_log: DeliveryLog,
         assets: AssetEventSink | None = None,
@@ -402,7 +401,8 @@ class WebhookReceiver:
         self.webhooks = dict(webhooks)
         self._engine = engine
         self._store = store
-        self.webhook_store = webhook_store
+        #: where deliveries are claimed and listed (the state store's WebhookStore part)
+        self.webhook_store: WebhookStore = store
         self.clock = clock
         self.delivery_log = delivery_log
         self._assets = assets

@@ -136,7 +136,6 @@ async def webhook_server(
             build_webhooks(WEBHOOKS, SECRETS),
             harness.engine,
             store,
-            store,
             clock or harness.engine._clock,
             DeliveryLog(store),
             assets=assets,
