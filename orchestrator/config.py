@@ -76,6 +76,22 @@ class DatabaseConfig:
     connect_timeout: float = 10.0
 
 
+#: the roles an API token may have (orchestrator.api.roles)
+API_ROLES = ("viewer", "operator", "admin")
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """One entry of `api.tokens`: a named token with a role. The secret is either in the
+    environment variable `token_env` (read when the daemon starts) or given only as its SHA-256
+    hex digest, `token_sha256`, so that no plain secret sits in the file."""
+
+    name: str
+    role: str
+    token_env: str | None = None
+    token_sha256: str | None = None
+
+
 @dataclass(frozen=True)
 class ApiConfig:
     """[api]: where the REST API listens (port 0 picks a free port, written to state_dir/api.url),
@@ -88,6 +104,9 @@ class ApiConfig:
     #: origins ("https://ui.example.com:8443") other than the API's own whose pages may POST,
     #: PATCH, PUT or DELETE; requests without an Origin header (curl, the CLI) are always allowed
     allowed_origins: tuple[str, ...] = ()
+    #: the API tokens (see README, Authentication); none: an admin token is generated into
+    #: state_dir/api-token and the API may listen on loopback only
+    tokens: tuple[ApiToken, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -232,7 +251,7 @@ _TABLES: dict[str, type[Any]] = {
 }
 
 #: Config fields that are not fixed tables of leaf keys
-_NOT_LEAVES = frozenset({"source", "webhooks"})
+_NOT_LEAVES = frozenset({"source", "webhooks", "api.tokens"})
 
 #: the log levels daemon.log_level accepts
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -269,9 +288,9 @@ def _leaf_keys() -> dict[str, _Key]:
     def walk(prefix: str, cls: type[Any]) -> None:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            if f.name in _NOT_LEAVES and cls is Config:
-                continue
             dotted = f"{prefix}.{f.name}" if prefix else f.name
+            if dotted in _NOT_LEAVES:
+                continue
             if dotted in _TABLES:
                 walk(dotted, _TABLES[dotted])
                 continue

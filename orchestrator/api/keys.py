@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from orchestrator.api.roles import Principal
 from orchestrator.config import ApiConfig
 from orchestrator.ports import StateStore, TaskLogs
 
@@ -26,3 +27,6 @@ UNIXNAME = web.AppKey("unixname", str)
 SETTINGS = web.AppKey("settings", ApiConfig)
 #: the backfills (orchestrator.triggers.backfill), when the daemon runs them
 BACKFILLS: web.AppKey[Backfills] = web.AppKey("backfills", Any)  # type: ignore[arg-type]
+
+#: who made the request (set by the authentication middleware before any handler runs)
+PRINCIPAL = web.RequestKey("principal", Principal)
