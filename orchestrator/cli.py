@@ -27,6 +27,8 @@ from orchestrator.errors import ConfigError, OrchestratorError
 
 HTTP_TIMEOUT = 30.0
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+#: hostnames as urlsplit gives them (no brackets)
+_LOOPBACK_HOSTNAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class CliError(Exception):
@@ -43,9 +45,10 @@ class CliError(Exception):
 class ApiClient:
     """A tiny synchronous client of the daemon's REST API."""
 
-    def __init__(self, base_url: str, timeout: float = HTTP_TIMEOUT) -> None:
+    def __init__(self, base_url: str, timeout: float = HTTP_TIMEOUT, token: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.token = token
         host = urllib.parse.urlsplit(self.base_url).hostname or ""
         # A proxy from the environment must not sit between the CLI and a daemon on this machine.
         handlers = [urllib.request.ProxyHandler({})] if host in _LOOPBACK else []
@@ -64,7 +67,7 @@ class ApiClient:
         if query:
             url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(url, data=data, method=method, headers={"Accept": accept})
+        req = urllib.request.Request(url, data=data, method=method, headers=self._headers(accept))
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
@@ -72,21 +75,35 @@ class ApiClient:
                 payload: bytes = response.read()
                 return payload
         except urllib.error.HTTPError as exc:
-            raise CliError(_error_detail(exc), exit_code=1) from None
+            raise CliError(self._refusal(exc), exit_code=1) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
             message = f"cannot reach the orchestrator at {self.base_url}: is `orchestrator run` running?"
             raise CliError(f"{message} ({_reason(exc)})", exit_code=2) from None
 
+    def _headers(self, accept: str) -> dict[str, str]:
+        headers = {"Accept": accept}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    def _refusal(self, exc: urllib.error.HTTPError) -> str:
+        if exc.code == 401 and not self.token:
+            return (
+                f"the orchestrator at {self.base_url} needs a token and the CLI found none: "
+                f"{TOKEN_SOURCES} (on the daemon's machine it also reads <state_dir>/api-token)"
+            )
+        return _error_detail(exc)
+
     def copy(self, path: str, out: BinaryIO, *, accept: str, chunk: int = 64 * 1024) -> None:
         """GET `path` and copy the answer to `out` as it arrives (a log can be large)."""
-        req = urllib.request.Request(self.base_url + path, method="GET", headers={"Accept": accept})
+        req = urllib.request.Request(self.base_url + path, method="GET", headers=self._headers(accept))
         try:
             with self._opener.open(req, timeout=self.timeout) as response:
                 while data := response.read(chunk):
                     out.write(data)
                     out.flush()
         except urllib.error.HTTPError as exc:
-            raise CliError(_error_detail(exc), exit_code=1) from None
+            raise CliError(self._refusal(exc), exit_code=1) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
             message = f"cannot reach the orchestrator at {self.base_url}: is `orchestrator run` running?"
             raise CliError(f"{message} ({_reason(exc)})", exit_code=2) from None
@@ -139,6 +156,36 @@ def resolve_base_url(url: str | None, config_path: Path | None, environ: Mapping
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"http://{host}:{config.api.port}"
+
+
+#: where the CLI looks for its token, in order
+TOKEN_SOURCES = "set ORCHESTRATOR_TOKEN, or name a file holding it in api.token_file"
+#: the admin token a daemon without api.tokens generates (orchestrator.daemon_auth)
+GENERATED_TOKEN_FILE = "api-token"
+
+
+def resolve_token(base_url: str, config_path: Path | None, environ: Mapping[str, str]) -> str | None:
+    """$ORCHESTRATOR_TOKEN, else the file named by api.token_file, else (for a daemon on this
+    machine only, so it is never sent elsewhere) the admin token a daemon without api.tokens
+    generated into <state_dir>/api-token (readable by its user only), else None."""
+    if environ.get("ORCHESTRATOR_TOKEN"):
+        return environ["ORCHESTRATOR_TOKEN"].strip()
+    config = load_config(config_path, environ)
+    named = config.api.token_file
+    if named is not None:
+        try:
+            text = named.read_text().strip()
+        except OSError as exc:
+            raise CliError(f"cannot read api.token_file {named}: {exc.strerror or exc}") from None
+        if not text:
+            raise CliError(f"api.token_file {named} is empty: write the API token into it")
+        return text
+    if urllib.parse.urlsplit(base_url).hostname not in _LOOPBACK_HOSTNAMES:
+        return None
+    try:
+        return (config.daemon.state_dir / GENERATED_TOKEN_FILE).read_text().strip() or None
+    except OSError:
+        return None
 
 
 # --- output ------------------------------------------------------------------------------
@@ -483,7 +530,6 @@ def _version() -> str:
         return "0.1.0 (not installed)"
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orchestrator",
@@ -625,7 +671,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if hasattr(args, "client"):
             client_command: ClientCommand = args.client
-            client = ApiClient(resolve_base_url(args.url, args.config, os.environ))
+            base_url = resolve_base_url(args.url, args.config, os.environ)
+            client = ApiClient(base_url, token=resolve_token(base_url, args.config, os.environ))
             return client_command(args, client)
         handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import math
 import re
 import tomllib
@@ -38,6 +39,7 @@ ENV_PREFIX = "ORCHESTRATOR_"
 NON_CONFIG_ENV: frozenset[str] = frozenset(
     {
         "ORCHESTRATOR_URL",
+        "ORCHESTRATOR_TOKEN",
         "ORCHESTRATOR_DAG_ID",
         "ORCHESTRATOR_TASK_ID",
         "ORCHESTRATOR_RUN_ID",
@@ -107,6 +109,17 @@ class ApiConfig:
     #: the API tokens (see README, Authentication); none: an admin token is generated into
     #: state_dir/api-token and the API may listen on loopback only
     tokens: tuple[ApiToken, ...] = ()
+    #: a file holding the token the CLI sends (when ORCHESTRATOR_TOKEN is not set)
+    token_file: Path | None = None
+    #: the environment variable holding the key that signs access tokens (POST /auth/token);
+    #: None: a key generated into state_dir/api-secret (set it when several daemons serve one API)
+    secret_key_env: str | None = None
+    #: seconds an access token from POST /auth/token is valid
+    access_token_ttl: float = 3600.0
+    #: failed authentications one client address may make within auth_failure_window seconds
+    #: before its requests are refused with 429 until the window has passed
+    auth_failures_allowed: int = 20
+    auth_failure_window: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -338,9 +351,13 @@ def load_config(path: Path | None, environ: Mapping[str, str], *, cwd: Path | No
         origins[key] = KEYS[key].env_name if KEYS[key].env_name in environ else DEPRECATED_LOG_LEVEL_ENV
         path_bases[key] = cwd
     for key, value in values.items():
-        if KEYS[key].kind is Path and value is not None:
+        if key in KEYS and KEYS[key].kind is Path and value is not None:
             values[key] = path_bases[key] / value.expanduser()
-    defaults = {key: base_dir / default for key, default in _defaults().items() if KEYS[key].kind is Path}
+    defaults = {
+        key: base_dir / default
+        for key, default in _defaults().items()
+        if KEYS[key].kind is Path and default is not None
+    }
     config = dataclasses.replace(_build({**defaults, **values}, source), webhooks=webhooks)
     _check_ranges(config, origins)
     return config
@@ -373,7 +390,7 @@ def _build(values: Mapping[str, Any], source: str) -> Config:
                 kwargs[f.name] = values[dotted]
         return cls(**kwargs)
 
-    config: Config = make("", Config)
+    config: Config = make("", Config)  # api.tokens, a list of tables, is among `values` too
     return dataclasses.replace(config, source=source)
 
 
@@ -396,8 +413,16 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, WebhookConfig]]:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     webhooks = _parse_webhooks(document.pop("webhooks", {}), path)
+    api = document.get("api")
+    if isinstance(api, dict) and "tokens" in api:
+        api = document["api"] = dict(api)
+        values_tokens = _parse_api_tokens(api.pop("tokens"), path)
+    else:
+        values_tokens = None
     values: dict[str, Any] = {}
     _collect(document, "", path, values)
+    if values_tokens is not None:
+        values[API_TOKENS_KEY] = values_tokens
     return values, webhooks
 
 
@@ -535,6 +560,11 @@ def _check_ranges(config: Config, origins: Mapping[str, str]) -> None:
                 f"{where('api.allowed_origins')} holds {origin!r}, which is not a web origin: "
                 "write scheme://host[:port] with no path, e.g. 'https://ui.example.com:8443'"
             )
+    at_least("api.access_token_ttl", config.api.access_token_ttl, 1)
+    at_least("api.auth_failures_allowed", config.api.auth_failures_allowed, 1)
+    at_least("api.auth_failure_window", config.api.auth_failure_window, 1)
+    if config.api.secret_key_env is not None and not config.api.secret_key_env.strip():
+        raise ConfigError(f"{where('api.secret_key_env')} must not be empty: leave it out to generate a key")
     at_least("daemon.shutdown_grace", config.daemon.shutdown_grace, 0)
     executor_names = [f.name for f in dataclasses.fields(ExecutorsConfig) if f.name != "default"]
     if config.executors.default not in executor_names:
@@ -634,6 +664,84 @@ WEBHOOK_KEYS: Mapping[str, str] = {
     "allow_unauthenticated": "a boolean (true or false)",
 }
 _HMAC_ONLY = ("header", "prefix", "algorithm")
+
+
+#: the key api.tokens is kept under among the file's values (a list of tables, not a leaf)
+API_TOKENS_KEY = "api.tokens"
+_TOKEN_KEYS = ("name", "role", "token_env", "token_sha256")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _parse_api_tokens(entries: Any, path: Path) -> tuple[ApiToken, ...]:
+    """`api.tokens`: a list of tables {name, role, token_env | token_sha256}."""
+    example = '[[api.tokens]] with name = "ci", role = "operator", token_env = "CI_API_TOKEN"'
+    if not isinstance(entries, list):
+        raise ConfigError(f"api.tokens in {path} must be a list of tables ({example}), got {_show(entries)}")
+    tokens: list[ApiToken] = []
+    for index, entry in enumerate(entries):
+        where = f"api.tokens[{index}] in {path}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be a table ({example}), got {_show(entry)}")
+        unknown = sorted(set(entry) - set(_TOKEN_KEYS))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {unknown[0]!r}; a token has {', '.join(_TOKEN_KEYS)}")
+        for key in _TOKEN_KEYS:
+            if key in entry and (not isinstance(entry[key], str) or not entry[key].strip()):
+                raise ConfigError(f"{where}: {key} must be a non-empty string, got {_show(entry[key])}")
+        if "name" not in entry:
+            raise ConfigError(f"{where} has no name: give every token a name (it shows in logs and audit)")
+        where = f"api.tokens {entry['name']!r} in {path}"
+        if entry.get("role") not in API_ROLES:
+            roles = ", ".join(API_ROLES)
+            raise ConfigError(f"{where}: role must be one of {roles}, got {entry.get('role')!r}")
+        if ("token_env" in entry) == ("token_sha256" in entry):
+            raise ConfigError(
+                f"{where}: give exactly one of token_env (the environment variable holding the token) "
+                "and token_sha256 (its SHA-256 hex digest: `printf %s \"$TOKEN\" | sha256sum`)"
+            )
+        digest = entry.get("token_sha256")
+        if digest is not None and not _SHA256_HEX.fullmatch(digest.lower()):
+            raise ConfigError(f"{where}: token_sha256 must be 64 hexadecimal digits (a SHA-256 digest)")
+        if any(token.name == entry["name"] for token in tokens):
+            raise ConfigError(f"{where}: another token has this name; names must be unique")
+        tokens.append(
+            ApiToken(
+                name=entry["name"],
+                role=entry["role"],
+                token_env=entry.get("token_env"),
+                token_sha256=digest.lower() if digest is not None else None,
+            )
+        )
+    return tuple(tokens)
+
+
+#: the shortest API token accepted from the environment
+MIN_TOKEN_LENGTH = 16
+
+
+def api_token_digests(tokens: tuple[ApiToken, ...], environ: Mapping[str, str]) -> dict[str, bytes]:
+    """The SHA-256 digest of every configured token, by name: read from `environ` (token_env) or
+    from the file (token_sha256) when the daemon starts. A variable that is unset, empty or too
+    short is a ConfigError naming it (never a value)."""
+    digests: dict[str, bytes] = {}
+    for token in tokens:
+        if token.token_sha256 is not None:
+            digests[token.name] = bytes.fromhex(token.token_sha256)
+            continue
+        assert token.token_env is not None
+        value = environ.get(token.token_env, "")
+        if not value:
+            raise ConfigError(
+                f"api.tokens {token.name!r}: the environment variable {token.token_env} is unset or "
+                "empty: set it to the token, or give the token as token_sha256"
+            )
+        if len(value) < MIN_TOKEN_LENGTH:
+            raise ConfigError(
+                f"api.tokens {token.name!r}: the token in {token.token_env} is shorter than "
+                f"{MIN_TOKEN_LENGTH} characters: use a long random one (`openssl rand -hex 32`)"
+            )
+        digests[token.name] = hashlib.sha256(value.encode()).digest()
+    return digests
 
 
 def _parse_webhooks(tables: Any, path: Path) -> dict[str, WebhookConfig]:

@@ -29,11 +29,13 @@ import anyio
 from aiohttp import web
 
 from orchestrator.api.app import create_app
+from orchestrator.api.auth import Authenticator
 from orchestrator.config import DEPRECATED_LOG_LEVEL_ENV, Config, webhook_secrets
 from orchestrator.core.model import DagSpec
 from orchestrator.core.serialization import spec_from_dict
 from orchestrator.core.template_limits import TemplateLimits
 from orchestrator.core.values import xcom_refusal
+from orchestrator.daemon_auth import build_authenticator
 from orchestrator.daemon_lock import DaemonLock
 from orchestrator.dagfolder import DagFolder
 from orchestrator.engine.clock import SystemClock
@@ -75,11 +77,13 @@ class Paths:
 
 def task_base_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """The environment tasks inherit: the daemon's, less its own configuration overrides
-    (ORCHESTRATOR_<SECTION>__<KEY>, which may hold the database password)."""
+    (ORCHESTRATOR_<SECTION>__<KEY>, which may hold the database password) and an API token
+    the daemon's environment may hold for the CLI (ORCHESTRATOR_TOKEN)."""
     return {
         name: value
         for name, value in environ.items()
         if not (name.startswith("ORCHESTRATOR_") and "__" in name[len("ORCHESTRATOR_") :])
+        and name != "ORCHESTRATOR_TOKEN"
     }
 
 
@@ -233,6 +237,8 @@ async def _serve(config: Config) -> None:
     for webhook in config.webhooks.values():
         for variable in webhook.secret_env:
             os.environ.pop(variable, None)
+    # likewise the API's tokens and signing key; no tokens: loopback only, with a generated token
+    auth = build_authenticator(config, paths.state_dir, os.environ)
     paths.logs_dir.mkdir(parents=True, exist_ok=True)
     hostname = socket.gethostname()
     daemon_id = config.daemon.daemon_id or f"{hostname}-{os.getpid()}"
@@ -341,7 +347,7 @@ async def _serve(config: Config) -> None:
             pruner.start()
             asset_trigger.start()
             runner = await _start_api(
-                config, paths, store, engine, task_logs, backfills, receiver, asset_trigger
+                config, paths, store, engine, task_logs, backfills, receiver, asset_trigger, auth
             )
             group.start_soon(daemon_lock.guard)
             group.start_soon(_heartbeat, store, daemon_lock, daemon_id, clock, timers)
@@ -417,6 +423,7 @@ async def _start_api(
     backfills: Backfills,
     webhook_receiver: WebhookReceiver | None = None,
     assets: AssetEventSink | None = None,
+    auth: Authenticator | None = None,
 ) -> web.AppRunner:
     app = create_app(
         store,
@@ -427,6 +434,7 @@ async def _start_api(
         backfills=backfills,
         assets=assets,
         webhook_receiver=webhook_receiver,
+        auth=auth,
     )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import getpass
 import logging
+import secrets
 from pathlib import Path
 
 from aiohttp import web
 
 from orchestrator.api import assets as asset_routes
 from orchestrator.api import backfills as backfills_api
-from orchestrator.api import dags, runs, task_instances, webhooks
+from orchestrator.api import dags, runs, task_instances, tokens, webhooks
+from orchestrator.api.auth import Authenticator, Credential, FailureThrottle, auth_middleware
 from orchestrator.api.errors import error_middleware
 from orchestrator.api.guards import origin_guard
 from orchestrator.api.keys import BACKFILLS, ENGINE, LOGS_DIR, SETTINGS, STORE, TASK_LOGS, UNIXNAME
 from orchestrator.api.params import json_response
+from orchestrator.api.roles import Role, public
 from orchestrator.config import ApiConfig
 from orchestrator.errors import OrchestratorError
 from orchestrator.ports import AssetEventSink, EngineApi, StateStore, TaskLogs
@@ -41,6 +44,7 @@ async def _database_status(store: StateStore) -> str:
     return "healthy"
 
 
+@public
 async def health(request: web.Request) -> web.Response:
     """Airflow's /health shape; 503 until the engine is ready and while the database does not
     answer, so load balancers and supervisors see both."""
@@ -53,6 +57,31 @@ async def health(request: web.Request) -> web.Response:
         "scheduler": {"status": scheduler},
     }
     return json_response(body, status=200 if healthy else 503)
+
+
+@public
+async def ready(request: web.Request) -> web.Response:
+    """200 once the engine has recovered and takes work, 503 before that and while draining
+    (a readiness probe; /health also asks the database)."""
+    if request.app[ENGINE].is_ready():
+        return json_response({"status": "ready"})
+    return json_response({"status": "not ready"}, status=503)
+
+
+def settings_authenticator(settings: ApiConfig, secret_key: bytes | None = None) -> Authenticator:
+    """An authenticator of the `token_sha256` entries of `settings` (tokens given in the
+    environment are read by the daemon, which builds its own), with a random key when None."""
+    credentials = [
+        Credential(token.name, Role.parse(token.role), bytes.fromhex(token.token_sha256))
+        for token in settings.tokens
+        if token.token_sha256 is not None
+    ]
+    return Authenticator(
+        credentials,
+        secret_key or secrets.token_bytes(32),
+        access_token_ttl=settings.access_token_ttl,
+        throttle=FailureThrottle(settings.auth_failures_allowed, settings.auth_failure_window),
+    )
 
 
 def _unixname() -> str:
@@ -71,14 +100,22 @@ def create_app(
     backfills: Backfills | None = None,
     assets: AssetEventSink | None = None,
     webhook_receiver: WebhookReceiver | None = None,
+    auth: Authenticator | None = None,
 ) -> web.Application:
     """The REST API (Airflow's /api/v1 shapes) and /health, reading `store`, triggering via `engine`,
     serving task logs through `task_logs` (default: the files under `logs_dir`), limited by the
     [api] `settings` (defaults if None). External asset events go to `assets` (without it, POST
     /assets/events answers 503); webhooks are answered by `webhook_receiver` (None: none
-    configured). The app's cleanup writes what is left of the webhook delivery log."""
+    configured). The app's cleanup writes what is left of the webhook delivery log.
+
+    Every route but the public ones needs credentials that `auth` accepts (default: the
+    `token_sha256` entries of `settings.tokens`; with none, nothing but the public routes)."""
     settings = settings or ApiConfig()
-    app = web.Application(middlewares=[error_middleware, origin_guard(settings.allowed_origins)])
+    auth = auth if auth is not None else settings_authenticator(settings)
+    app = web.Application(
+        middlewares=[error_middleware, origin_guard(settings.allowed_origins), auth_middleware(auth)]
+    )
+    app[tokens.AUTH] = auth
     app[STORE] = store
     app[ENGINE] = engine
     app[LOGS_DIR] = logs_dir
@@ -93,6 +130,8 @@ def create_app(
         app[asset_routes.ASSET_SINK] = assets
     app.router.add_get("/health", health)
     app.router.add_get("/api/v1/health", health)
+    app.router.add_get("/ready", ready)
+    tokens.add_routes(app.router)
     dags.add_routes(app.router)
     runs.add_routes(app.router)
     task_instances.add_routes(app.router)

@@ -11,6 +11,7 @@ from orchestrator.api.bodies import json_object, parse_datetime
 from orchestrator.api.errors import BadRequest, NotFound
 from orchestrator.api.keys import BACKFILLS, STORE
 from orchestrator.api.params import MAX_BIGINT, int_path_param, json_response, pagination
+from orchestrator.api.roles import Role, requires
 from orchestrator.api.serializers import iso
 from orchestrator.core.records import BackfillRecord, BackfillRunRecord
 from orchestrator.triggers.backfill import DEFAULT_MAX_ACTIVE_RUNS, BackfillRequest
@@ -88,11 +89,13 @@ async def _request(request: web.Request) -> BackfillRequest:
     )
 
 
+@requires(Role.ADMIN)
 async def create_backfill(request: web.Request) -> web.Response:
     backfill = await request.app[BACKFILLS].create(await _request(request))
     return json_response(backfill_to_json(backfill))
 
 
+@requires(Role.VIEWER)
 async def dry_run(request: web.Request) -> web.Response:
     """The logical dates a backfill would create runs for (skipped dates left out, as Airflow)."""
     planned = await request.app[BACKFILLS].plan(await _request(request))
@@ -126,16 +129,19 @@ async def list_backfill_runs(request: web.Request) -> web.Response:
     return json_response({"dag_runs": [backfill_run_to_json(r) for r in runs], "total_entries": len(runs)})
 
 
+@requires(Role.ADMIN)
 async def pause_backfill(request: web.Request) -> web.Response:
     backfill = await _get_or_404(request)
     return json_response(backfill_to_json(await request.app[BACKFILLS].set_paused(backfill.id, True)))
 
 
+@requires(Role.ADMIN)
 async def unpause_backfill(request: web.Request) -> web.Response:
     backfill = await _get_or_404(request)
     return json_response(backfill_to_json(await request.app[BACKFILLS].set_paused(backfill.id, False)))
 
 
+@requires(Role.ADMIN)
 async def cancel_backfill(request: web.Request) -> web.Response:
     backfill = await _get_or_404(request)
     return json_response(backfill_to_json(await request.app[BACKFILLS].cancel(backfill.id)))

@@ -35,6 +35,7 @@ _KINDS: dict[int, tuple[str, str]] = {
     409: ("Conflict", "AlreadyExists"),
     413: ("Request Entity Too Large", "BadRequest"),
     415: ("Unsupported Media Type", "BadRequest"),
+    429: ("Too Many Requests", "Unauthenticated"),
     500: ("Internal Server Error", "Unknown"),
     503: ("Service Unavailable", "Unknown"),
 }

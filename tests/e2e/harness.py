@@ -62,6 +62,9 @@ class Daemon:
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     url: str = ""
+    #: the API token requests send; "" (the default): the admin token the daemon generates into
+    #: its state dir when no api.tokens are configured, read once it answers
+    token: str = ""
 
     @property
     def dags_dir(self) -> Path:
@@ -136,6 +139,9 @@ python_workers = {self.python_workers}
             return bool(self.url) and self.get("/health").status == 200
 
         wait_for(ready, timeout, "the daemon to answer /health")
+        generated = self.state_dir / "api-token"
+        if not self.token and generated.exists():
+            self.token = generated.read_text().strip()
         return self
 
     def _check_alive(self) -> None:
@@ -168,6 +174,8 @@ python_workers = {self.python_workers}
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method)
         req.add_header("Accept", accept)
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:

@@ -26,6 +26,7 @@ from orchestrator.core.states import RunState, TaskState
 from orchestrator.errors import DagNotFound, ShuttingDown
 from orchestrator.logpaths import task_log_path
 from orchestrator.ports import StateStore
+from tests.apiauth import api_settings, headers
 
 pytestmark = pytest.mark.anyio
 
@@ -171,9 +172,9 @@ async def api(store: StateStore, tmp_path: Path) -> AsyncIterator[Api]:
     await seed(store)
     engine = StoreEngine(store, ticking_clock())
     logs_dir = tmp_path / "logs"
-    runner, url = await serve(create_app(store, engine, logs_dir))
+    runner, url = await serve(create_app(store, engine, logs_dir, settings=api_settings()))
     try:
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=headers()) as http:
             yield Api(url, http, store, engine, logs_dir)
     finally:
         await runner.cleanup()

@@ -19,6 +19,7 @@ from orchestrator.authoring import DAG, Bash
 from orchestrator.core.records import ChangeSet
 from orchestrator.core.states import RunState
 from storage.postgres import PostgresStateStore
+from tests.apiauth import api_settings, headers
 from tests.integration import test_api as api_tests
 from tests.integration.engine_harness import running_engine, wait_run, write_dag
 from tests.integration.test_api import ETL, T0, Api, StoreEngine, assert_problem, serve, ticking_clock
@@ -106,9 +107,9 @@ async def test_the_real_engine_keeps_the_note_through_a_whole_run(
         tmp_path,
     )
     async with running_engine(store, tmp_path / "logs", [dag_file]) as harness:
-        runner, url = await serve(create_app(store, harness.engine, tmp_path / "logs"))
+        runner, url = await serve(create_app(store, harness.engine, tmp_path / "logs", settings=api_settings()))
         try:
-            async with aiohttp.ClientSession() as http:
+            async with aiohttp.ClientSession(headers=headers()) as http:
                 async with http.post(
                     f"{url}/api/v1/dags/noted/dagRuns", json={"dag_run_id": "r1", "note": "by hand"}
                 ) as response:
@@ -217,9 +218,11 @@ async def test_health_reports_the_metadatabase_unhealthy_when_it_does_not_answer
     doomed_store: tuple[PostgresStateStore, str], pg_server: PgServer, tmp_path: Path
 ) -> None:
     store, name = doomed_store
-    runner, url = await serve(create_app(store, StoreEngine(store, ticking_clock()), tmp_path))
+    runner, url = await serve(
+        create_app(store, StoreEngine(store, ticking_clock()), tmp_path, settings=api_settings())
+    )
     try:
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=headers()) as http:
             async with http.get(url + "/health") as response:
                 assert response.status == 200
                 assert (await response.json())["metadatabase"] == {"status": "healthy"}

@@ -20,6 +20,7 @@ import pytest
 from orchestrator.api import create_app
 from orchestrator.config import ApiConfig
 from storage.postgres import PostgresStateStore
+from tests.apiauth import api_settings, headers
 from tests.integration import test_api as api_tests
 from tests.integration.test_api import (
     Api,
@@ -49,7 +50,7 @@ async def api_with(store: PostgresStateStore, tmp_path: Path, settings: ApiConfi
     engine = StoreEngine(store, ticking_clock())
     runner, url = await serve(create_app(store, engine, tmp_path / "logs", settings=settings))
     try:
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=headers()) as http:
             yield Api(url, http, store, engine, tmp_path / "logs")
     finally:
         await runner.cleanup()
@@ -57,13 +58,13 @@ async def api_with(store: PostgresStateStore, tmp_path: Path, settings: ApiConfi
 
 @pytest.fixture
 async def small_pages(store: PostgresStateStore, tmp_path: Path) -> AsyncIterator[Api]:
-    async for served in api_with(store, tmp_path, ApiConfig(maximum_page_limit=2)):
+    async for served in api_with(store, tmp_path, api_settings(maximum_page_limit=2)):
         yield served
 
 
 @pytest.fixture
 async def with_ui_origin(store: PostgresStateStore, tmp_path: Path) -> AsyncIterator[Api]:
-    async for served in api_with(store, tmp_path, ApiConfig(allowed_origins=("https://ui.example.com",))):
+    async for served in api_with(store, tmp_path, api_settings(allowed_origins=("https://ui.example.com",))):
         yield served
 
 

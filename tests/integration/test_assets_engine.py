@@ -25,6 +25,7 @@ from orchestrator.engine.timers import LoopTimers
 from orchestrator.errors import InvalidRequest
 from orchestrator.triggers.assets import AssetTrigger
 from storage.postgres import PostgresStateStore
+from tests.apiauth import api_settings, headers
 from tests.integration.engine_harness import (
     EngineHarness,
     gate_wait,
@@ -300,14 +301,16 @@ async def test_an_external_event_posted_over_http_fans_out_to_every_waiting_dag(
         work,
     )
     async with asset_engine(store, logs, [path]) as (harness, trigger):
-        app = create_app(store, harness.engine, logs, harness.task_logs, assets=trigger)
+        app = create_app(
+            store, harness.engine, logs, harness.task_logs, settings=api_settings(), assets=trigger
+        )
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         base = f"http://127.0.0.1:{runner.addresses[0][1]}/api/v1"
         try:
-            async with aiohttp.ClientSession() as http:
+            async with aiohttp.ClientSession(headers=headers()) as http:
                 body = {"asset_uri": "s3://landing/orders", "extra": {"rows": 42}}
                 async with http.post(f"{base}/assets/events", json=body) as response:
                     assert response.status == 200

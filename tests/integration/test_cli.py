@@ -21,6 +21,7 @@ from orchestrator.api import create_app
 from orchestrator.cli import render_table, resolve_base_url
 from orchestrator.errors import ConfigError
 from orchestrator.ports import StateStore
+from tests.apiauth import TOKENS, api_settings, headers
 from tests.integration.test_api import Api, StoreEngine, seed, serve, start_extract, ticking_clock, write_log
 from tests.pgserver import PgServer
 
@@ -65,7 +66,9 @@ class Server:
     cwd: Path
 
     async def run(self, *args: str) -> Result:
-        return await cli(*args, "--url", self.api.url, cwd=self.cwd)
+        return await cli(
+            *args, "--url", self.api.url, cwd=self.cwd, env=clean_env(ORCHESTRATOR_TOKEN=TOKENS["admin"])
+        )
 
 
 @pytest.fixture
@@ -75,11 +78,11 @@ async def server(store: StateStore, tmp_path: Path) -> AsyncIterator[Server]:
     await seed(store)
     engine = StoreEngine(store, ticking_clock())
     logs_dir = tmp_path / "logs"
-    runner, url = await serve(create_app(store, engine, logs_dir))
+    runner, url = await serve(create_app(store, engine, logs_dir, settings=api_settings()))
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     try:
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=headers()) as http:
             yield Server(Api(url, http, store, engine, logs_dir), cwd)
     finally:
         await runner.cleanup()
@@ -222,19 +225,57 @@ async def test_an_unreachable_daemon_exits_2(tmp_path: Path) -> None:
     assert "cannot reach the orchestrator at http://127.0.0.1:9: is `orchestrator run` running?" in result.err
 
 
-async def test_the_url_comes_from_the_state_dir_api_url_file(server: Server) -> None:
+async def test_the_url_and_token_come_from_the_state_dir(server: Server) -> None:
+    """A daemon without api.tokens writes api.url and its generated admin token, api-token,
+    into its state dir; the CLI on the same machine finds both."""
     (server.cwd / "config.toml").write_text('[daemon]\nstate_dir = "st"\n[api]\nport = 9\n')
     (server.cwd / "st").mkdir()
     (server.cwd / "st" / "api.url").write_text(server.api.url + "\n")
+    result = await cli("dags", "list", cwd=server.cwd)
+    assert result.code == 1 and "needs a token and the CLI found none" in result.err
+    (server.cwd / "st" / "api-token").write_text(TOKENS["admin"] + "\n")
     result = await cli("dags", "list", cwd=server.cwd)
     assert result.code == 0, result.err
     assert "etl" in result.out
 
 
-async def test_the_url_comes_from_orchestrator_url(server: Server) -> None:
-    result = await cli("runs", "etl", cwd=server.cwd, env=clean_env(ORCHESTRATOR_URL=server.api.url))
+async def test_the_url_and_token_come_from_the_environment(server: Server) -> None:
+    env = clean_env(ORCHESTRATOR_URL=server.api.url, ORCHESTRATOR_TOKEN=TOKENS["viewer"])
+    result = await cli("runs", "etl", cwd=server.cwd, env=env)
     assert result.code == 0, result.err
     assert result.out == "(none)\n"
+
+
+async def test_the_token_comes_from_api_token_file(server: Server) -> None:
+    (server.cwd / "operator.token").write_text(TOKENS["operator"] + "\n")
+    (server.cwd / "config.toml").write_text('[api]\ntoken_file = "operator.token"\n')
+    result = await cli("trigger", "etl", "--run-id", "from-file", "--url", server.api.url, cwd=server.cwd)
+    assert result.code == 0, result.err
+    assert await server.api.store.get_run("etl", "from-file") is not None
+
+
+async def test_a_token_whose_role_is_too_low_exits_1_naming_the_role_needed(server: Server) -> None:
+    env = clean_env(ORCHESTRATOR_TOKEN=TOKENS["viewer"])
+    result = await cli("trigger", "etl", "--url", server.api.url, cwd=server.cwd, env=env)
+    assert result.code == 1
+    assert "token 'viewer' has the role viewer" in result.err and "needs operator" in result.err
+    env = clean_env(ORCHESTRATOR_TOKEN="not-a-configured-token-at-all")
+    result = await cli("dags", "list", "--url", server.api.url, cwd=server.cwd, env=env)
+    assert result.code == 1 and "not one of api.tokens" in result.err
+    assert "not-a-configured" not in result.err
+
+
+async def test_the_state_dir_token_is_never_sent_to_another_host(tmp_path: Path) -> None:
+    from orchestrator.cli import resolve_token
+
+    (tmp_path / "st").mkdir()
+    (tmp_path / "st" / "api-token").write_text("local-secret-token\n")
+    (tmp_path / "config.toml").write_text(f'[daemon]\nstate_dir = "{tmp_path / "st"}"\n')
+    config = tmp_path / "config.toml"
+    assert resolve_token("http://127.0.0.1:8080", config, {}) == "local-secret-token"
+    assert resolve_token("http://[::1]:8080", config, {}) == "local-secret-token"
+    assert resolve_token("https://orchestrator.example.com", config, {}) is None
+    assert resolve_token("https://orchestrator.example.com", config, {"ORCHESTRATOR_TOKEN": "t"}) == "t"
 
 
 async def test_a_bad_config_is_reported_when_it_is_needed(tmp_path: Path) -> None:

@@ -19,8 +19,9 @@ from orchestrator.api.logs import PAGE_BYTES
 from orchestrator.core.states import RunState, TaskState
 from orchestrator.logpaths import task_log_path
 from storage.postgres import PostgresStateStore
+from tests.apiauth import TOKENS, api_settings, headers
 from tests.integration.engine_harness import EngineHarness, running_engine, task_instances, write_dag
-from tests.integration.test_cli import cli
+from tests.integration.test_cli import clean_env, cli
 
 pytestmark = pytest.mark.anyio
 
@@ -35,13 +36,13 @@ async def engine_with_api(
     store: PostgresStateStore, tmp_path: Path, dag_files: Sequence[Path], **options: Any
 ) -> AsyncIterator[tuple[EngineHarness, aiohttp.ClientSession, str]]:
     async with running_engine(store, tmp_path / "logs", dag_files, **options) as harness:
-        app = create_app(store, harness.engine, harness.logs_dir, harness.task_logs)
+        app = create_app(store, harness.engine, harness.logs_dir, harness.task_logs, settings=api_settings())
         runner = web.AppRunner(app)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         url = f"http://127.0.0.1:{runner.addresses[0][1]}"
         try:
-            async with aiohttp.ClientSession() as http:
+            async with aiohttp.ClientSession(headers=headers()) as http:
                 yield harness, http, url
         finally:
             await runner.cleanup()
@@ -116,7 +117,8 @@ async def test_a_multi_megabyte_log_reads_whole_as_text_in_token_pages_and_as_fu
         rest = await get_text(http, target, token=first["continuation_token"])
         assert first["content"] + rest == expected
 
-        result = await cli("logs", "big", "r1", "emit", "--url", url, cwd=tmp_path)
+        env = clean_env(ORCHESTRATOR_TOKEN=TOKENS["viewer"])
+        result = await cli("logs", "big", "r1", "emit", "--url", url, cwd=tmp_path, env=env)
         assert result.code == 0, result.err
         assert result.out == expected
 
@@ -124,9 +126,7 @@ async def test_a_multi_megabyte_log_reads_whole_as_text_in_token_pages_and_as_fu
 async def test_a_page_never_ends_inside_a_utf8_character_and_bad_parameters_are_400(
     store: PostgresStateStore, tmp_path: Path, work: Path
 ) -> None:
-    dag_file = write_dag(
-        tmp_path / "dags", "u", 'with DAG("u"):\n    Bash("t", "echo x; exit 1")\n', work
-    )
+    dag_file = write_dag(tmp_path / "dags", "u", 'with DAG("u"):\n    Bash("t", "echo x; exit 1")\n', work)
     async with engine_with_api(store, tmp_path, [dag_file]) as (harness, http, url):
         assert (await harness.run("u")).state == RunState.FAILED
         text = "a" * (PAGE_BYTES - 1) + "✓" + "b" * 10 + "é\n"

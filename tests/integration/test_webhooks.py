@@ -27,6 +27,7 @@ from orchestrator.core.states import RunState
 from orchestrator.ports import Clock, WebhookDelivery
 from orchestrator.triggers.webhooks import DeliveryLog, DeliveryLogPruner, WebhookReceiver, build_webhooks
 from storage.postgres import PostgresStateStore
+from tests.apiauth import api_settings, headers
 from tests.fakes import FakeClock, FakeTimers
 from tests.integration.engine_harness import EngineHarness, running_engine, wait_for, wait_run, write_dag
 
@@ -113,7 +114,9 @@ class Server:
             return resp.status, orjson.loads(await resp.read())
 
     async def deliveries(self, name: str, **query: Any) -> tuple[int, Any]:
-        async with self.http.get(f"{self.url}/api/v1/webhooks/{name}/deliveries", params=query) as resp:
+        async with self.http.get(
+            f"{self.url}/api/v1/webhooks/{name}/deliveries", params=query, headers=headers()
+        ) as resp:
             return resp.status, orjson.loads(await resp.read())
 
     async def runs(self, dag_id: str) -> list[Any]:
@@ -141,7 +144,12 @@ async def webhook_server(
             assets=assets,
         )
         app = create_app(
-            store, harness.engine, harness.logs_dir, harness.task_logs, webhook_receiver=receiver
+            store,
+            harness.engine,
+            harness.logs_dir,
+            harness.task_logs,
+            settings=api_settings(),
+            webhook_receiver=receiver,
         )
         runner = web.AppRunner(app)
         await runner.setup()
