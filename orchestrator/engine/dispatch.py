@@ -18,8 +18,8 @@ import logging
 from collections.abc import Iterator, Mapping
 
 from orchestrator.core.model import TaskSpec
-from orchestrator.errors import OrchestratorError
 from orchestrator.core.records import TaskKey
+from orchestrator.errors import OrchestratorError
 from orchestrator.ports import Executor, LaunchRequest
 
 log = logging.getLogger("orchestrator.engine.dispatch")

@@ -271,7 +271,9 @@ class Engine:
         try:
             dispatcher.submit(*held)
         except Exception as exc:
-            self.progress.handler_failed(key, f"the launch on executor {held[0]!r}", exc, traceback.format_exc())
+            self.progress.handler_failed(
+                key, f"the launch on executor {held[0]!r}", exc, traceback.format_exc()
+            )
 
     # --- start-up and shutdown ------------------------------------------------------
 

@@ -170,7 +170,8 @@ class Operations:
         if run is None:
             await self._dag_spec(dag_id)  # DagNotFound first, as GET says
             raise RunNotFound(
-                f"DAG run {run_id!r} of DAG {dag_id!r} not found: list the runs with `orchestrator runs {dag_id}`"
+                f"DAG run {run_id!r} of DAG {dag_id!r} not found: "
+                f"list the runs with `orchestrator runs {dag_id}`"
             )
         return run
 
@@ -229,7 +230,9 @@ class Operations:
             new = marked_state(ti.state, state)
             if ti.state in ACTIVE_TASK_STATES:
                 batch.stops.append(ti.key)
-                progress.note(ti, now, f"the run was marked {state.value}: the task is stopped and {new.value}")
+                progress.note(
+                    ti, now, f"the run was marked {state.value}: the task is stopped and {new.value}"
+                )
             progress.set_ti(live, ti, batch, by_user=True, **_marked_fields(ti, new, now))
         progress.fill_capacity(live.record.dag_id, batch)  # the slots it held go to other runs
         progress.settle_run(live, batch, outcome=state)
@@ -260,7 +263,9 @@ class Operations:
                 "queued again (to run some of its tasks again now, clear them)"
             )
         check_run_transition(run.state, RunState.QUEUED, by_user=True)
-        queued = replace(run, state=RunState.QUEUED, queued_at=self._clock.now(), start_date=None, end_date=None)
+        queued = replace(
+            run, state=RunState.QUEUED, queued_at=self._clock.now(), start_date=None, end_date=None
+        )
         self._writer.submit(ChangeSet(runs=[queued]))
         await self._committed()
         log.info("run %s of %s queued again", run.run_id, run.dag_id)
@@ -269,7 +274,9 @@ class Operations:
 
     # --- clearing ---------------------------------------------------------------------
 
-    async def clear_task_instances(self, dag_id: str, selection: ClearSelection, *, dry_run: bool) -> Selected:
+    async def clear_task_instances(
+        self, dag_id: str, selection: ClearSelection, *, dry_run: bool
+    ) -> Selected:
         """See `EngineApi.clear_task_instances`."""
         self._check_open()
         spec = await self._dag_spec(dag_id)
@@ -277,7 +284,8 @@ class Operations:
         unknown = sorted(set(selection.task_ids) - known)
         if unknown:
             raise InvalidRequest(
-                f"DAG {dag_id!r} has no task(s) {', '.join(map(repr, unknown))}; its tasks: {', '.join(sorted(known))}"
+                f"DAG {dag_id!r} has no task(s) {', '.join(map(repr, unknown))}; "
+                f"its tasks: {', '.join(sorted(known))}"
             )
         tasks = selected_tasks(spec, selection)
         await self._committed()

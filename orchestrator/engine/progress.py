@@ -564,7 +564,9 @@ class RunProgress:
 
     def _prepare_logs(self, launches: list[tuple[str, LaunchRequest]]) -> None:
         if launches:
-            asyncio.get_running_loop().call_soon(self._task_logs.prepare, [request for _, request in launches])
+            asyncio.get_running_loop().call_soon(
+                self._task_logs.prepare, [request for _, request in launches]
+            )
 
     def _stop_and_dispatch(self, stops: list[TaskKey], launches: list[tuple[str, LaunchRequest]]) -> None:
         """After the commit that marked or cleared them: stop these tries' work, then launch."""
