@@ -13,9 +13,9 @@ from pathlib import Path
 
 from aiohttp import web
 
+from orchestrator.api import actions, dags, runs, task_instances, webhooks
 from orchestrator.api import assets as asset_routes
 from orchestrator.api import backfills as backfills_api
-from orchestrator.api import dags, runs, task_instances, webhooks
 from orchestrator.api.errors import error_middleware
 from orchestrator.api.guards import origin_guard
 from orchestrator.api.keys import BACKFILLS, ENGINE, LOGS_DIR, SETTINGS, STORE, TASK_LOGS, UNIXNAME
@@ -96,6 +96,7 @@ def create_app(
     dags.add_routes(app.router)
     runs.add_routes(app.router)
     task_instances.add_routes(app.router)
+    actions.add_routes(app.router)
     if backfills is not None:
         app[BACKFILLS] = backfills
         backfills_api.add_routes(app.router)
