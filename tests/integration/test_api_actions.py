@@ -327,3 +327,73 @@ async def test_bad_requests_are_answered_precisely_and_change_nothing(
     assert await task_instances(ops.store, pk) == before
     run = await ops.store.get_run("flaky", "r1")
     assert run is not None and run.state == RunState.FAILED
+
+
+async def test_clearing_a_running_task_stops_its_try_and_starts_the_next_once_it_ended(ops: Ops) -> None:
+    pid = await sleeping_pid(ops)
+    (ops.work / "a.pid").unlink()
+    body = {"dag_run_id": "r1", "task_ids": ["a"], "only_failed": False, "dry_run": False}
+    status, answer = await ops.call("POST", "/api/v1/dags/sleeper/clearTaskInstances", body)
+    assert status == 200, answer
+    assert [ti["task_id"] for ti in answer["task_instances"]] == ["a"]
+    await stopped(pid)
+    run = await ops.store.get_run("sleeper", "r1")
+    assert run is not None and run.state == RunState.RUNNING
+    second = await wait_ti(ops.store, run.pk, "a", [TaskState.RUNNING], require=lambda ti: ti.try_number == 2)
+    assert second.max_tries == 1  # its retries (none) count again from the cleared try
+
+    async def new_pid() -> int | None:
+        path = ops.work / "a.pid"
+        text = path.read_text().strip() if path.exists() else ""
+        return int(text) if text else None
+
+    pid2 = await wait_for(new_pid, 15, "try 2 of a to write its pid")
+    assert pid2 != pid and alive(pid2)
+    status, _ = await ops.call("PATCH", RUN.format(dag="sleeper", run="r1"), {"state": "success"})
+    assert status == 200
+    await stopped(pid2)
+
+
+async def test_cli_clear_and_runs_mark_against_a_real_server(ops: Ops, tmp_path: Path) -> None:
+    from tests.integration.test_cli import cli
+
+    pk = await failed_flaky(ops)
+
+    async def run_cli(*args: str) -> tuple[int, str, str]:
+        result = await cli(*args, "--url", ops.url, cwd=tmp_path)
+        return result.code, result.out, result.err
+
+    code, out, err = await run_cli(
+        "clear", "flaky", "--run", "r1", "-t", "^b$", "--downstream", "--only-failed", "--dry-run"
+    )
+    assert code == 0, err
+    assert out.splitlines()[0] == "would clear 2 task instance(s) of flaky"
+    assert [line.split()[:2] for line in out.splitlines()[3:]] == [["r1", "b"], ["r1", "c"]]
+    run = await ops.store.get_run("flaky", "r1")
+    assert run is not None and run.state == RunState.FAILED
+
+    (ops.work / "ok").touch()
+    code, out, err = await run_cli(
+        "clear", "flaky", "--run", "r1", "-t", "^b$", "--downstream", "--only-failed"
+    )
+    assert code == 0, err
+    assert out.splitlines()[0] == "cleared 2 task instance(s) of flaky"
+    await wait_run_state(ops.store, "flaky", "r1", RunState.SUCCESS)
+    tis = await task_instances(ops.store, pk)
+    assert {t: ti.try_number for t, ti in tis.items()} == {"a": 1, "b": 2, "c": 1}
+
+    code, out, err = await run_cli("clear", "flaky", "-t", "(", "--dry-run")
+    assert code == 1 and "not a regular expression" in err
+
+    pid = await sleeping_pid(ops)
+    code, out, err = await run_cli("runs", "mark", "sleeper", "r1", "failed")
+    assert code == 0, err
+    assert out == "sleeper run r1 is failed\n"
+    await stopped(pid)
+    run = await ops.store.get_run("sleeper", "r1")
+    assert run is not None and run.state == RunState.FAILED
+    code, out, err = await run_cli("runs", "mark", "sleeper", "nope", "success")
+    assert code == 1 and "'nope'" in err
+    # `runs DAG_ID` still lists the runs
+    code, out, err = await run_cli("runs", "sleeper")
+    assert code == 0 and "r1" in out and "failed" in out
