@@ -8,6 +8,7 @@ and commits before it acts: the tests check the database (what a restart would s
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -329,7 +330,10 @@ async def test_bad_requests_are_answered_precisely_and_change_nothing(
     assert run is not None and run.state == RunState.FAILED
 
 
-async def test_clearing_a_running_task_stops_its_try_and_starts_the_next_once_it_ended(ops: Ops) -> None:
+async def test_clearing_a_running_task_stops_its_try_and_starts_the_next_once_it_ended(
+    ops: Ops, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="orchestrator.engine.dispatch")
     pid = await sleeping_pid(ops)
     (ops.work / "a.pid").unlink()
     body = {"dag_run_id": "r1", "task_ids": ["a"], "only_failed": False, "dry_run": False}
@@ -349,6 +353,8 @@ async def test_clearing_a_running_task_stops_its_try_and_starts_the_next_once_it
 
     pid2 = await wait_for(new_pid, 15, "try 2 of a to write its pid")
     assert pid2 != pid and alive(pid2)
+    # try 2 was held by the dispatcher until try 1 had ended
+    assert any("waits for its earlier try to end" in r.getMessage() for r in caplog.records)
     status, _ = await ops.call("PATCH", RUN.format(dag="sleeper", run="r1"), {"state": "success"})
     assert status == 200
     await stopped(pid2)
@@ -397,3 +403,23 @@ async def test_cli_clear_and_runs_mark_against_a_real_server(ops: Ops, tmp_path:
     # `runs DAG_ID` still lists the runs
     code, out, err = await run_cli("runs", "sleeper")
     assert code == 0 and "r1" in out and "failed" in out
+
+
+async def test_marking_a_run_that_waits_in_the_store_finishes_it_without_running_it(ops: Ops) -> None:
+    await ops.engine.engine.set_paused("flaky", True)
+    run, _ = await ops.engine.trigger("flaky")
+    assert run.state == RunState.QUEUED
+    status, body = await ops.call("PATCH", RUN.format(dag="flaky", run="r1"), {"state": "success"})
+    assert status == 200, body
+    assert body["state"] == "success"
+    await ops.engine.engine.set_paused("flaky", False)
+    marked = await ops.store.get_run("flaky", "r1")
+    assert marked is not None and marked.state == RunState.SUCCESS
+    tis = await task_instances(ops.store, run.pk)
+    assert {t: (ti.state, ti.try_number) for t, ti in tis.items()} == {
+        t: (TaskState.SUCCESS, 0) for t in ("a", "b", "c")
+    }
+    # a later run of the DAG runs: the unpaused DAG's admission went on past the marked one
+    second = await ops.engine.run("flaky", "r2")
+    assert second.state == RunState.FAILED
+    assert (ops.work / "b.txt").read_text() == "b\n"  # once, by r2: the marked r1 never ran
