@@ -621,7 +621,11 @@ def build_parser() -> argparse.ArgumentParser:
     trigger.add_argument("--logical-date", help="ISO 8601 logical date (default: now)")
     trigger.set_defaults(client=cmd_trigger)
 
-    runs = commands.add_parser("runs", parents=[client_opts], help="list a DAG's runs, newest first")
+    runs = commands.add_parser(
+        "runs",
+        parents=[client_opts],
+        help="list a DAG's runs, newest first (`runs mark DAG_ID RUN_ID success|failed` marks one)",
+    )
     runs.add_argument("dag_id")
     runs.add_argument("--limit", type=int, default=25, help="how many runs (default 25, at most 1000)")
     runs.set_defaults(client=cmd_runs)
@@ -653,6 +657,10 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--try", dest="try_number", type=int, help="the try number (default: the latest)")
     logs.set_defaults(client=cmd_logs)
 
+    from orchestrator import cli_actions  # it imports this module
+
+    cli_actions.add_commands(commands, client_opts)
+
     webhooks = commands.add_parser("webhooks", help="webhook deliveries")
     webhook_commands = webhooks.add_subparsers(dest="webhooks_command", metavar="COMMAND", required=True)
     deliveries = webhook_commands.add_parser(
@@ -667,7 +675,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `orchestrator` console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    from orchestrator.cli_actions import route_subcommands
+
+    args = build_parser().parse_args(route_subcommands(sys.argv[1:] if argv is None else argv))
     try:
         if hasattr(args, "client"):
             client_command: ClientCommand = args.client

@@ -33,3 +33,21 @@ class ShuttingDown(OrchestratorError):
 class AnotherDaemonRunning(OrchestratorError):
     """Another daemon is running on this database; several daemons on one database are not
     supported yet: stop the other one (or point this one at another database.dsn)."""
+
+
+class RunNotFound(OrchestratorError):
+    """No such DAG run: list the DAG's runs with `orchestrator runs <dag_id>`."""
+
+    http_status = 404
+
+
+class TaskInstanceNotFound(OrchestratorError):
+    """No such task instance in this run: list them with `orchestrator tasks <dag_id> <run_id>`."""
+
+    http_status = 404
+
+
+class OperationConflict(OrchestratorError):
+    """The operation cannot be done in the current state (e.g. deleting a run that is running)."""
+
+    http_status = 409

@@ -35,7 +35,7 @@ from orchestrator.core.records import (
     TaskKey,
     XComRecord,
 )
-from orchestrator.core.states import RunState
+from orchestrator.core.states import RunState, TaskState
 
 
 class Clock(Protocol):
@@ -210,7 +210,30 @@ class WebhookStore(Protocol):
         returns how many log entries went."""
 
 
-class StateStore(ScheduleStore, AssetStore, WebhookStore, Protocol):
+class ActionStore(Protocol):
+    """What the API's operations on runs and DAGs read and delete (storage/postgres_actions.py).
+    Their state changes are whole rows committed through the engine's writer, like any other."""
+
+    async def list_runs_between(
+        self, dag_id: str, run_id: str | None, start: datetime | None, end: datetime | None
+    ) -> list[RunRecord]:
+        """The DAG's runs, oldest logical date first: the one named `run_id` if given, else those
+        whose logical date is within [start, end] (either bound may be None)."""
+
+    async def list_task_instances_of(self, run_pks: Sequence[int]) -> list[TaskInstanceRecord]:
+        """The task instances of these runs, ordered by run, task_id, map_index."""
+
+    async def delete_finished_run(self, run_pk: int) -> bool:
+        """Delete a finished run with its task instances, XComs and version link; False (nothing
+        deleted) if it is queued or running, or gone."""
+
+    async def delete_dag_records(self, dag_id: str) -> tuple[bool, int]:
+        """Delete a DAG's row, runs, versions, backfills and queued asset events in one transaction,
+        unless it has queued or running runs. Returns (the DAG existed, its active runs); with
+        active runs nothing is deleted."""
+
+
+class StateStore(ScheduleStore, AssetStore, WebhookStore, ActionStore, Protocol):
     """Durable state. Every method is one transaction; nothing is acted on before it commits."""
 
     # --- DAGs and DAG files -------------------------------------------------------
@@ -465,6 +488,26 @@ class Events(Protocol):
 # --- what the API and the DAG folder ask of the engine ------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class ClearSelection:
+    """Which task instances of a DAG to clear (Airflow's ClearTaskInstances body)."""
+
+    #: only these tasks (and their relatives below); empty: every task
+    task_ids: tuple[str, ...] = ()
+    #: only this run; None: every run whose logical date is within [start_date, end_date]
+    run_id: str | None = None
+    start_date: datetime | None = None
+    end_date: datetime | None = None
+    #: only task instances that failed (failed or upstream_failed)
+    only_failed: bool = True
+    #: only task instances running now
+    only_running: bool = False
+    include_upstream: bool = False
+    include_downstream: bool = False
+    #: set finished runs of the cleared task instances back to queued (they run again)
+    reset_dag_runs: bool = True
+
+
 class EngineApi(Protocol):
     """What the API asks of the engine."""
 
@@ -491,6 +534,31 @@ class EngineApi(Protocol):
     async def create_run(self, new_run: NewRun) -> tuple[RunRecord, bool]:
         """Create a run of a loaded DAG (unique on dag_id, run_id), whatever triggered it; returns
         the run and whether it was created. Raises DagNotFound (not loaded) or ShuttingDown."""
+
+    # --- operations (orchestrator.engine.operations): committed before anything is acted on --
+    async def set_run_state(self, dag_id: str, run_id: str, state: RunState) -> RunRecord:
+        """Mark a run success or failed (its unfinished task instances too, their work stopped),
+        or queued (a finished run runs again). Raises RunNotFound, OperationConflict."""
+
+    async def clear_task_instances(
+        self, dag_id: str, selection: ClearSelection, *, dry_run: bool
+    ) -> list[tuple[RunRecord, TaskInstanceRecord]]:
+        """Clear the selected task instances (back to `none`, their work stopped, run again), or
+        with `dry_run` only say which they are. Raises DagNotFound, RunNotFound, InvalidRequest."""
+
+    async def set_task_instance_state(
+        self, dag_id: str, run_id: str, task_id: str, map_index: int, state: TaskState, *, dry_run: bool
+    ) -> tuple[RunRecord, TaskInstanceRecord]:
+        """Mark one task instance success, failed or skipped (its work stopped; in a running run
+        its downstream tasks go on per their trigger rules). Raises RunNotFound,
+        TaskInstanceNotFound."""
+
+    async def delete_run(self, dag_id: str, run_id: str) -> None:
+        """Delete a finished run and its task instances. Raises RunNotFound, OperationConflict."""
+
+    async def delete_dag(self, dag_id: str) -> None:
+        """Delete a DAG's runs and records (a DAG still in a loaded file is recorded again at
+        once, with no history). Raises DagNotFound, OperationConflict."""
 
 
 class AssetEventSink(Protocol):

@@ -37,6 +37,7 @@ from orchestrator.core.serialization import spec_from_dict, spec_to_dict
 from orchestrator.core.states import RunState, TaskState
 from orchestrator.ports import ActiveRun
 from storage.errors import StorageError
+from storage.postgres_actions import PostgresActionStore
 from storage.postgres_assets import PostgresAssetStore, write_asset_events
 from storage.postgres_schedules import ScheduleQueries
 from storage.postgres_webhooks import PostgresWebhookStore
@@ -195,6 +196,11 @@ def _xcom(row: Row) -> XComRecord:
     return XComRecord(row[0], row[1], row[2], row[3], row[4])
 
 
+#: the row decoders the store's mixins share (a run by column name; a task instance by position)
+decode_run = _run
+decode_task_instance = _task_instance
+
+
 # --- change sets -> column arrays --------------------------------------------------------------
 
 
@@ -321,10 +327,11 @@ async def insert_run_rows(
     return created
 
 
-class PostgresStateStore(ScheduleQueries, PostgresAssetStore, PostgresWebhookStore):
+class PostgresStateStore(ScheduleQueries, PostgresAssetStore, PostgresWebhookStore, PostgresActionStore):
     """The state store on one PostgreSQL database (see `orchestrator.ports.StateStore`; its
     `ScheduleStore` methods are in `storage.postgres_schedules`, its `AssetStore` methods in
-    `storage.postgres_assets`, its `WebhookStore` methods in `storage.postgres_webhooks`)."""
+    `storage.postgres_assets`, its `WebhookStore` methods in `storage.postgres_webhooks`, its
+    `ActionStore` methods in `storage.postgres_actions`)."""
 
     def __init__(
         self, pool: asyncpg.Pool, dsn: str, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT

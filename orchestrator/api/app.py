@@ -14,9 +14,9 @@ from pathlib import Path
 
 from aiohttp import web
 
+from orchestrator.api import actions, dags, runs, task_instances, tokens, webhooks
 from orchestrator.api import assets as asset_routes
 from orchestrator.api import backfills as backfills_api
-from orchestrator.api import dags, runs, task_instances, tokens, webhooks
 from orchestrator.api.auth import Authenticator, Credential, FailureThrottle, auth_middleware
 from orchestrator.api.errors import error_middleware
 from orchestrator.api.guards import origin_guard
@@ -135,6 +135,7 @@ def create_app(
     dags.add_routes(app.router)
     runs.add_routes(app.router)
     task_instances.add_routes(app.router)
+    actions.add_routes(app.router)
     if backfills is not None:
         app[BACKFILLS] = backfills
         backfills_api.add_routes(app.router)

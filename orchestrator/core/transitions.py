@@ -7,6 +7,10 @@ semantics; the comments say which event in the engine produces each one.
 
 Writing a state over itself is always legal: the engine's writes are idempotent
 (a replayed executor report, a recovery pass) and must not trip the machine.
+
+A person may decide more than the engine (Airflow's "mark success", "mark failed"): with
+`by_user=True` a task instance may become success, failed or skipped from any state, and a
+run success, failed or queued from any state. Only the API's operations pass it.
 """
 
 from __future__ import annotations
@@ -54,6 +58,13 @@ _RUN_MOVES: dict[RunState, frozenset[RunState]] = {
 }
 
 
+#: what a user may mark a task instance as, whatever its state (Airflow's UpdateTaskInstance)
+USER_TASK_MARKS: frozenset[TaskState] = frozenset({_T.SUCCESS, _T.FAILED, _T.SKIPPED})
+
+#: what a user may set a run to, whatever its state (Airflow's UpdateDagRunState)
+USER_RUN_MARKS: frozenset[RunState] = frozenset({_R.SUCCESS, _R.FAILED, _R.QUEUED})
+
+
 def _with_self(moves: dict[_S, frozenset[_S]]) -> Mapping[_S, frozenset[_S]]:
     return MappingProxyType({old: targets | {old} for old, targets in moves.items()})
 
@@ -69,12 +80,15 @@ def _allowed(targets: frozenset[TaskState] | frozenset[RunState]) -> str:
     return ", ".join(sorted(str(t) for t in targets))
 
 
-def check_task_transition(old: TaskState, new: TaskState, *, subject: str | None = None) -> None:
+def check_task_transition(
+    old: TaskState, new: TaskState, *, subject: str | None = None, by_user: bool = False
+) -> None:
     """Raise `IllegalTransition` unless a task instance may move from `old` to `new`.
 
-    `subject` (for example "task 'extract' of run 'manual__2024'") is put in the message.
+    `subject` (for example "task 'extract' of run 'manual__2024'") is put in the message;
+    `by_user`: a person marks it (USER_TASK_MARKS are legal from any state).
     """
-    if new in TASK_TRANSITIONS[old]:
+    if new in TASK_TRANSITIONS[old] or (by_user and new in USER_TASK_MARKS):
         return
     who = f" ({subject})" if subject else ""
     raise IllegalTransition(
@@ -83,9 +97,12 @@ def check_task_transition(old: TaskState, new: TaskState, *, subject: str | None
     )
 
 
-def check_run_transition(old: RunState, new: RunState, *, subject: str | None = None) -> None:
-    """Raise `IllegalTransition` unless a run may move from `old` to `new`."""
-    if new in RUN_TRANSITIONS[old]:
+def check_run_transition(
+    old: RunState, new: RunState, *, subject: str | None = None, by_user: bool = False
+) -> None:
+    """Raise `IllegalTransition` unless a run may move from `old` to `new` (`by_user`: a person
+    sets it, USER_RUN_MARKS are legal from any state)."""
+    if new in RUN_TRANSITIONS[old] or (by_user and new in USER_RUN_MARKS):
         return
     who = f" ({subject})" if subject else ""
     raise IllegalTransition(

@@ -113,6 +113,18 @@ class Admission:
         progress.apply_resolution(live, resolve(loaded.graph, live.states), batch)
         progress.settle_run(live, batch)
 
+    def hold_back(self, record: RunRecord) -> None:
+        """A user changed this waiting run (marked it): a pass that read it from the store before
+        that change is committed must not start it. Held like a run this daemon started."""
+        self._started.setdefault(record.dag_id, {})[record.pk] = False
+        self._versions.pop(record.pk, None)
+        self._confirm_after_commit(record.dag_id, [record.pk])
+
+    def forget_dag(self, dag_id: str) -> None:
+        """The DAG's records were deleted: forget its pause flag and the runs held for it."""
+        self.paused.discard(dag_id)
+        self._started.pop(dag_id, None)
+
     def run_finished(self, finished: RunRecord, batch: Batch) -> None:
         self.fill_from_store(finished.dag_id)
 

@@ -5,6 +5,11 @@ A task runs on the executor its `executor=` names (set on the task or through th
 be configured and must run the task's kind; otherwise the try fails at once with a message
 saying which executors there are. Adding an executor is a module that implements the
 `Executor` port plus its registration in the composition root: nothing here changes.
+
+The dispatcher also knows which tries are in an executor (submitted or adopted, their end not
+reported yet), so that a user's operation can stop one (`stop`) and a new try of the same task
+instance (it was cleared) is held until the old one has ended: an executor runs one try of a
+task instance at a time.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 from collections.abc import Iterator, Mapping
 
 from orchestrator.core.model import TaskSpec
+from orchestrator.core.records import TaskKey
 from orchestrator.errors import OrchestratorError
 from orchestrator.ports import Executor, LaunchRequest
 
@@ -33,6 +39,11 @@ class Dispatcher:
             )
         self._executors = dict(executors)
         self.default = default
+        #: the tries in an executor now (submitted or adopted, their end not reported): the
+        #: executor's name by task instance
+        self._in_flight: dict[TaskKey, str] = {}
+        #: launches of a task instance whose earlier try is still in an executor (being stopped)
+        self._held: dict[TaskKey, tuple[str, LaunchRequest]] = {}
 
     def __iter__(self) -> Iterator[tuple[str, Executor]]:
         return iter(self._executors.items())
@@ -57,7 +68,31 @@ class Dispatcher:
         return name
 
     def submit(self, executor: str, request: LaunchRequest) -> None:
+        """Hand a try to its executor; held while an earlier try of its task instance is in one."""
+        if request.key in self._in_flight:
+            log.info("try %d of %s waits for its earlier try to end", request.try_number, request.key)
+            self._held[request.key] = (executor, request)
+            return
         self._executors[executor].submit(request)
+        self._in_flight[request.key] = executor
+
+    def adopted(self, key: TaskKey, executor: str) -> None:
+        """An executor re-attached to this try's work after a restart: it is in flight."""
+        self._in_flight[key] = executor
+
+    def stop(self, key: TaskKey) -> None:
+        """Stop the work of this task instance: its try in an executor (its end is reported as
+        usual), and a launch held for it."""
+        self._held.pop(key, None)
+        executor = self._in_flight.get(key)
+        if executor is not None:
+            self._executors[executor].cancel(key)
+
+    def finished(self, key: TaskKey) -> tuple[str, LaunchRequest] | None:
+        """The executor reported the end of this task instance's try: the launch held for it
+        (the caller submits it), if any."""
+        self._in_flight.pop(key, None)
+        return self._held.pop(key, None)
 
     def get(self, name: str) -> Executor:
         return self._executors[name]

@@ -10,7 +10,8 @@ instance instead of leaving the run stuck), start-up (`recover`) and shutdown (`
 - `recovery.Recovery`: resuming active runs after a restart;
 - `dispatch.Dispatcher`: the executors by name and the routing rule;
 - `writer.GroupCommitWriter`: one commit at a time, rows published on the event bus;
-- `supervision.Supervisor`: background tasks and fatal errors.
+- `supervision.Supervisor`: background tasks and fatal errors;
+- `operations.Operations`: what a person asks for (mark, clear, delete), through the above.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from orchestrator.engine.creation import RunCreator
 from orchestrator.engine.dispatch import Dispatcher
 from orchestrator.engine.events import EventBus
 from orchestrator.engine.live import Batch
+from orchestrator.engine.operations import Operations
 from orchestrator.engine.progress import RunProgress, ValueCheck
 from orchestrator.engine.recovery import Recovery
 from orchestrator.engine.registry import DagRegistry, LoadedDag
@@ -93,6 +95,15 @@ class Engine:
         #: told of every pause or unpause, once it is committed
         self._paused_listeners: list[Callable[[str, bool], None]] = []
         self.progress.on_run_finished = self._run_finished
+        #: the API's operations (mark, clear, delete): EngineApi's methods of that name
+        self.operations = Operations(
+            store, clock, self.progress, self.admission, registry, self.writer, self._run_finished
+        )
+        self.set_run_state = self.operations.set_run_state
+        self.clear_task_instances = self.operations.clear_task_instances
+        self.set_task_instance_state = self.operations.set_task_instance_state
+        self.delete_run = self.operations.delete_run
+        self.delete_dag = self.operations.delete_dag
 
     def _dag_of_run(self, item: Any) -> Any:
         return self._recovery.dag_of_run(item)
@@ -248,6 +259,21 @@ class Engine:
             self.progress.task_finished(outcome)
         except Exception as exc:
             self.progress.handler_failed(outcome.key, "its outcome", exc, traceback.format_exc())
+        finally:
+            self._launch_held(outcome.key)
+
+    def _launch_held(self, key: TaskKey) -> None:
+        """A try ended: a new try of its task instance held meanwhile (it was cleared) starts."""
+        dispatcher = self.progress.dispatcher
+        held = dispatcher.finished(key) if dispatcher is not None else None
+        if dispatcher is None or held is None:
+            return
+        try:
+            dispatcher.submit(*held)
+        except Exception as exc:
+            self.progress.handler_failed(
+                key, f"the launch on executor {held[0]!r}", exc, traceback.format_exc()
+            )
 
     # --- start-up and shutdown ------------------------------------------------------
 

@@ -104,3 +104,6 @@ class Batch:
     changes: ChangeSet = field(default_factory=ChangeSet)
     #: (executor name, request) pairs, submitted once the changes are committed
     launches: list[tuple[str, LaunchRequest]] = field(default_factory=list)
+    #: task instances whose work is stopped once the changes are committed (a user marked or
+    #: cleared them), before the launches: a new try of one of them starts once the old one ended
+    stops: list[TaskKey] = field(default_factory=list)

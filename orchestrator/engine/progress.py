@@ -220,10 +220,12 @@ class RunProgress:
     # --- state changes ------------------------------------------------------------------
 
     def set_ti(
-        self, live: LiveRun, ti: TaskInstanceRecord, batch: Batch, **fields: Any
+        self, live: LiveRun, ti: TaskInstanceRecord, batch: Batch, *, by_user: bool = False, **fields: Any
     ) -> TaskInstanceRecord:
+        """Change one task instance in memory and put its row in `batch` (`by_user`: a person
+        marks it, see `check_task_transition`)."""
         new_state: TaskState = fields.get("state", ti.state)
-        check_task_transition(ti.state, new_state)
+        check_task_transition(ti.state, new_state, by_user=by_user)
         new = evolve_ti(ti, **fields)
         live.tis[(ti.task_id, ti.map_index)] = new
         if ti.map_index < 0:
@@ -520,12 +522,15 @@ class RunProgress:
             if not self.queue(live, ti_id, batch):
                 self.after_change(live, [ti_id[0]], batch)
 
-    def settle_run(self, live: LiveRun, batch: Batch) -> None:
-        """If every task is finished, record the run's outcome and tell admission."""
+    def settle_run(self, live: LiveRun, batch: Batch, outcome: RunState | None = None) -> None:
+        """If every task is finished, record the run's outcome and tell admission. `outcome`:
+        the one a user set (marking the run), instead of the one its task states give."""
         if live.unfinished > 0 or live.pk not in self.runs:
             return
-        outcome = run_outcome(live.dag.graph, live.states) or RunState.SUCCESS
-        check_run_transition(live.record.state, outcome)
+        by_user = outcome is not None
+        if outcome is None:
+            outcome = run_outcome(live.dag.graph, live.states) or RunState.SUCCESS
+        check_run_transition(live.record.state, outcome, by_user=by_user)
         finished = replace(live.record, state=outcome, end_date=self._clock.now())
         batch.changes.runs.append(finished)
         del self.runs[live.pk]
@@ -545,7 +550,10 @@ class RunProgress:
         self._writer.submit(ChangeSet(), callback)
 
     def commit(self, batch: Batch) -> None:
-        if batch.launches:
+        if batch.stops:
+            self._writer.submit(batch.changes, partial(self._stop_and_dispatch, batch.stops, batch.launches))
+            self._prepare_logs(batch.launches)
+        elif batch.launches:
             self._writer.submit(batch.changes, partial(self._dispatch, batch.launches))
             # runs after the writer has sent the commit: file creation overlaps the round trip
             asyncio.get_running_loop().call_soon(
@@ -553,6 +561,19 @@ class RunProgress:
             )
         elif batch.changes:
             self._writer.submit(batch.changes)
+
+    def _prepare_logs(self, launches: list[tuple[str, LaunchRequest]]) -> None:
+        if launches:
+            asyncio.get_running_loop().call_soon(
+                self._task_logs.prepare, [request for _, request in launches]
+            )
+
+    def _stop_and_dispatch(self, stops: list[TaskKey], launches: list[tuple[str, LaunchRequest]]) -> None:
+        """After the commit that marked or cleared them: stop these tries' work, then launch."""
+        if self.dispatcher is not None:
+            for key in stops:
+                self.dispatcher.stop(key)
+        self._dispatch(launches)
 
     def _dispatch(self, launches: list[tuple[str, LaunchRequest]]) -> None:
         """Runs after the commit that queued these tasks. While draining, queued tasks stay

@@ -99,9 +99,11 @@ class Recovery:
                 continue
             if ti.state in ACTIVE_TASK_STATES:
                 executor = None
+                executor_name = ""
                 if dispatcher is not None:
                     try:
-                        executor = dispatcher.get(dispatcher.route(task))
+                        executor_name = dispatcher.route(task)
+                        executor = dispatcher.get(executor_name)
                     except Exception:
                         executor = None
                 token = try_token(progress.installation, ti) if progress.installation else ""
@@ -114,6 +116,8 @@ class Recovery:
                     progress.prepare_launch(live, ti, batch, now)
                     continue
                 if executor is not None and await executor.adopt(ti, token):
+                    if dispatcher is not None:
+                        dispatcher.adopted(ti.key, executor_name)
                     continue
                 progress.note(
                     ti,
