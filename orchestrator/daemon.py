@@ -427,6 +427,7 @@ async def _start_api(
         backfills=backfills,
         assets=assets,
         webhook_receiver=webhook_receiver,
+        config=config,
     )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

@@ -49,6 +49,11 @@ def task_instance_from_row(row: asyncpg.Record) -> TaskInstanceRecord:
     return TaskInstanceRecord(**values)
 
 
+def _or_default(limit: int | None) -> int:
+    # DagSpec's default, for rows whose nullable max_active_* columns were written by hand
+    return _DEFAULT_MAX_ACTIVE if limit is None else limit
+
+
 def dag_from_row(row: asyncpg.Record) -> DagRecord:
     return DagRecord(
         dag_id=row["dag_id"],
@@ -57,8 +62,8 @@ def dag_from_row(row: asyncpg.Record) -> DagRecord:
         is_active=row["is_active"],
         schedule=row["schedule"],
         description=row["description"],
-        max_active_runs=row["max_active_runs"] if row["max_active_runs"] is not None else _DEFAULT_MAX_ACTIVE,
-        max_active_tasks=row["max_active_tasks"] if row["max_active_tasks"] is not None else _DEFAULT_MAX_ACTIVE,
+        max_active_runs=_or_default(row["max_active_runs"]),
+        max_active_tasks=_or_default(row["max_active_tasks"]),
         tags=tuple(row["tags"]),
         last_parsed_time=row["last_parsed_time"],
         spec=row["spec"],
@@ -143,8 +148,9 @@ class PostgresListingStore:
         offset: int,
     ) -> tuple[list[XComEntry], int]:
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            rows = await conn.fetch(QUERIES["find_xcom_entries"], run_pk, task_id, map_index, key, limit, offset)
-            total = await conn.fetchval(QUERIES["count_xcom_entries"], run_pk, task_id, map_index, key)
+            filters = (run_pk, task_id, map_index, key)
+            rows = await conn.fetch(QUERIES["find_xcom_entries"], *filters, limit, offset)
+            total = await conn.fetchval(QUERIES["count_xcom_entries"], *filters)
         entries = [
             XComEntry(
                 dag_id=row["dag_id"],

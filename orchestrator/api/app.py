@@ -9,18 +9,29 @@ from __future__ import annotations
 
 import getpass
 import logging
+import secrets
 from pathlib import Path
 
 from aiohttp import web
 
 from orchestrator.api import assets as asset_routes
 from orchestrator.api import backfills as backfills_api
-from orchestrator.api import dags, runs, task_instances, webhooks
+from orchestrator.api import dag_details, dags, lists, meta, runs, sources, task_instances, webhooks, xcoms
 from orchestrator.api.errors import error_middleware
 from orchestrator.api.guards import origin_guard
-from orchestrator.api.keys import BACKFILLS, ENGINE, LOGS_DIR, SETTINGS, STORE, TASK_LOGS, UNIXNAME
+from orchestrator.api.keys import (
+    BACKFILLS,
+    CONFIG,
+    ENGINE,
+    LOGS_DIR,
+    SETTINGS,
+    SIGNING_KEY,
+    STORE,
+    TASK_LOGS,
+    UNIXNAME,
+)
 from orchestrator.api.params import json_response
-from orchestrator.config import ApiConfig
+from orchestrator.config import ApiConfig, Config
 from orchestrator.errors import OrchestratorError
 from orchestrator.ports import AssetEventSink, EngineApi, StateStore, TaskLogs
 from orchestrator.triggers.backfill import Backfills
@@ -71,12 +82,16 @@ def create_app(
     backfills: Backfills | None = None,
     assets: AssetEventSink | None = None,
     webhook_receiver: WebhookReceiver | None = None,
+    signing_key: bytes | None = None,
+    config: Config | None = None,
 ) -> web.Application:
     """The REST API (Airflow's /api/v1 shapes) and /health, reading `store`, triggering via `engine`,
     serving task logs through `task_logs` (default: the files under `logs_dir`), limited by the
     [api] `settings` (defaults if None). External asset events go to `assets` (without it, POST
     /assets/events answers 503); webhooks are answered by `webhook_receiver` (None: none
-    configured). The app's cleanup writes what is left of the webhook delivery log."""
+    configured). The app's cleanup writes what is left of the webhook delivery log. DAG file
+    tokens are signed with `signing_key` (None: 32 random bytes, so tokens last as long as the
+    app); GET /config shows `config` (None: answers 404, the daemon's config is unknown)."""
     settings = settings or ApiConfig()
     app = web.Application(middlewares=[error_middleware, origin_guard(settings.allowed_origins)])
     app[STORE] = store
@@ -89,11 +104,19 @@ def create_app(
     app[TASK_LOGS] = task_logs
     app[UNIXNAME] = _unixname()
     app[SETTINGS] = settings
+    app[SIGNING_KEY] = signing_key if signing_key is not None else secrets.token_bytes(32)
+    if config is not None:
+        app[CONFIG] = config
     if assets is not None:
         app[asset_routes.ASSET_SINK] = assets
     app.router.add_get("/health", health)
     app.router.add_get("/api/v1/health", health)
+    lists.add_routes(app.router)
     dags.add_routes(app.router)
+    dag_details.add_routes(app.router)
+    sources.add_routes(app.router)
+    xcoms.add_routes(app.router)
+    meta.add_routes(app.router)
     runs.add_routes(app.router)
     task_instances.add_routes(app.router)
     if backfills is not None:

@@ -1,4 +1,5 @@
-"""Routes about DAGs: list, get, pause/unpause, their tasks, and DAG files that failed to import."""
+"""Routes about DAGs: get, pause/unpause, their tasks, and DAG files that failed to import (the
+list of DAGs, with its filters, is in orchestrator.api.lists)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from aiohttp import web
 from orchestrator.api.bodies import json_object
 from orchestrator.api.errors import BadRequest, NotFound
 from orchestrator.api.keys import ENGINE, STORE
-from orchestrator.api.params import MAX_BIGINT, bool_param, int_path_param, json_response, pagination
-from orchestrator.api.serializers import dag_to_json, downstream_ids, import_error_to_json, task_to_json
+from orchestrator.api.params import MAX_BIGINT, int_path_param, json_response, pagination
+from orchestrator.api.serializers import downstream_ids, import_error_to_json, task_to_json
+from orchestrator.api.sources import dag_json
 from orchestrator.core.records import DagRecord
 from orchestrator.ports import StateStore
 
@@ -24,16 +26,9 @@ async def get_dag_or_404(store: StateStore, dag_id: str) -> DagRecord:
     return dag
 
 
-async def list_dags(request: web.Request) -> web.Response:
-    limit, offset = pagination(request)
-    only_active = bool_param(request, "only_active", True)
-    dags, total = await request.app[STORE].list_dags(limit, offset, only_active=only_active)
-    return json_response({"dags": [dag_to_json(dag) for dag in dags], "total_entries": total})
-
-
 async def get_dag(request: web.Request) -> web.Response:
     dag = await get_dag_or_404(request.app[STORE], request.match_info["dag_id"])
-    return json_response(dag_to_json(dag))
+    return json_response(dag_json(request, dag))
 
 
 async def patch_dag(request: web.Request) -> web.Response:
@@ -52,7 +47,7 @@ async def patch_dag(request: web.Request) -> web.Response:
     updated = await request.app[ENGINE].set_paused(dag_id, body["is_paused"])
     if updated is None:  # deleted between the two statements
         updated = await get_dag_or_404(store, dag_id)
-    return json_response(dag_to_json(updated))
+    return json_response(dag_json(request, updated))
 
 
 async def list_tasks(request: web.Request) -> web.Response:
@@ -88,7 +83,6 @@ async def get_import_error(request: web.Request) -> web.Response:
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
-    router.add_get("/api/v1/dags", list_dags)
     router.add_get("/api/v1/dags/{dag_id}", get_dag)
     router.add_patch("/api/v1/dags/{dag_id}", patch_dag)
     router.add_get("/api/v1/dags/{dag_id}/tasks", list_tasks)
