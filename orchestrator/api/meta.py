@@ -64,6 +64,7 @@ def mask_dsn(dsn: str) -> str:
                 for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
             ],
             safe="<> ",
+            quote_via=urllib.parse.quote,
         )
         return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     return _KEYWORD_PASSWORD.sub(lambda m: m.group(1) + HIDDEN, dsn)
