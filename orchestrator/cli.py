@@ -507,6 +507,7 @@ def _version() -> str:
         return "0.1.0 (not installed)"
 
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orchestrator",
