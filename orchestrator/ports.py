@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from orchestrator.core.kinds import Payload
-from orchestrator.core.listing import DagQuery, RunQuery, TaskInstanceQuery, XComEntry
+from orchestrator.core.listing import DagQuery, Order, Page, RunQuery, TaskInstanceQuery, XComEntry
 from orchestrator.core.model import DagSpec
 from orchestrator.core.records import (
     AssetEventRecord,
@@ -230,6 +230,9 @@ class ListingStore(Protocol):
         self, run_pk: int, task_id: str, map_index: int | None, key: str | None, limit: int, offset: int
     ) -> tuple[list[XComEntry], int]:
         """A page of one task's XComs in a run (None: any map index, any key), and the total."""
+
+    async def find_import_errors(self, order: Order, page: Page) -> tuple[list[ImportErrorRecord], int]:
+        """A page of the current import errors in `order`, and their total count."""
 
     async def is_dag_file(self, fileloc: str) -> bool:
         """Whether `fileloc` is the file of a DAG the store knows (active or not)."""

@@ -14,8 +14,8 @@ from typing import Any
 
 import asyncpg
 
-from orchestrator.core.listing import DagQuery, Range, RunQuery, TaskInstanceQuery, XComEntry
-from orchestrator.core.records import DagRecord, RunRecord, TaskInstanceRecord
+from orchestrator.core.listing import DagQuery, Order, Page, Range, RunQuery, TaskInstanceQuery, XComEntry
+from orchestrator.core.records import DagRecord, ImportErrorRecord, RunRecord, TaskInstanceRecord
 from orchestrator.core.states import RunState, TaskState
 from storage.sql import QUERIES
 
@@ -165,6 +165,21 @@ class PostgresListingStore:
             for row in rows
         ]
         return entries, int(total)
+
+    async def find_import_errors(self, order: Order, page: Page) -> tuple[list[ImportErrorRecord], int]:
+        rows, total = await self._page_and_total(
+            "find_import_errors", "count_import_errors", [], order.key, page.limit, page.offset
+        )
+        errors = [
+            ImportErrorRecord(
+                import_error_id=row["id"],
+                filename=row["filename"],
+                message=row["message"],
+                timestamp=row["timestamp"],
+            )
+            for row in rows
+        ]
+        return errors, total
 
     async def is_dag_file(self, fileloc: str) -> bool:
         return bool(await self._pool.fetchval(QUERIES["is_dag_file"], fileloc))

@@ -58,14 +58,14 @@ def mask_dsn(dsn: str) -> str:
             user, colon, _password = userinfo.partition(":")
             if colon:
                 netloc = f"{user}:{HIDDEN}@{host}"
-        query = urllib.parse.urlencode(
-            [
-                (k, HIDDEN if k.lower() == "password" else v)
-                for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-            ],
-            safe="<> ",
-            quote_via=urllib.parse.quote,
-        )
+        pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        query = parts.query
+        if any(k.lower() == "password" for k, _ in pairs):
+            query = urllib.parse.urlencode(
+                [(k, HIDDEN if k.lower() == "password" else v) for k, v in pairs],
+                safe="<> /",
+                quote_via=urllib.parse.quote,
+            )
         return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     return _KEYWORD_PASSWORD.sub(lambda m: m.group(1) + HIDDEN, dsn)
 

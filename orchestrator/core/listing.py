@@ -45,6 +45,11 @@ TASK_INSTANCE_ORDER_COLUMNS = (
 #: the columns a list of DAGs may be ordered by
 DAG_ORDER_COLUMNS = ("dag_id", "fileloc", "is_paused", "is_active", "last_parsed_time", "next_dagrun")
 
+#: the columns a list of import errors may be ordered by (Airflow's)
+IMPORT_ERROR_ORDER_COLUMNS = ("import_error_id", "timestamp", "filename")
+#: the attributes a DAG's list of tasks may be ordered by (sorted in memory: tasks live in the spec)
+TASK_ORDER_COLUMNS = ("task_id", "owner", "retries", "trigger_rule")
+
 #: orders used when the caller names none (not offered to callers: queued_at is not Airflow's)
 NEWEST_RUN_FIRST = "-queued_at"
 

@@ -160,3 +160,16 @@ WHERE x.run_pk = $1 AND x.task_id = $2
 -- name: is_dag_file
 -- GET /dagSources serves only files that define a DAG the store knows.
 SELECT EXISTS (SELECT 1 FROM dag WHERE fileloc = $1);
+
+-- name: find_import_errors
+SELECT id, filename, message, "timestamp"
+FROM import_error
+ORDER BY
+  CASE WHEN $1::text = 'import_error_id' THEN id END ASC, CASE WHEN $1 = '-import_error_id' THEN id END DESC,
+  CASE WHEN $1 = 'timestamp' THEN "timestamp" END ASC, CASE WHEN $1 = '-timestamp' THEN "timestamp" END DESC,
+  CASE WHEN $1 = 'filename' THEN filename END ASC, CASE WHEN $1 = '-filename' THEN filename END DESC,
+  id
+LIMIT $2 OFFSET $3;
+
+-- name: count_import_errors
+SELECT count(*) FROM import_error;

@@ -707,3 +707,43 @@ def test_dsn_masking_in_every_form() -> None:
     assert "s3cr3t" not in mask_dsn("postgresql://h/db?user=u&password=s3cr3t")
     assert mask_dsn("host=h user=u password=s3cr3t dbname=d") == "host=h user=u password=< hidden > dbname=d"
     assert "s 3" not in mask_dsn("host=h password='s 3' dbname=d")
+
+
+# --- import errors and a DAG's tasks: order_by and unknown parameters -----------------------
+
+
+async def test_import_errors_are_ordered_in_sql(api: Api) -> None:
+    await api.store.record_import_error("/dags/b.py", "SyntaxError: b", T0 + timedelta(hours=2))
+    await api.store.record_import_error("/dags/a.py", "SyntaxError: a", T0 + timedelta(hours=3))
+    await api.store.record_import_error("/dags/c.py", "SyntaxError: c", T0 + timedelta(hours=1))
+
+    async def files(query: str) -> list[str]:
+        status, body = await api.get(f"/api/v1/importErrors?{query}")
+        assert status == 200, body
+        assert body["total_entries"] == 3
+        return [e["filename"] for e in body["import_errors"]]
+
+    assert await files("") == ["/dags/b.py", "/dags/a.py", "/dags/c.py"]  # by id, oldest first
+    assert await files("order_by=-import_error_id") == ["/dags/c.py", "/dags/a.py", "/dags/b.py"]
+    assert await files("order_by=filename") == ["/dags/a.py", "/dags/b.py", "/dags/c.py"]
+    assert await files("order_by=-timestamp") == ["/dags/a.py", "/dags/b.py", "/dags/c.py"]
+    assert await files("order_by=timestamp&limit=1&offset=1") == ["/dags/b.py"]
+    for query, fragment in [("order_by=message", "order_by='message'"), ("colour=red", "'colour'")]:
+        status, body = await api.get(f"/api/v1/importErrors?{query}")
+        assert status == 400
+        assert_problem(body, 400, fragment)
+
+
+async def test_a_dags_tasks_are_ordered_by_order_by(api: Api) -> None:
+    async def ids(query: str) -> list[str]:
+        status, body = await api.get(f"/api/v1/dags/etl/tasks?{query}")
+        assert status == 200, body
+        return [t["task_id"] for t in body["tasks"]]
+
+    assert await ids("") == ["extract", "load", "report", "transform"]
+    assert await ids("order_by=-task_id") == ["transform", "report", "load", "extract"]
+    assert (await ids("order_by=-retries"))[0] == "extract"  # the only task with retries
+    assert (await ids("order_by=trigger_rule"))[0] == "load"  # all_done < all_success
+    status, body = await api.get("/api/v1/dags/etl/tasks?order_by=kind")
+    assert status == 400
+    assert_problem(body, 400, "order_by='kind'", "task_id")
