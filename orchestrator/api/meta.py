@@ -66,6 +66,8 @@ def mask_dsn(dsn: str) -> str:
                 safe="<> /",
                 quote_via=urllib.parse.quote,
             )
+        if (netloc, query) == (parts.netloc, parts.query):
+            return dsn  # nothing to hide (and urlunsplit would drop an empty "//" host)
         return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     return _KEYWORD_PASSWORD.sub(lambda m: m.group(1) + HIDDEN, dsn)
 
