@@ -51,7 +51,8 @@ WHERE ($1::text[] IS NULL OR dag_id = ANY($1::text[]))
   AND ($11::timestamptz IS NULL OR greatest(queued_at, start_date, end_date) <= $11);
 
 -- name: find_task_instances
--- Task instances with their run (r_* columns), across runs and DAGs.
+-- Task instances with their run (r_* columns), across runs and DAGs. The DAG and run ids are
+-- matched on dag_run (its unique (dag_id, run_id) index), then task_instance by its primary key.
 SELECT t.run_pk, t.dag_id, t.run_id, t.task_id, t.map_index, t.state, t.try_number, t.max_tries,
        t.operator, t.queued_at, t.start_date, t.end_date, t.duration, t.next_retry_at, t.external_id,
        t.daemon_id, t.hostname, t.exit_code, t.trigger_classpath, t.trigger_kwargs, t.next_wakeup,
@@ -61,8 +62,8 @@ SELECT t.run_pk, t.dag_id, t.run_id, t.task_id, t.map_index, t.state, t.try_numb
        r.queued_at AS r_queued_at, r.start_date AS r_start_date, r.end_date AS r_end_date,
        r.external_trigger AS r_external_trigger, r.note AS r_note, r.backfill_id AS r_backfill_id
 FROM task_instance t JOIN dag_run r ON r.pk = t.run_pk
-WHERE ($1::text[] IS NULL OR t.dag_id = ANY($1::text[]))
-  AND ($2::text[] IS NULL OR t.run_id = ANY($2::text[]))
+WHERE ($1::text[] IS NULL OR r.dag_id = ANY($1::text[]))
+  AND ($2::text[] IS NULL OR r.run_id = ANY($2::text[]))
   AND ($3::text[] IS NULL OR t.task_id = ANY($3::text[]))
   AND ($4::text[] IS NULL OR t.state = ANY($4::text[]))
   -- every task instance runs in Airflow's default pool and queue
@@ -97,8 +98,8 @@ LIMIT $18 OFFSET $19;
 -- name: count_found_task_instances
 SELECT count(*)
 FROM task_instance t JOIN dag_run r ON r.pk = t.run_pk
-WHERE ($1::text[] IS NULL OR t.dag_id = ANY($1::text[]))
-  AND ($2::text[] IS NULL OR t.run_id = ANY($2::text[]))
+WHERE ($1::text[] IS NULL OR r.dag_id = ANY($1::text[]))
+  AND ($2::text[] IS NULL OR r.run_id = ANY($2::text[]))
   AND ($3::text[] IS NULL OR t.task_id = ANY($3::text[]))
   AND ($4::text[] IS NULL OR t.state = ANY($4::text[]))
   AND ($5::text[] IS NULL OR 'default_pool' = ANY($5::text[]))
