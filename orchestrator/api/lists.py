@@ -24,6 +24,7 @@ from orchestrator.core.listing import (
     DAG_ORDER_COLUMNS,
     NEWEST_RUN_FIRST,
     RUN_ORDER_COLUMNS,
+    TASK_INSTANCE_KEY_ORDER,
     TASK_INSTANCE_ORDER_COLUMNS,
     DagQuery,
     Order,
@@ -146,7 +147,7 @@ def _task_instance_query(
         end_date=args.time_range("end_date"),
         updated_at=args.time_range("updated_at"),
         duration=args.number_range("duration"),
-        order=parse_order(args.text("order_by"), TASK_INSTANCE_ORDER_COLUMNS, Order("default")),
+        order=parse_order(args.text("order_by"), TASK_INSTANCE_ORDER_COLUMNS, Order(TASK_INSTANCE_KEY_ORDER)),
         page=args.page(),
     )
 

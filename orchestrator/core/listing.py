@@ -50,8 +50,10 @@ IMPORT_ERROR_ORDER_COLUMNS = ("import_error_id", "timestamp", "filename")
 #: the attributes a DAG's list of tasks may be ordered by (sorted in memory: tasks live in the spec)
 TASK_ORDER_COLUMNS = ("task_id", "owner", "retries", "trigger_rule")
 
-#: orders used when the caller names none (not offered to callers: queued_at is not Airflow's)
+#: orders used when the caller names none (not offered to callers: queued_at is not Airflow's;
+#: "key" matches no column, so task instances come in their key's order: run, task, map index)
 NEWEST_RUN_FIRST = "-queued_at"
+TASK_INSTANCE_KEY_ORDER = "key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +120,7 @@ class TaskInstanceQuery:
     end_date: Range = field(default_factory=Range)
     updated_at: Range = field(default_factory=Range)
     duration: Range = field(default_factory=Range)
-    order: Order = field(default_factory=lambda: Order("default"))
+    order: Order = field(default_factory=lambda: Order(TASK_INSTANCE_KEY_ORDER))
     page: Page = field(default_factory=Page)
 
 

@@ -191,7 +191,7 @@ async def test_hot_query_uses_indexes(conn: asyncpg.Connection, query_name: str)
 LIST_QUERIES: dict[str, Callable[[asyncpg.Connection], Any]] = {
     "find_runs": constant(["dag_7"], *[None] * 10, "-queued_at", 25, 0),
     "count_found_runs": constant(["dag_7"], *[None] * 10),
-    "find_task_instances": constant(["dag_7"], ["run_12"], *[None] * 14, "default", 100, 0),
+    "find_task_instances": constant(["dag_7"], ["run_12"], *[None] * 14, "key", 100, 0),
     "count_found_task_instances": constant(["dag_7"], ["run_12"], *[None] * 14),
     "find_xcom_entries": lambda conn: _xcom_args(conn, limit=True),
     "count_xcom_entries": lambda conn: _xcom_args(conn, limit=False),
