@@ -459,6 +459,30 @@ def cmd_logs(args: argparse.Namespace, client: ApiClient) -> int:
     return 0
 
 
+def cmd_xcoms(args: argparse.Namespace, client: ApiClient) -> int:
+    """A task's XComs in a run with their values, or (--key) the value of one."""
+    entries = (
+        f"/api/v1/dags/{quote(args.dag_id)}/dagRuns/{quote(args.run_id)}"
+        f"/taskInstances/{quote(args.task_id)}/xcomEntries"
+    )
+    if args.key is not None:
+        entry = client.get_json(f"{entries}/{quote(args.key)}", map_index=args.map_index, stringify="false")
+        if args.output == "json":
+            _print_json(entry)
+        else:
+            value = entry["value"]
+            print(value if isinstance(value, str) else json.dumps(value, indent=2))
+        return 0
+    listing = client.get_json(entries, limit=1000)
+    rows = [
+        client.get_json(f"{entries}/{quote(e['key'])}", map_index=e["map_index"], stringify="false")
+        for e in listing["xcom_entries"]
+    ]
+    data = {"xcom_entries": rows, "total_entries": listing["total_entries"]}
+    _print(args, data, rows, ["key", "map_index", "timestamp", "value"])
+    return 0
+
+
 def cmd_assets_list(args: argparse.Namespace, client: ApiClient) -> int:
     data = client.get_json("/api/v1/assets", limit=args.limit, uri_pattern=args.pattern)
     rows = [
@@ -634,6 +658,15 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("dag_id")
     tasks.add_argument("run_id")
     tasks.set_defaults(client=cmd_tasks)
+
+    xcoms = commands.add_parser("xcoms", parents=[client_opts], help="a task's XComs in a run, or one value")
+    xcoms.add_argument("dag_id")
+    xcoms.add_argument("run_id")
+    xcoms.add_argument("task_id")
+    xcoms.add_argument("--key", help="print only the value of this XCom key (e.g. return_value)")
+    xcoms.add_argument("--map-index", type=int, default=-1, help="the mapped instance (default: unmapped)")
+    xcoms.add_argument("--json", dest="output", action="store_const", const="json", help="same as -o json")
+    xcoms.set_defaults(client=cmd_xcoms)
 
     assets = commands.add_parser("assets", help="list assets and their events")
     asset_commands = assets.add_subparsers(dest="assets_command", metavar="COMMAND", required=True)

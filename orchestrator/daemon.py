@@ -435,6 +435,7 @@ async def _start_api(
         assets=assets,
         webhook_receiver=webhook_receiver,
         auth=auth,
+        config=config,
     )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from orchestrator.core.kinds import Payload
+from orchestrator.core.listing import DagQuery, Order, Page, RunQuery, TaskInstanceQuery, XComEntry
 from orchestrator.core.model import DagSpec
 from orchestrator.core.records import (
     AssetEventRecord,
@@ -233,7 +234,34 @@ class ActionStore(Protocol):
         active runs nothing is deleted."""
 
 
-class StateStore(ScheduleStore, AssetStore, WebhookStore, ActionStore, Protocol):
+class ListingStore(Protocol):
+    """The API's lists: filtered and ordered in SQL (orchestrator.core.listing), one page and its
+    total read together."""
+
+    async def find_runs(self, query: RunQuery) -> tuple[list[RunRecord], int]:
+        """A page of the DAG runs `query` selects, in its order, and their total count."""
+
+    async def find_task_instances(
+        self, query: TaskInstanceQuery
+    ) -> tuple[list[tuple[TaskInstanceRecord, RunRecord]], int]:
+        """A page of the task instances `query` selects (each with its run) and their total."""
+
+    async def find_dags(self, query: DagQuery) -> tuple[list[DagRecord], int]:
+        """A page of the DAGs `query` selects, in its order, and their total count."""
+
+    async def find_xcom_entries(
+        self, run_pk: int, task_id: str, map_index: int | None, key: str | None, limit: int, offset: int
+    ) -> tuple[list[XComEntry], int]:
+        """A page of one task's XComs in a run (None: any map index, any key), and the total."""
+
+    async def find_import_errors(self, order: Order, page: Page) -> tuple[list[ImportErrorRecord], int]:
+        """A page of the current import errors in `order`, and their total count."""
+
+    async def is_dag_file(self, fileloc: str) -> bool:
+        """Whether `fileloc` is the file of a DAG the store knows (active or not)."""
+
+
+class StateStore(ScheduleStore, AssetStore, WebhookStore, ActionStore, ListingStore, Protocol):
     """Durable state. Every method is one transaction; nothing is acted on before it commits."""
 
     # --- DAGs and DAG files -------------------------------------------------------

@@ -14,16 +14,38 @@ from pathlib import Path
 
 from aiohttp import web
 
-from orchestrator.api import actions, dags, runs, task_instances, tokens, webhooks
+from orchestrator.api import (
+    actions,
+    dag_details,
+    dags,
+    lists,
+    meta,
+    runs,
+    sources,
+    task_instances,
+    tokens,
+    webhooks,
+    xcoms,
+)
 from orchestrator.api import assets as asset_routes
 from orchestrator.api import backfills as backfills_api
 from orchestrator.api.auth import Authenticator, Credential, FailureThrottle, auth_middleware
 from orchestrator.api.errors import error_middleware
 from orchestrator.api.guards import origin_guard
-from orchestrator.api.keys import BACKFILLS, ENGINE, LOGS_DIR, SETTINGS, STORE, TASK_LOGS, UNIXNAME
+from orchestrator.api.keys import (
+    BACKFILLS,
+    CONFIG,
+    ENGINE,
+    LOGS_DIR,
+    SETTINGS,
+    SIGNING_KEY,
+    STORE,
+    TASK_LOGS,
+    UNIXNAME,
+)
 from orchestrator.api.params import json_response
 from orchestrator.api.roles import Role, public
-from orchestrator.config import ApiConfig
+from orchestrator.config import ApiConfig, Config
 from orchestrator.errors import OrchestratorError
 from orchestrator.ports import AssetEventSink, EngineApi, StateStore, TaskLogs
 from orchestrator.triggers.backfill import Backfills
@@ -101,12 +123,17 @@ def create_app(
     assets: AssetEventSink | None = None,
     webhook_receiver: WebhookReceiver | None = None,
     auth: Authenticator | None = None,
+    signing_key: bytes | None = None,
+    config: Config | None = None,
 ) -> web.Application:
     """The REST API (Airflow's /api/v1 shapes) and /health, reading `store`, triggering via `engine`,
     serving task logs through `task_logs` (default: the files under `logs_dir`), limited by the
     [api] `settings` (defaults if None). External asset events go to `assets` (without it, POST
     /assets/events answers 503); webhooks are answered by `webhook_receiver` (None: none
-    configured). The app's cleanup writes what is left of the webhook delivery log.
+    configured). The app's cleanup writes what is left of the webhook delivery log. DAG file
+    tokens are signed with `signing_key` (None: a key derived from `auth`'s, so tokens outlive a
+    restart of the daemon, whose key is kept in its state dir); GET /config shows `config`
+    (None: answers 404, the daemon's config is unknown).
 
     Every route but the public ones needs credentials that `auth` accepts (default: the
     `token_sha256` entries of `settings.tokens`; with none, nothing but the public routes)."""
@@ -126,13 +153,21 @@ def create_app(
     app[TASK_LOGS] = task_logs
     app[UNIXNAME] = _unixname()
     app[SETTINGS] = settings
+    app[SIGNING_KEY] = signing_key if signing_key is not None else auth.derived_key("dagSources file_token")
+    if config is not None:
+        app[CONFIG] = config
     if assets is not None:
         app[asset_routes.ASSET_SINK] = assets
     app.router.add_get("/health", health)
     app.router.add_get("/api/v1/health", health)
     app.router.add_get("/ready", ready)
     tokens.add_routes(app.router)
+    lists.add_routes(app.router)
     dags.add_routes(app.router)
+    dag_details.add_routes(app.router)
+    sources.add_routes(app.router)
+    xcoms.add_routes(app.router)
+    meta.add_routes(app.router)
     runs.add_routes(app.router)
     task_instances.add_routes(app.router)
     actions.add_routes(app.router)

@@ -148,6 +148,11 @@ class Authenticator:
         credentials = [Credential(name, Role.parse(roles[name]), digest) for name, digest in digests.items()]
         return cls(credentials, secret_key, **kwargs)  # type: ignore[arg-type]
 
+    def derived_key(self, purpose: str) -> bytes:
+        """A key for another signature of this daemon's (DAG file tokens), derived from the
+        secret key so it lasts as long as that key does, and tells nothing about it."""
+        return hmac.new(self._secret_key, purpose.encode(), hashlib.sha256).digest()
+
     # --- checking -------------------------------------------------------------------
 
     def match_token(self, presented: str) -> Credential | None:

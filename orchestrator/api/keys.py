@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from orchestrator.api.roles import Principal
-from orchestrator.config import ApiConfig
+from orchestrator.config import ApiConfig, Config
 from orchestrator.ports import StateStore, TaskLogs
 
 if TYPE_CHECKING:
@@ -27,6 +27,11 @@ UNIXNAME = web.AppKey("unixname", str)
 SETTINGS = web.AppKey("settings", ApiConfig)
 #: the backfills (orchestrator.triggers.backfill), when the daemon runs them
 BACKFILLS: web.AppKey[Backfills] = web.AppKey("backfills", Any)  # type: ignore[arg-type]
+
+#: the key file tokens (GET /dagSources) are signed with: given to create_app, or random per app
+SIGNING_KEY = web.AppKey("signing_key", bytes)
+#: the daemon's effective configuration (GET /config), when the daemon gave it
+CONFIG = web.AppKey("config", Config)
 
 #: who made the request (set by the authentication middleware before any handler runs)
 PRINCIPAL = web.RequestKey("principal", Principal)

@@ -1,4 +1,5 @@
-"""Routes about DAG runs: trigger one (POST dagRuns), list a DAG's runs, get one, set its note."""
+"""Routes about DAG runs: trigger one (POST dagRuns), get one, set its note (lists of runs, with
+their filters, are in orchestrator.api.lists)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,10 @@ from orchestrator.api.bodies import json_object, parse_datetime
 from orchestrator.api.dags import get_dag_or_404
 from orchestrator.api.errors import BadRequest, Conflict, NotFound
 from orchestrator.api.keys import ENGINE, STORE
-from orchestrator.api.params import json_response, list_param, pagination
+from orchestrator.api.params import json_response
 from orchestrator.api.serializers import run_to_json
 from orchestrator.core.ids import check_run_id
 from orchestrator.core.records import RunRecord
-from orchestrator.core.states import RunState
 from orchestrator.ports import StateStore
 
 #: Airflow's limit on a DAG-run note
@@ -101,27 +101,6 @@ async def trigger_run(request: web.Request) -> web.Response:
     return json_response(run_to_json(run))
 
 
-def _states(request: web.Request) -> list[RunState] | None:
-    names = list_param(request, "state")
-    if not names:
-        return None
-    valid = [state.value for state in RunState]
-    for name in names:
-        if name not in valid:
-            raise BadRequest(f"state {name!r} is not a DAG run state; use one of: {', '.join(valid)}")
-    return [RunState(name) for name in names]
-
-
-async def list_runs(request: web.Request) -> web.Response:
-    store = request.app[STORE]
-    dag_id = request.match_info["dag_id"]
-    limit, offset = pagination(request)
-    states = _states(request)
-    await get_dag_or_404(store, dag_id)
-    runs, total = await store.list_runs(dag_id, limit, offset, states)
-    return json_response({"dag_runs": [run_to_json(run) for run in runs], "total_entries": total})
-
-
 async def get_run(request: web.Request) -> web.Response:
     run = await get_run_or_404(request.app[STORE], request.match_info["dag_id"], request.match_info["run_id"])
     return json_response(run_to_json(run))
@@ -143,6 +122,5 @@ async def set_run_note(request: web.Request) -> web.Response:
 
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/api/v1/dags/{dag_id}/dagRuns", trigger_run)
-    router.add_get("/api/v1/dags/{dag_id}/dagRuns", list_runs)
     router.add_get("/api/v1/dags/{dag_id}/dagRuns/{run_id}", get_run)
     router.add_patch("/api/v1/dags/{dag_id}/dagRuns/{run_id}/setNote", set_run_note)

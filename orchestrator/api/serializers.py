@@ -30,6 +30,10 @@ _PRESETS: Mapping[str, str] = {
 }
 
 
+#: Airflow's operator colours (BaseOperator.ui_color), for the Task object
+_UI_COLORS: Mapping[str, str] = {"BashOperator": "#f0ede4", "PythonOperator": "#ffefeb"}
+
+
 def iso(value: datetime | None) -> str | None:
     """ISO 8601 with a timezone (naive datetimes are UTC, as everywhere in the store)."""
     if value is None:
@@ -149,6 +153,9 @@ def task_to_json(task: TaskSpec, downstream: Sequence[str]) -> dict[str, Any]:
         "template_fields": ["bash_command", "env"] if task.kind == "bash" else ["op_args", "op_kwargs"],
         "downstream_task_ids": list(downstream),
         "doc_md": None,
+        "sub_dag": None,
+        "ui_color": _UI_COLORS.get(operator, "#fff"),
+        "ui_fgcolor": "#000",
     }
 
 

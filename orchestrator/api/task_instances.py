@@ -11,11 +11,10 @@ from aiohttp import web
 from orchestrator.api.errors import BadRequest, NotFound
 from orchestrator.api.keys import STORE, TASK_LOGS, UNIXNAME
 from orchestrator.api.logs import log_options, send_log
-from orchestrator.api.params import MAX_INTEGER, int_path_param, json_response, list_param, pagination
+from orchestrator.api.params import MAX_INTEGER, int_path_param, json_response
 from orchestrator.api.runs import get_run_or_404
 from orchestrator.api.serializers import task_instance_to_json
 from orchestrator.core.records import RunRecord, TaskInstanceRecord, TaskKey
-from orchestrator.core.states import TaskState
 from orchestrator.ports import TryLog
 
 _RUN = "/api/v1/dags/{dag_id}/dagRuns/{run_id}"
@@ -51,35 +50,6 @@ def _map_index_query(request: web.Request) -> int:
     if not -1 <= value <= MAX_INTEGER:
         raise BadRequest(f"query parameter map_index={value} must be between -1 (unmapped) and {MAX_INTEGER}")
     return value
-
-
-def _state_filter(request: web.Request) -> set[TaskState] | None:
-    names = list_param(request, "state")
-    if not names:
-        return None
-    # Airflow lists the `none` state as null; accept both spellings.
-    valid = {state.value for state in TaskState}
-    states: set[TaskState] = set()
-    for name in names:
-        name = "none" if name in ("null", "None") else name
-        if name not in valid:
-            raise BadRequest(
-                f"state {name!r} is not a task instance state; use one of: {', '.join(sorted(valid))}"
-            )
-        states.add(TaskState(name))
-    return states
-
-
-async def list_task_instances(request: web.Request) -> web.Response:
-    limit, offset = pagination(request)
-    states = _state_filter(request)
-    run = await _run(request)
-    tis = await request.app[STORE].list_task_instances(run.pk)
-    if states is not None:
-        tis = [ti for ti in tis if ti.state in states]
-    unixname = request.app[UNIXNAME]
-    page = [task_instance_to_json(ti, run, unixname) for ti in tis[offset : offset + limit]]
-    return json_response({"task_instances": page, "total_entries": len(tis)})
 
 
 async def get_task_instance(request: web.Request) -> web.Response:
@@ -121,7 +91,6 @@ async def get_log(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
-    router.add_get(f"{_RUN}/taskInstances", list_task_instances)
     router.add_get(f"{_RUN}/taskInstances/{{task_id}}", get_task_instance)
     router.add_get(f"{_RUN}/taskInstances/{{task_id}}/{{map_index}}", get_mapped_task_instance)
     router.add_get(f"{_RUN}/taskInstances/{{task_id}}/logs/{{try_number}}", get_log)

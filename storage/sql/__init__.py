@@ -39,7 +39,7 @@ def parse_named_queries(text: str) -> dict[str, str]:
 
 
 #: the files of named queries, in the order they are read
-QUERY_FILES = ("queries.sql", "schedules.sql", "webhooks.sql", "assets.sql", "actions.sql")
+QUERY_FILES = ("queries.sql", "schedules.sql", "webhooks.sql", "assets.sql", "actions.sql", "listing.sql")
 
 QUERIES: Mapping[str, str] = MappingProxyType(
     parse_named_queries("\n".join(read_sql_file(name) for name in QUERY_FILES))

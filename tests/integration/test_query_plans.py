@@ -183,3 +183,37 @@ async def test_hot_query_uses_indexes(conn: asyncpg.Connection, query_name: str)
     seq_scans = [rel for node, rel in relations if node == "Seq Scan" and rel in WATCHED_TABLES]
     assert not seq_scans, f"{query_name} scans {seq_scans} sequentially:\n{orjson.dumps(plan).decode()}"
     assert any(rel in WATCHED_TABLES for _, rel in relations), f"{query_name}: no watched table in the plan"
+
+
+# The API's lists of one DAG's runs, one run's task instances and one task's XComs (listing.sql)
+# take optional filters, so only their custom plans (the parameters known) can use the indexes;
+# PostgreSQL keeps choosing custom plans while the generic one costs more, as a scan would.
+LIST_QUERIES: dict[str, Callable[[asyncpg.Connection], Any]] = {
+    "find_runs": constant(["dag_7"], *[None] * 10, "-queued_at", 25, 0),
+    "count_found_runs": constant(["dag_7"], *[None] * 10),
+    "find_task_instances": constant(["dag_7"], ["run_12"], *[None] * 14, "key", 100, 0),
+    "count_found_task_instances": constant(["dag_7"], ["run_12"], *[None] * 14),
+    "find_xcom_entries": lambda conn: _xcom_args(conn, limit=True),
+    "count_xcom_entries": lambda conn: _xcom_args(conn, limit=False),
+}
+
+
+async def _xcom_args(conn: asyncpg.Connection, *, limit: bool) -> list[Any]:
+    pk = await conn.fetchval("SELECT min(pk) FROM dag_run")
+    return [pk, "task_3", None, None, *([100, 0] if limit else [])]
+
+
+@pytest.mark.parametrize("query_name", list(LIST_QUERIES))
+async def test_api_list_query_uses_indexes_with_its_parameters_known(filled_dsn: str, query_name: str) -> None:
+    conn = await asyncpg.connect(filled_dsn)
+    try:
+        await _init_connection(conn)
+        await conn.execute("SET plan_cache_mode = force_custom_plan")
+        args = await LIST_QUERIES[query_name](conn)
+        explained = await conn.fetchval("EXPLAIN (FORMAT JSON) " + QUERIES[query_name], *args)
+    finally:
+        await conn.close()
+    plan = orjson.loads(explained)[0]["Plan"]
+    relations = scanned_relations(plan)
+    seq_scans = [rel for node, rel in relations if node == "Seq Scan" and rel in WATCHED_TABLES]
+    assert not seq_scans, f"{query_name} scans {seq_scans} sequentially:\n{orjson.dumps(plan).decode()}"
