@@ -332,7 +332,7 @@ async def _serve(config: Config) -> None:
                 engine,
                 store,
                 clock,
-                DeliveryLog(store, supervisor.spawn),
+                DeliveryLog(store, supervisor.spawn, events=engine.events),
                 assets=asset_trigger,
             )
             pruner = DeliveryLogPruner(
@@ -427,6 +427,7 @@ async def _start_api(
         backfills=backfills,
         assets=assets,
         webhook_receiver=webhook_receiver,
+        events=engine.events,
     )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

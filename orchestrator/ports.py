@@ -435,7 +435,14 @@ class ImportErrorChanged:
     message: str | None
 
 
-Event = RunChanged | TaskInstanceChanged | ImportErrorChanged
+@dataclass(frozen=True, slots=True)
+class WebhookDeliveryRecorded:
+    """A webhook delivery (accepted or refused) was written to the delivery log."""
+
+    delivery: WebhookDelivery
+
+
+Event = RunChanged | TaskInstanceChanged | ImportErrorChanged | WebhookDeliveryRecorded
 
 
 class Subscription(Protocol):

@@ -16,13 +16,14 @@ from aiohttp import web
 from orchestrator.api import assets as asset_routes
 from orchestrator.api import backfills as backfills_api
 from orchestrator.api import dags, runs, task_instances, webhooks
+from orchestrator.api import events as events_api
 from orchestrator.api.errors import error_middleware
 from orchestrator.api.guards import origin_guard
 from orchestrator.api.keys import BACKFILLS, ENGINE, LOGS_DIR, SETTINGS, STORE, TASK_LOGS, UNIXNAME
 from orchestrator.api.params import json_response
 from orchestrator.config import ApiConfig
 from orchestrator.errors import OrchestratorError
-from orchestrator.ports import AssetEventSink, EngineApi, StateStore, TaskLogs
+from orchestrator.ports import AssetEventSink, EngineApi, Events, StateStore, TaskLogs
 from orchestrator.triggers.backfill import Backfills
 from orchestrator.triggers.webhooks import WebhookReceiver
 
@@ -71,12 +72,14 @@ def create_app(
     backfills: Backfills | None = None,
     assets: AssetEventSink | None = None,
     webhook_receiver: WebhookReceiver | None = None,
+    events: Events | None = None,
 ) -> web.Application:
     """The REST API (Airflow's /api/v1 shapes) and /health, reading `store`, triggering via `engine`,
     serving task logs through `task_logs` (default: the files under `logs_dir`), limited by the
     [api] `settings` (defaults if None). External asset events go to `assets` (without it, POST
     /assets/events answers 503); webhooks are answered by `webhook_receiver` (None: none
-    configured). The app's cleanup writes what is left of the webhook delivery log."""
+    configured). `events` is the engine's event bus, streamed by GET /api/v1/events (None: that
+    answers 503). The app's cleanup writes what is left of the webhook delivery log."""
     settings = settings or ApiConfig()
     app = web.Application(middlewares=[error_middleware, origin_guard(settings.allowed_origins)])
     app[STORE] = store
@@ -101,4 +104,5 @@ def create_app(
         backfills_api.add_routes(app.router)
     asset_routes.add_routes(app.router)
     webhooks.add_routes(app, webhook_receiver)
+    events_api.add_routes(app, events)
     return app
