@@ -2,8 +2,8 @@
 
 `SseParser` is the WHATWG event-stream interpretation, line by line, with no I/O: comment lines
 (`: keepalive`) are skipped, `data:` lines are joined, a blank line dispatches the message, and
-`id:` sets the last event id even on a message with no data (the server sends such a line when
-a filter skipped events, so that a resume starts after them). `follow` reads a stream through a
+`id:` sets the last event id once its message ends, even a message with no data (the server
+sends one when a filter skipped events, so that a resume starts after them). `follow` reads a stream through a
 function that opens it, and reopens it with `Last-Event-ID` when the connection drops, so a
 follower sees every event once, in order, across reconnects (or a `reset` when the server no
 longer keeps the events it missed). Stdlib only: the CLI must start fast.
@@ -32,8 +32,9 @@ class SseParser:
     """The event-stream parser of the HTML standard, fed one line (without its newline) at a time."""
 
     def __init__(self) -> None:
-        #: the id to send as Last-Event-ID on reconnecting
+        #: the id to send as Last-Event-ID on reconnecting (that of the last completed message)
         self.last_event_id: str | None = None
+        self._id: str | None = None
         #: the reconnection delay the server asked for (seconds), if it did
         self.retry: float | None = None
         self._event = ""
@@ -55,13 +56,15 @@ class SseParser:
             self._data.append(value)
         elif name == "id":
             if "\0" not in value:
-                self.last_event_id = value
+                self._id = value
         elif name == "retry":
             if value.isdigit():
                 self.retry = int(value) / 1000
         return None
 
     def _dispatch(self) -> SseMessage | None:
+        if self._id is not None:
+            self.last_event_id = self._id
         event, data = self._event or "message", self._data
         self._event, self._data = "", []
         if not data:
@@ -71,6 +74,7 @@ class SseParser:
     def discard_partial(self) -> None:
         """Forget a message begun but not completed (its connection dropped)."""
         self._event, self._data = "", []
+        self._id = self.last_event_id
 
     def feed(self, lines: Iterable[str]) -> Iterator[SseMessage]:
         """Every message `lines` complete, in order."""
@@ -98,6 +102,7 @@ def follow(
     when the server ended the stream). `on_dropped` hears of each drop before the reconnect."""
     parser = SseParser()
     parser.last_event_id = last_event_id
+    parser.discard_partial()
     while True:
         error: BaseException | None = None
         try:

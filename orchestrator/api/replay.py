@@ -78,9 +78,8 @@ class StreamFeed:
         self._ready.set()
 
     def take(self, most: int = 500) -> list[NumberedEvent]:
-        """Up to `most` events to write now, oldest first (none once ended by overflow)."""
-        if self.ended in (Ended.OVERFLOW, Ended.GAP):
-            return []
+        """Up to `most` events to write now, oldest first (an ended feed still gives what it
+        holds: a stream ended for falling behind tells its client the last id it can resume at)."""
         taken: list[NumberedEvent] = []
         if self._backlog:
             taken, self._backlog = self._backlog[:most], self._backlog[most:]
