@@ -101,7 +101,9 @@ class Served:
 
     @asynccontextmanager
     async def stream(self, query: str = "", **extra_headers: str) -> AsyncIterator[Stream]:
-        async with self.http.get(f"{self.url}/api/v1/events{query}", headers=headers(**extra_headers)) as response:
+        async with self.http.get(
+            f"{self.url}/api/v1/events{query}", headers=headers(**extra_headers)
+        ) as response:
             assert response.status == 200, await response.text()
             assert response.headers["Content-Type"].startswith("text/event-stream")
             yield Stream(response)
@@ -170,7 +172,9 @@ async def test_a_run_streams_its_run_and_task_states_in_commit_order(
     assert ti["try_number"] == 1
 
 
-async def test_the_dag_filter_leaves_out_other_dags_and_files(store: PostgresStateStore, tmp_path: Path) -> None:
+async def test_the_dag_filter_leaves_out_other_dags_and_files(
+    store: PostgresStateStore, tmp_path: Path
+) -> None:
     async with (
         served(store, tmp_path) as api,
         api.stream("?dag_id=pair") as only_pair,
