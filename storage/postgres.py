@@ -38,6 +38,7 @@ from orchestrator.core.states import RunState, TaskState
 from orchestrator.ports import ActiveRun
 from storage.errors import StorageError
 from storage.postgres_assets import PostgresAssetStore, write_asset_events
+from storage.postgres_audit import PostgresAuditStore
 from storage.postgres_schedules import ScheduleQueries
 from storage.postgres_webhooks import PostgresWebhookStore
 from storage.sql import QUERIES
@@ -321,10 +322,11 @@ async def insert_run_rows(
     return created
 
 
-class PostgresStateStore(ScheduleQueries, PostgresAssetStore, PostgresWebhookStore):
+class PostgresStateStore(ScheduleQueries, PostgresAssetStore, PostgresWebhookStore, PostgresAuditStore):
     """The state store on one PostgreSQL database (see `orchestrator.ports.StateStore`; its
     `ScheduleStore` methods are in `storage.postgres_schedules`, its `AssetStore` methods in
-    `storage.postgres_assets`, its `WebhookStore` methods in `storage.postgres_webhooks`)."""
+    `storage.postgres_assets`, its `WebhookStore` methods in `storage.postgres_webhooks`, its
+    `AuditStore` methods in `storage.postgres_audit`)."""
 
     def __init__(
         self, pool: asyncpg.Pool, dsn: str, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT

@@ -14,8 +14,8 @@ from pathlib import Path
 from aiohttp import web
 
 from orchestrator.api import assets as asset_routes
+from orchestrator.api import audit, dags, runs, task_instances, webhooks
 from orchestrator.api import backfills as backfills_api
-from orchestrator.api import dags, runs, task_instances, webhooks
 from orchestrator.api import events as events_api
 from orchestrator.api.errors import error_middleware
 from orchestrator.api.guards import origin_guard
@@ -81,7 +81,9 @@ def create_app(
     configured). `events` is the engine's event bus, streamed by GET /api/v1/events (None: that
     answers 503). The app's cleanup writes what is left of the webhook delivery log."""
     settings = settings or ApiConfig()
-    app = web.Application(middlewares=[error_middleware, origin_guard(settings.allowed_origins)])
+    app = web.Application(
+        middlewares=[error_middleware, origin_guard(settings.allowed_origins), audit.audit_middleware]
+    )
     app[STORE] = store
     app[ENGINE] = engine
     app[LOGS_DIR] = logs_dir
@@ -105,4 +107,5 @@ def create_app(
     asset_routes.add_routes(app.router)
     webhooks.add_routes(app, webhook_receiver)
     events_api.add_routes(app, events)
+    audit.add_routes(app.router)
     return app

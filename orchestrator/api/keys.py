@@ -30,3 +30,5 @@ BACKFILLS: web.AppKey[Backfills] = web.AppKey("backfills", Any)  # type: ignore[
 
 #: who made the request (set by the authentication middleware before any handler runs)
 PRINCIPAL = web.RequestKey("principal", Principal)
+#: the request's JSON body once read (the audit trail records its keys, not its values)
+JSON_BODY = web.RequestKey("json_body", dict)
