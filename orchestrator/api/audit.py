@@ -4,10 +4,11 @@ Every request other than GET, HEAD and OPTIONS that reaches a route is recorded 
 whether it succeeded or failed, as one entry of Airflow's event log: `owner` is the name of the
 token that made it (`anonymous` without one), `event` the handler's name (`trigger_run`,
 `patch_dag`, ...), `dag_id`, `run_id`, `task_id` (and `map_index`, `try_number`) come from the
-URL, and `extra` holds the status and the keys of the JSON body -- with the values only of a few
-flags that say what was done (`is_paused`, `state`, `dry_run`, ...), never a value of conf or
-anything else a caller may have put a secret in. Webhook deliveries are not recorded here (they
-have their own delivery log), nor requests for no route.
+URL (a trigger's `run_id` from its body's `dag_run_id`), and `extra` holds the status and the
+keys of the JSON body -- with the values only of a few flags that say what was done
+(`is_paused`, `state`, `dry_run`, ...), never a value of conf or anything else a caller may
+have put a secret in. Webhook deliveries are not recorded here (they have their own delivery
+log), nor requests for no route.
 
 Recording is one INSERT, awaited before the answer goes out so that a client reading the trail
 right after its request finds it there; it must never fail the request it records: a database
@@ -30,6 +31,7 @@ from orchestrator.api.errors import BadRequest, Handler, NotFound, status_of
 from orchestrator.api.keys import JSON_BODY, PRINCIPAL, STORE
 from orchestrator.api.params import MAX_INTEGER, int_path_param, json_response, list_param, pagination
 from orchestrator.api.serializers import iso
+from orchestrator.core.ids import MAX_RUN_ID_LENGTH
 from orchestrator.ports import EventLogEntry, EventLogQuery
 
 log = logging.getLogger("orchestrator.api.audit")
@@ -128,13 +130,17 @@ def entry_for(request: web.Request, status: int, now: datetime) -> EventLogEntry
         return None
     principal = request.get(PRINCIPAL)
     match = request.match_info
+    run_id = match.get("dag_run_id", match.get("run_id"))
+    body = request.get(JSON_BODY)
+    if run_id is None and body is not None and isinstance(body.get("dag_run_id"), str):
+        run_id = body["dag_run_id"][:MAX_RUN_ID_LENGTH]  # a trigger names its run in the body
     return EventLogEntry(
         when=now,
         event=getattr(handler, "__name__", "unknown"),
         owner=principal.name if principal is not None else "anonymous",
         dag_id=match.get("dag_id"),
         task_id=match.get("task_id"),
-        run_id=match.get("dag_run_id", match.get("run_id")),
+        run_id=run_id,
         map_index=_int_or_none(match.get("map_index")),
         try_number=_int_or_none(match.get("try_number")),
         extra=_extra(request, status),
