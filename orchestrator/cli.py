@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 
 from orchestrator.config import Config, load_config
 from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.sse import SseMessage, follow
 
 HTTP_TIMEOUT = 30.0
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
@@ -110,6 +111,18 @@ class ApiClient:
 
     def get_json(self, path: str, **query: Any) -> Any:
         return json.loads(self.request("GET", path, query=query))
+
+    def open_stream(self, path: str, query: Mapping[str, Any], last_event_id: str | None) -> Any:
+        """GET a text/event-stream, resuming after `last_event_id`; returns the open response.
+        A refusal is a CliError; an unreachable daemon an OSError (the caller may retry)."""
+        url = self.base_url + path + "?" + urllib.parse.urlencode(query, doseq=True)
+        headers = self._headers("text/event-stream")
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        try:
+            return self._opener.open(urllib.request.Request(url, headers=headers), timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            raise CliError(self._refusal(exc), exit_code=1) from None
 
 
 def _reason(exc: BaseException) -> str:
@@ -403,10 +416,71 @@ def _backfill_action(action: str) -> ClientCommand:
     return command
 
 
-def cmd_runs(args: argparse.Namespace, client: ApiClient) -> int:
+def _print_runs(args: argparse.Namespace, client: ApiClient) -> None:
     data = client.get_json(f"/api/v1/dags/{quote(args.dag_id)}/dagRuns", limit=args.limit)
     columns = ["dag_run_id", "state", "run_type", "logical_date", "start_date", "end_date"]
     _print(args, data, data["dag_runs"], columns)
+
+
+def cmd_runs(args: argparse.Namespace, client: ApiClient) -> int:
+    if args.follow:
+        return _follow_runs(args, client)
+    _print_runs(args, client)
+    return 0
+
+
+def event_line(message: SseMessage) -> str | None:
+    """One line for a run's or a task instance's state change (None for other events)."""
+    if message.event not in ("dag_run", "task_instance"):
+        return None
+    data = json.loads(message.data)
+    if message.event == "dag_run":
+        return f"{data['timestamp']}  run {data['dag_run_id']}  {data['state']}"
+    index = "" if data["map_index"] == -1 else f"[{data['map_index']}]"
+    task = f"{data['dag_run_id']} {data['task_id']}{index}"
+    return f"{data['timestamp']}  task {task}  try {data['try_number']}  {data['state'] or 'none'}"
+
+
+def _follow_runs(args: argparse.Namespace, client: ApiClient) -> int:
+    """List the runs, then print their state changes as they are committed, until Ctrl-C. A
+    dropped connection is resumed after the last event seen; if the daemon no longer kept what
+    was missed, the runs are listed again."""
+    query = {"dag_id": args.dag_id}
+    try:
+        opened: Any = client.open_stream("/api/v1/events", query, None)  # first: nothing is missed
+    except OSError as exc:
+        message = f"cannot reach the orchestrator at {client.base_url}: is `orchestrator run` running?"
+        raise CliError(f"{message} ({_reason(exc)})", exit_code=2) from None
+    _print_runs(args, client)
+    sys.stdout.flush()
+
+    def open_stream(last_event_id: str | None) -> Any:
+        nonlocal opened
+        response = opened or client.open_stream("/api/v1/events", query, last_event_id)
+        opened = None
+        with response:
+            for raw in response:
+                yield raw.decode("utf-8", "replace")
+
+    def on_message(message: SseMessage) -> None:
+        if message.event == "reset":
+            print("events were missed while disconnected: the runs as they are now", file=sys.stderr)
+            _print_runs(args, client)
+        elif args.output == "json":
+            if message.event in ("dag_run", "task_instance"):
+                print(json.dumps({"event": message.event, **json.loads(message.data)}))
+        elif (line := event_line(message)) is not None:
+            print(line)
+        sys.stdout.flush()
+
+    def on_dropped(exc: BaseException | None) -> None:
+        reason = "the daemon ended the stream" if exc is None else _reason(exc)
+        print(f"connection lost ({reason}): reconnecting", file=sys.stderr)
+
+    try:
+        follow(open_stream, on_message, on_dropped=on_dropped)
+    except KeyboardInterrupt:
+        return 0
     return 0
 
 
@@ -652,6 +726,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     runs.add_argument("dag_id")
     runs.add_argument("--limit", type=int, default=25, help="how many runs (default 25, at most 1000)")
+    runs.add_argument(
+        "--follow", "-f", action="store_true", help="then print run and task state changes live, until Ctrl-C"
+    )
     runs.set_defaults(client=cmd_runs)
 
     tasks = commands.add_parser("tasks", parents=[client_opts], help="list the task instances of a run")

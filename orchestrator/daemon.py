@@ -338,7 +338,7 @@ async def _serve(config: Config) -> None:
                 engine,
                 store,
                 clock,
-                DeliveryLog(store, supervisor.spawn),
+                DeliveryLog(store, supervisor.spawn, events=engine.events),
                 assets=asset_trigger,
             )
             pruner = DeliveryLogPruner(
@@ -436,6 +436,7 @@ async def _start_api(
         webhook_receiver=webhook_receiver,
         auth=auth,
         config=config,
+        events=engine.events,
     )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

@@ -261,7 +261,60 @@ class ListingStore(Protocol):
         """Whether `fileloc` is the file of a DAG the store knows (active or not)."""
 
 
-class StateStore(ScheduleStore, AssetStore, WebhookStore, ActionStore, ListingStore, Protocol):
+@dataclass(frozen=True, slots=True)
+class EventLogEntry:
+    """One entry of the audit trail (Airflow's event log): who (`owner`, the token's name) did
+    what (`event`, named after the API handler) to which DAG, run or task, and how it ended
+    (`extra`: the status and the body's keys, never a value of conf or anything secret).
+    `event_log_id` and `execution_date` (the run's logical date) are set when read back."""
+
+    when: datetime
+    event: str
+    owner: str
+    dag_id: str | None = None
+    task_id: str | None = None
+    run_id: str | None = None
+    map_index: int | None = None
+    try_number: int | None = None
+    extra: dict[str, Any] | None = None
+    event_log_id: int | None = None
+    execution_date: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventLogQuery:
+    """Which entries of the audit trail to list (None or empty: any); `before` is exclusive,
+    `after` inclusive."""
+
+    dag_id: str | None = None
+    task_id: str | None = None
+    run_id: str | None = None
+    map_index: int | None = None
+    try_number: int | None = None
+    event: str | None = None
+    owner: str | None = None
+    before: datetime | None = None
+    after: datetime | None = None
+    included_events: tuple[str, ...] = ()
+    excluded_events: tuple[str, ...] = ()
+
+
+class AuditStore(Protocol):
+    """The audit trail of the API (`storage.postgres_audit`)."""
+
+    async def record_event_log(self, entry: EventLogEntry) -> None:
+        """Append one entry (one INSERT)."""
+
+    async def list_event_logs(
+        self, query: EventLogQuery, order_by: str, limit: int, offset: int
+    ) -> tuple[list[EventLogEntry], int]:
+        """A page of the entries `query` selects, in `order_by` order (event_log_id, when,
+        dag_id, task_id, run_id, event or owner; "-" first: descending), and their total count."""
+
+    async def get_event_log(self, event_log_id: int) -> EventLogEntry | None: ...
+
+
+class StateStore(ScheduleStore, AssetStore, WebhookStore, ActionStore, ListingStore, AuditStore, Protocol):
     """Durable state. Every method is one transaction; nothing is acted on before it commits."""
 
     # --- DAGs and DAG files -------------------------------------------------------
@@ -486,7 +539,14 @@ class ImportErrorChanged:
     message: str | None
 
 
-Event = RunChanged | TaskInstanceChanged | ImportErrorChanged
+@dataclass(frozen=True, slots=True)
+class WebhookDeliveryRecorded:
+    """A webhook delivery (accepted or refused) was written to the delivery log."""
+
+    delivery: WebhookDelivery
+
+
+Event = RunChanged | TaskInstanceChanged | ImportErrorChanged | WebhookDeliveryRecorded
 
 
 class Subscription(Protocol):

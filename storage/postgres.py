@@ -39,6 +39,7 @@ from orchestrator.ports import ActiveRun
 from storage.errors import StorageError
 from storage.postgres_actions import PostgresActionStore
 from storage.postgres_assets import PostgresAssetStore, write_asset_events
+from storage.postgres_audit import PostgresAuditStore
 from storage.postgres_listing import PostgresListingStore
 from storage.postgres_schedules import ScheduleQueries
 from storage.postgres_webhooks import PostgresWebhookStore
@@ -329,13 +330,18 @@ async def insert_run_rows(
 
 
 class PostgresStateStore(
-    ScheduleQueries, PostgresAssetStore, PostgresWebhookStore, PostgresActionStore, PostgresListingStore
+    ScheduleQueries,
+    PostgresAssetStore,
+    PostgresWebhookStore,
+    PostgresActionStore,
+    PostgresListingStore,
+    PostgresAuditStore,
 ):
     """The state store on one PostgreSQL database (see `orchestrator.ports.StateStore`; its
     `ScheduleStore` methods are in `storage.postgres_schedules`, its `AssetStore` methods in
     `storage.postgres_assets`, its `WebhookStore` methods in `storage.postgres_webhooks`, its
     `ActionStore` methods in `storage.postgres_actions`, its `ListingStore` methods in
-    `storage.postgres_listing`)."""
+    `storage.postgres_listing`, its `AuditStore` methods in `storage.postgres_audit`)."""
 
     def __init__(
         self, pool: asyncpg.Pool, dsn: str, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT

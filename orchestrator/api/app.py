@@ -16,6 +16,7 @@ from aiohttp import web
 
 from orchestrator.api import (
     actions,
+    audit,
     dag_details,
     dags,
     lists,
@@ -29,6 +30,7 @@ from orchestrator.api import (
 )
 from orchestrator.api import assets as asset_routes
 from orchestrator.api import backfills as backfills_api
+from orchestrator.api import events as events_api
 from orchestrator.api.auth import Authenticator, Credential, FailureThrottle, auth_middleware
 from orchestrator.api.errors import error_middleware
 from orchestrator.api.guards import origin_guard
@@ -47,7 +49,7 @@ from orchestrator.api.params import json_response
 from orchestrator.api.roles import Role, public
 from orchestrator.config import ApiConfig, Config
 from orchestrator.errors import OrchestratorError
-from orchestrator.ports import AssetEventSink, EngineApi, StateStore, TaskLogs
+from orchestrator.ports import AssetEventSink, EngineApi, Events, StateStore, TaskLogs
 from orchestrator.triggers.backfill import Backfills
 from orchestrator.triggers.webhooks import WebhookReceiver
 
@@ -125,6 +127,7 @@ def create_app(
     auth: Authenticator | None = None,
     signing_key: bytes | None = None,
     config: Config | None = None,
+    events: Events | None = None,
 ) -> web.Application:
     """The REST API (Airflow's /api/v1 shapes) and /health, reading `store`, triggering via `engine`,
     serving task logs through `task_logs` (default: the files under `logs_dir`), limited by the
@@ -133,14 +136,22 @@ def create_app(
     configured). The app's cleanup writes what is left of the webhook delivery log. DAG file
     tokens are signed with `signing_key` (None: a key derived from `auth`'s, so tokens outlive a
     restart of the daemon, whose key is kept in its state dir); GET /config shows `config`
-    (None: answers 404, the daemon's config is unknown).
+    (None: answers 404, the daemon's config is unknown). `events` is the engine's event bus,
+    streamed by GET /api/v1/events (None: that answers 503).
 
     Every route but the public ones needs credentials that `auth` accepts (default: the
-    `token_sha256` entries of `settings.tokens`; with none, nothing but the public routes)."""
+    `token_sha256` entries of `settings.tokens`; with none, nothing but the public routes), and
+    every request that changes something is recorded in the audit trail (GET /eventLogs) under
+    the name of the token that made it."""
     settings = settings or ApiConfig()
     auth = auth if auth is not None else settings_authenticator(settings)
     app = web.Application(
-        middlewares=[error_middleware, origin_guard(settings.allowed_origins), auth_middleware(auth)]
+        middlewares=[
+            error_middleware,
+            origin_guard(settings.allowed_origins),
+            auth_middleware(auth),
+            audit.audit_middleware,
+        ]
     )
     app[tokens.AUTH] = auth
     app[STORE] = store
@@ -176,4 +187,6 @@ def create_app(
         backfills_api.add_routes(app.router)
     asset_routes.add_routes(app.router)
     webhooks.add_routes(app, webhook_receiver)
+    events_api.add_routes(app, events)
+    audit.add_routes(app.router)
     return app

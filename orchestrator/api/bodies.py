@@ -18,6 +18,7 @@ import orjson
 from aiohttp import web
 
 from orchestrator.api.errors import ApiError, BadRequest
+from orchestrator.api.keys import JSON_BODY
 
 #: Bodies larger than this are refused with 413 (a trigger's conf is small).
 MAX_BODY_BYTES = 1024 * 1024
@@ -101,6 +102,7 @@ async def json_object(request: web.Request, allowed: frozenset[str]) -> dict[str
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest(f"the request body must be a JSON object, got {type(body).__name__}")
+    request[JSON_BODY] = body
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise BadRequest(

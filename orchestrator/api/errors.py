@@ -109,6 +109,18 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> ApiErr
     return ApiError(exc.status, exc.text or exc.reason)
 
 
+def status_of(exc: BaseException) -> int:
+    """The status `error_middleware` answers `exc` with (for middlewares inside it that record
+    the outcome of a request, e.g. the audit trail)."""
+    if isinstance(exc, ApiError):
+        return exc.status
+    if isinstance(exc, OrchestratorError):
+        return _from_orchestrator_error(exc).status
+    if isinstance(exc, web.HTTPException):
+        return exc.status
+    return 500
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

@@ -35,3 +35,5 @@ CONFIG = web.AppKey("config", Config)
 
 #: who made the request (set by the authentication middleware before any handler runs)
 PRINCIPAL = web.RequestKey("principal", Principal)
+#: the request's JSON body once read (the audit trail records its keys, not its values)
+JSON_BODY = web.RequestKey("json_body", dict)

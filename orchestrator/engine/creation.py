@@ -10,8 +10,9 @@ written at once, as alone; under load, the batch grows with it. Each run is stil
 store, or a lost connection) is written again one run at a time, so only the request at fault
 fails.
 
-Once a batch is committed, the pause flags of its DAGs are read once and every created run is
-started if its DAG has room, before its caller hears back.
+Once a batch is committed, every created run is published on the event bus (as `queued`), the
+pause flags of its DAGs are read once and every created run is started if its DAG has room,
+before its caller hears back.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from orchestrator.core.records import NewRun, NewTaskInstance, RunRecord
 from orchestrator.engine.admission import Admission
 from orchestrator.engine.registry import LoadedDag
 from orchestrator.engine.supervision import Supervisor
-from orchestrator.ports import StateStore
+from orchestrator.ports import Events, RunChanged, StateStore
 
 log = logging.getLogger("orchestrator.engine.creation")
 
@@ -49,8 +50,10 @@ class RunCreator:
         store: StateStore,
         admission: Admission,
         supervisor: Supervisor,
+        events: Events | None = None,
     ) -> None:
         self._store = store
+        self._events = events
         self._admission = admission
         self._supervisor = supervisor
         self._pending: list[_Request] = []
@@ -108,6 +111,10 @@ class RunCreator:
 
     async def _started(self, batch: list[_Request], results: list[tuple[RunRecord, bool]]) -> None:
         created = [(request, record) for request, (record, made) in zip(batch, results, strict=True) if made]
+        if created and self._events is not None:
+            # committed: told before the run's start (its `running`) can be published
+            for _, record in created:
+                self._events.publish(RunChanged(record))
         if created:
             await self._admission.refresh_paused({record.dag_id for _, record in created})
         for request, record in created:

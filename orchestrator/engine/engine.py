@@ -88,7 +88,7 @@ class Engine:
             store, clock, self.progress, self.supervisor, self._dag_of_run, registry=registry
         )
         self._recovery = Recovery(store, self.progress, self.admission, registry)
-        self._creator = RunCreator(store, self.admission, self.supervisor)
+        self._creator = RunCreator(store, self.admission, self.supervisor, self.events)
         self._ready = False
         #: told of every run that reached its outcome, once that is committed (triggers use it)
         self._run_finished_listeners: list[Callable[[RunRecord], None]] = []

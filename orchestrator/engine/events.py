@@ -14,6 +14,7 @@ import asyncio
 from collections import deque
 
 from orchestrator.core.records import ChangeSet
+from orchestrator.core.states import FINISHED_RUN_STATES
 from orchestrator.ports import Event, RunChanged, TaskInstanceChanged
 
 
@@ -84,9 +85,15 @@ class EventBus:
             subscriber._put(event)
 
     def publish_changes(self, changes: ChangeSet) -> None:
+        """Publish the rows of one commit: a run's start before its tasks' changes, a run's end
+        after them (the order a reader expects: running, tasks queued ... success, run success)."""
         if not self._subscribers:
             return
         for run in changes.runs:
-            self.publish(RunChanged(run))
+            if run.state not in FINISHED_RUN_STATES:
+                self.publish(RunChanged(run))
         for ti in changes.tasks:
             self.publish(TaskInstanceChanged(ti))
+        for run in changes.runs:
+            if run.state in FINISHED_RUN_STATES:
+                self.publish(RunChanged(run))

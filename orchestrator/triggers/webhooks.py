@@ -35,10 +35,12 @@ from orchestrator.ports import (
     AssetEventSink,
     Clock,
     EngineApi,
+    Events,
     StateStore,
     TimerHandle,
     Timers,
     WebhookDelivery,
+    WebhookDeliveryRecorded,
     WebhookStore,
 )
 
@@ -275,10 +277,18 @@ def _create_task(coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]
 class DeliveryLog:
     """Entries are handed over without waiting and written in batches by one writer task at a
     time (one statement per batch, group-commit style): under load a batch holds every delivery
-    that arrived while the previous one was written. `close` writes what is left."""
+    that arrived while the previous one was written. `close` writes what is left. Each entry,
+    once written, is published on `events` (the API's event stream shows deliveries live)."""
 
-    def __init__(self, store: WebhookStore, spawn: Spawn = _create_task, max_batch: int = 1000) -> None:
+    def __init__(
+        self,
+        store: WebhookStore,
+        spawn: Spawn = _create_task,
+        max_batch: int = 1000,
+        events: Events | None = None,
+    ) -> None:
         self._store = store
+        self._events = events
         self._spawn = spawn
         self._max_batch = max_batch
         self._pending: list[WebhookDelivery] = []
@@ -302,6 +312,10 @@ class DeliveryLog:
                 await self._store.record_webhook_deliveries(batch)
             except Exception as exc:  # the log must never fail a delivery; say what was lost
                 log.warning("%d webhook deliveries could not be written to the log: %s", len(batch), exc)
+            else:
+                if self._events is not None:
+                    for delivery in batch:
+                        self._events.publish(WebhookDeliveryRecorded(delivery))
             finally:
                 self._done += len(batch)
                 self._wake()

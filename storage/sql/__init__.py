@@ -1,8 +1,9 @@
 """The SQL of the state store, kept in .sql files rather than Python strings.
 
 `schema.sql` is the whole current schema; `queries.sql` (the engine's) and one file per
-capability (`schedules.sql`, `webhooks.sql`, `assets.sql`, `actions.sql`) hold every query the store runs as
-named blocks (``-- name: create_run``), loaded once into `QUERIES`; a name is unique across them.
+capability (`schedules.sql`, `webhooks.sql`, `assets.sql`, `actions.sql`, `listing.sql`,
+`audit.sql`) hold every query the store runs as named blocks (``-- name: create_run``), loaded
+once into `QUERIES`; a name is unique across them.
 Keeping SQL out of Python means it is read, reviewed and EXPLAINed as SQL, and nothing is ever
 assembled from strings at run time.
 """
@@ -39,7 +40,15 @@ def parse_named_queries(text: str) -> dict[str, str]:
 
 
 #: the files of named queries, in the order they are read
-QUERY_FILES = ("queries.sql", "schedules.sql", "webhooks.sql", "assets.sql", "actions.sql", "listing.sql")
+QUERY_FILES = (
+    "queries.sql",
+    "schedules.sql",
+    "webhooks.sql",
+    "assets.sql",
+    "actions.sql",
+    "listing.sql",
+    "audit.sql",
+)
 
 QUERIES: Mapping[str, str] = MappingProxyType(
     parse_named_queries("\n".join(read_sql_file(name) for name in QUERY_FILES))

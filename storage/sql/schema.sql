@@ -275,6 +275,26 @@ CREATE INDEX dag_run_asset_event_event_idx ON dag_run_asset_event (asset_event_i
 CREATE INDEX dag_asset_condition_uris_idx ON dag
     USING gin ((jsonb_path_query_array(spec, 'lax $.asset_condition.**.asset')) jsonb_path_ops);
 
+-- The audit trail (Airflow's event log): who did what through the REST API. One row per
+-- mutating request, answered or refused; `extra` holds the status and the body's keys, never a
+-- value of conf or anything secret.
+CREATE TABLE event_log (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    dttm timestamptz NOT NULL,
+    event text NOT NULL,
+    owner text NOT NULL,
+    dag_id text,
+    task_id text,
+    run_id text,
+    map_index integer,
+    try_number integer,
+    execution_date timestamptz,
+    extra jsonb
+);
+
+CREATE INDEX event_log_dttm_idx ON event_log (dttm);
+CREATE INDEX event_log_dag_id_idx ON event_log (dag_id, dttm);
+
 -- A database created from this file is at the newest migration.
 INSERT INTO schema_migrations (version, name) VALUES
     (1, 'initial'),
@@ -283,4 +303,5 @@ INSERT INTO schema_migrations (version, name) VALUES
     (4, 'run_notes_and_import_error_ids'),
     (5, 'schedules_and_backfills'),
     (6, 'webhook_deliveries'),
-    (7, 'assets');
+    (7, 'assets'),
+    (8, 'event_log');
