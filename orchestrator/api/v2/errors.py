@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from orchestrator.api.errors import Handler, api_error_of
+from orchestrator.api.errors import ApiError, Handler, api_error_of
 
 log = logging.getLogger("orchestrator.api")
 
@@ -71,16 +71,17 @@ async def v2_error_middleware(request: web.Request, handler: Handler) -> web.Str
         if exc.status in (404, 405) and request.match_info.http_exception is not None:
             log.info("%s %s -> %d", request.method, request.path, exc.status)
             return _not_served(request, exc)
-        error = api_error_of(request, exc)
+        error = api_error_of(request, exc) or ApiError(exc.status, exc.reason)
     except Exception as exc:  # our errors (ApiError, OrchestratorError) and unexpected ones
-        error = api_error_of(request, exc)
-        if error is None:
+        known = api_error_of(request, exc)
+        if known is None:
             log.exception("%s %s failed with an unexpected error", request.method, request.path)
             return detail_response(
                 500,
                 "the orchestrator failed to answer this request because of an internal error; "
                 "the traceback is in the daemon's log (logger orchestrator.api): please report it",
             )
+        error = known
     level = logging.ERROR if error.status >= 500 else logging.INFO
     log.log(level, "%s %s -> %d %s", request.method, request.path, error.status, error.detail)
     return detail_response(error.status, error.detail, error.headers)

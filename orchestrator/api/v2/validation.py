@@ -10,7 +10,7 @@ a typo in a filter must not silently list everything.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -155,7 +155,7 @@ def _check_field(name: str, field: Field, value: Any) -> Any:
     return value
 
 
-def _aware_datetime(loc: list[str | int], value: Any) -> datetime:
+def _aware_datetime(loc: Sequence[str | int], value: Any) -> datetime:
     if not isinstance(value, str):
         raise invalid(loc, "Input should be a valid datetime", "datetime_type", value)
     try:
