@@ -116,3 +116,25 @@ async def test_the_3x_client_lists_triggers_with_conf_and_reads_the_run_its_task
     assert seen["version"]
     assert seen["missing_dag"]["status"] == 404
     assert isinstance(seen["missing_dag"]["body"]["detail"], str)
+
+
+async def test_the_2x_client_lists_triggers_with_conf_and_reads_the_run_its_tasks_and_logs_over_v1(
+    store: PostgresStateStore, tmp_path: Path
+) -> None:
+    client_dir("v2")
+    async with served_engine(store, tmp_path) as url:
+        done = await drive("v2", url, TOKENS["admin"], "greeter")
+    seen = output(done)
+    assert seen["dag_ids"] == ["greeter"]
+    assert seen["total_entries"] == 1
+    assert seen["dag"] == {"dag_id": "greeter", "is_active": True}
+    assert (seen["paused"], seen["unpaused"]) == (True, False)
+    assert seen["triggered"] == {"dag_run_id": "from-v2", "conf": {"greeting": "hello from v2"}}
+    assert seen["run"] == {"state": "success", "conf": {"greeting": "hello from v2"}}
+    assert seen["listed_run_ids"] == ["from-v2"]
+    assert seen["task_instances"] == {"hello": "success", "bye": "success"}
+    assert "greeting: hello from v2" in seen["logs"]["hello"]
+    assert "bye" in seen["logs"]["bye"]
+    assert seen["health"] == "healthy"
+    assert seen["missing_dag"]["status"] == 404
+    assert seen["missing_dag"]["body"]["status"] == 404
