@@ -15,7 +15,7 @@ from aiohttp import web
 
 from orchestrator.api import assets as asset_routes
 from orchestrator.api import backfills as backfills_api
-from orchestrator.api import dags, runs, task_instances, v2, webhooks
+from orchestrator.api import dags, openapi, runs, task_instances, v2, webhooks
 from orchestrator.api.errors import error_middleware
 from orchestrator.api.guards import origin_guard
 from orchestrator.api.keys import BACKFILLS, ENGINE, LOGS_DIR, SETTINGS, STORE, TASK_LOGS, UNIXNAME
@@ -102,4 +102,5 @@ def create_app(
     asset_routes.add_routes(app.router)
     webhooks.add_routes(app, webhook_receiver)
     v2.install(app)
+    openapi.add_routes(app.router)
     return app
