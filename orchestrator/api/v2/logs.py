@@ -1,7 +1,7 @@
 """A try's log as Airflow 3's structured log lines, read in pages so no log is held whole.
 
 Airflow 3 answers `{"content": [{"event": ..., "timestamp": ...}, ...], "continuation_token"}`.
-Our logs are the lines a task printed, so each line is one message (`event`, no timestamp).
+Our logs are the lines a task printed, so each line is one message (its `event`; no `timestamp`).
 Pages are v1's (`orchestrator.api.logs`: at most PAGE_BYTES, never cut inside a UTF-8
 character, the same continuation tokens); `full_content` streams every page in turn. A line cut
 by a page end is carried into the next page of the same answer; between answers, the next page
@@ -18,8 +18,9 @@ from orchestrator.api.params import json_response
 from orchestrator.ports import TaskLogs, TryLog
 
 
-def _messages(lines: list[str]) -> list[dict[str, str | None]]:
-    return [{"event": line.removesuffix("\r"), "timestamp": None} for line in lines]
+def _messages(lines: list[str]) -> list[dict[str, str]]:
+    # no timestamp: the spec's StructuredLogMessage has none rather than a null one
+    return [{"event": line.removesuffix("\r")} for line in lines]
 
 
 def _lines(text: str) -> list[str]:
