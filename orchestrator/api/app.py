@@ -21,10 +21,12 @@ from orchestrator.api import (
     dags,
     lists,
     meta,
+    openapi,
     runs,
     sources,
     task_instances,
     tokens,
+    v2,
     webhooks,
     xcoms,
 )
@@ -47,6 +49,7 @@ from orchestrator.api.keys import (
 )
 from orchestrator.api.params import json_response
 from orchestrator.api.roles import Role, public
+from orchestrator.api.v2.errors import v2_error_middleware
 from orchestrator.config import ApiConfig, Config
 from orchestrator.errors import OrchestratorError
 from orchestrator.ports import AssetEventSink, EngineApi, Events, StateStore, TaskLogs
@@ -148,6 +151,7 @@ def create_app(
     app = web.Application(
         middlewares=[
             error_middleware,
+            v2_error_middleware,  # /api/v2 answers failures in Airflow 3's shape
             origin_guard(settings.allowed_origins),
             auth_middleware(auth),
             audit.audit_middleware,
@@ -189,4 +193,6 @@ def create_app(
     webhooks.add_routes(app, webhook_receiver)
     events_api.add_routes(app, events)
     audit.add_routes(app.router)
+    v2.add_routes(app.router)
+    openapi.add_routes(app.router)
     return app

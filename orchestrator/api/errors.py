@@ -147,3 +147,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     level = logging.ERROR if error.status >= 500 else logging.INFO
     log.log(level, "%s %s -> %d %s", request.method, request.path, error.status, error.detail)
     return problem_response(error.status, error.detail, error.title, error.headers)
+
+
+def api_error_of(request: web.Request, exc: Exception) -> ApiError | None:
+    """The ApiError a failure answers as (what `error_middleware` answers), for API versions
+    that answer another shape (/api/v2); None for an unexpected exception (a 500 to log)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, OrchestratorError):
+        return _from_orchestrator_error(exc)
+    if isinstance(exc, web.HTTPException):
+        return _from_http_exception(request, exc)
+    return None

@@ -103,7 +103,9 @@ def _encode(text: str, as_json: bool) -> bytes:
     return text.encode("utf-8")
 
 
-async def _json_page(logs: TaskLogs, log: TryLog, start: int, end: int, size: int) -> web.Response:
+async def read_page(logs: TaskLogs, log: TryLog, start: int, end: int, size: int) -> tuple[str, int | None]:
+    """The text of the log's bytes [start, end) and where the next page starts (None once `end`
+    reaches `size`). A character cut by `end` starts the next page."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     parts: list[str] = []
     async with aclosing(logs.read(log, start, end)) as chunks:
@@ -114,5 +116,10 @@ async def _json_page(logs: TaskLogs, log: TryLog, start: int, end: int, size: in
         end -= len(pending)
     else:
         parts.append(decoder.decode(b"", final=True))
-    token = encode_token(end) if end < size else None
-    return json_response({"content": "".join(parts), "continuation_token": token})
+    return "".join(parts), (end if end < size else None)
+
+
+async def _json_page(logs: TaskLogs, log: TryLog, start: int, end: int, size: int) -> web.Response:
+    text, following = await read_page(logs, log, start, end, size)
+    token = encode_token(following) if following is not None else None
+    return json_response({"content": text, "continuation_token": token})

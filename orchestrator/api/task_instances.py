@@ -15,7 +15,7 @@ from orchestrator.api.params import MAX_INTEGER, int_path_param, json_response
 from orchestrator.api.runs import get_run_or_404
 from orchestrator.api.serializers import task_instance_to_json
 from orchestrator.core.records import RunRecord, TaskInstanceRecord, TaskKey
-from orchestrator.ports import TryLog
+from orchestrator.ports import TaskLogs, TryLog
 
 _RUN = "/api/v1/dags/{dag_id}/dagRuns/{run_id}"
 
@@ -73,7 +73,16 @@ async def get_log(request: web.Request) -> web.StreamResponse:
     options = log_options(request)
     run = await _run(request)
     ti = await _task_instance(request, run, map_index)
-    logs = request.app[TASK_LOGS]
+    logs, log, size = await try_log(request.app, run, ti, try_number)
+    return await send_log(request, logs, log, size, options)
+
+
+async def try_log(
+    app: web.Application, run: RunRecord, ti: TaskInstanceRecord, try_number: int
+) -> tuple[TaskLogs, TryLog, int]:
+    """The log of one try of `ti`, and its size now (0 for a try that has printed nothing yet);
+    NotFound for a try that has not started."""
+    logs = app[TASK_LOGS]
     log = TryLog(run.dag_id, run.run_id, ti.task_id, ti.map_index, try_number)
     size = await logs.size(log)
     if size is None and try_number > ti.try_number:
@@ -87,7 +96,7 @@ async def get_log(request: web.Request) -> web.StreamResponse:
             title="Log not found",
         )
     # a try that has printed nothing (yet) has no log file: its log is empty
-    return await send_log(request, logs, log, size or 0, options)
+    return logs, log, size or 0
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
