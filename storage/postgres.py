@@ -40,7 +40,7 @@ from storage.errors import StorageError
 from storage.postgres_actions import PostgresActionStore
 from storage.postgres_assets import PostgresAssetStore, write_asset_events
 from storage.postgres_audit import PostgresAuditStore
-from storage.postgres_listing import PostgresListingStore
+from storage.postgres_listing import PostgresListingStore, dag_from_row
 from storage.postgres_schedules import ScheduleQueries
 from storage.postgres_webhooks import PostgresWebhookStore
 from storage.sql import QUERIES
@@ -48,7 +48,6 @@ from storage.sql import QUERIES
 logger = logging.getLogger(__name__)
 
 #: DagSpec's default, for rows whose nullable max_active_* columns were written by hand
-_DEFAULT_MAX_ACTIVE = 16
 
 Row: TypeAlias = asyncpg.Record
 
@@ -122,28 +121,6 @@ def connect_failure(dsn: str, exc: BaseException, timeout: float, doing: str) ->
 
 
 # --- rows -> records ---------------------------------------------------------------------------
-
-
-def _dag(row: Row) -> DagRecord:
-    return DagRecord(
-        dag_id=row[0],
-        fileloc=row[1],
-        is_paused=row[2],
-        is_active=row[3],
-        schedule=row[4],
-        description=row[5],
-        max_active_runs=row[6] if row[6] is not None else _DEFAULT_MAX_ACTIVE,
-        max_active_tasks=row[7] if row[7] is not None else _DEFAULT_MAX_ACTIVE,
-        tags=tuple(row[8]),
-        last_parsed_time=row[9],
-        spec=row[10],
-        owners=tuple(row["owners"]),
-        has_import_errors=row["has_import_errors"],
-        next_dagrun=row["next_dagrun"],
-        next_dagrun_data_interval_start=row["next_dagrun_data_interval_start"],
-        next_dagrun_data_interval_end=row["next_dagrun_data_interval_end"],
-        next_dagrun_create_after=row["next_dagrun_create_after"],
-    )
 
 
 def _version(spec: Any) -> DagSpec | None:
@@ -438,15 +415,15 @@ class PostgresStateStore(
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             rows = await conn.fetch(QUERIES["list_dags"], only_active, limit, offset)
             total = await conn.fetchval(QUERIES["count_dags"], only_active)
-        return [_dag(row) for row in rows], total
+        return [dag_from_row(row) for row in rows], total
 
     async def get_dag(self, dag_id: str) -> DagRecord | None:
         row = await self._pool.fetchrow(QUERIES["get_dag"], dag_id)
-        return None if row is None else _dag(row)
+        return None if row is None else dag_from_row(row)
 
     async def set_dag_paused(self, dag_id: str, is_paused: bool) -> DagRecord | None:
         row = await self._pool.fetchrow(QUERIES["set_dag_paused"], dag_id, is_paused)
-        return None if row is None else _dag(row)
+        return None if row is None else dag_from_row(row)
 
     async def paused_dag_ids(self, dag_ids: Sequence[str]) -> set[str]:
         rows = await self._pool.fetch(QUERIES["paused_dag_ids"], list(dag_ids))
