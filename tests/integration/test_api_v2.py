@@ -227,3 +227,12 @@ async def test_pause_health_version_and_import_errors(v2: V2) -> None:
     status, errors = await v2.call("GET", "/api/v2/importErrors")
     assert (status, errors) == (200, {"import_errors": [], "total_entries": 0})
     assert_matches(errors, "ImportErrorCollectionResponse")
+
+
+async def test_a_dags_file_token_is_the_one_v1_dag_sources_takes(v2: V2) -> None:
+    _, dag = await v2.call("GET", "/api/v2/dags/etl")
+    _, v1_dag = await v2.call("GET", "/api/v1/dags/etl")
+    assert dag["file_token"] == v1_dag["file_token"]
+    # signed, not the path in disguise: a token for another path made without the key is refused
+    status, _ = await v2.call("GET", "/api/v1/dagSources/" + dag["file_token"].split(".")[0] + ".forged")
+    assert status == 404

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from orchestrator.api.dags import get_dag_or_404
 from orchestrator.api.errors import BadRequest, NotFound
-from orchestrator.api.keys import ENGINE, STORE
+from orchestrator.api.keys import ENGINE, SIGNING_KEY, STORE
 from orchestrator.api.params import MAX_BIGINT, json_response
 from orchestrator.api.v2 import validation as v
 from orchestrator.api.v2.shapes import dag_to_json, import_error_to_json
@@ -23,14 +23,16 @@ async def get_dags(request: web.Request) -> web.Response:
     limit, offset = v.pagination(request)
     exclude_stale = v.query_bool(request, "exclude_stale", True)
     dags, total = await request.app[STORE].list_dags(limit, offset, only_active=bool(exclude_stale))
-    return json_response({"dags": [dag_to_json(dag) for dag in dags], "total_entries": total})
+    return json_response(
+        {"dags": [dag_to_json(dag, request.app[SIGNING_KEY]) for dag in dags], "total_entries": total}
+    )
 
 
 async def get_dag(request: web.Request) -> web.Response:
     """Get one DAG."""
     v.check_query(request, ())
     dag = await get_dag_or_404(request.app[STORE], request.match_info["dag_id"])
-    return json_response(dag_to_json(dag))
+    return json_response(dag_to_json(dag, request.app[SIGNING_KEY]))
 
 
 async def patch_dag(request: web.Request) -> web.Response:
@@ -46,7 +48,7 @@ async def patch_dag(request: web.Request) -> web.Response:
     updated = await request.app[ENGINE].set_paused(dag_id, body["is_paused"])
     if updated is None:  # deleted between the two statements
         updated = await get_dag_or_404(store, dag_id)
-    return json_response(dag_to_json(updated))
+    return json_response(dag_to_json(updated, request.app[SIGNING_KEY]))
 
 
 async def get_import_errors(request: web.Request) -> web.Response:

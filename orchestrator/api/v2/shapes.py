@@ -9,12 +9,12 @@ DAG versions, triggerers) with Airflow 3's defaults. Pure functions: records in,
 
 from __future__ import annotations
 
-import base64
 import uuid
 from datetime import datetime
 from typing import Any
 
 from orchestrator.api.serializers import iso, pid_of, timetable_description
+from orchestrator.api.sources import file_token
 from orchestrator.core.records import DagRecord, ImportErrorRecord, RunRecord, TaskInstanceRecord
 from orchestrator.core.states import TaskState
 
@@ -27,11 +27,6 @@ _TRIGGERED_BY = {"scheduled": "timetable", "backfill": "backfill", "asset_trigge
 
 #: the namespace of the stable task-instance ids (uuid5 of the task instance's key)
 _TI_NAMESPACE = uuid.UUID("6f1c1e0a-5b8e-4c56-9a55-0d4b1f0c2a31")
-
-
-def file_token(fileloc: str) -> str:
-    """An opaque token standing for a DAG's file (Airflow signs its own; ours grants nothing)."""
-    return base64.urlsafe_b64encode(fileloc.encode()).decode().rstrip("=")
 
 
 def _schedule(dag: DagRecord) -> tuple[str | None, bool]:
@@ -47,7 +42,7 @@ def _schedule(dag: DagRecord) -> tuple[str | None, bool]:
     return schedule, schedule not in ("@once", "@continuous")
 
 
-def dag_to_json(dag: DagRecord) -> dict[str, Any]:
+def dag_to_json(dag: DagRecord, signing_key: bytes) -> dict[str, Any]:
     """Airflow 3's DAGResponse."""
     summary, periodic = _schedule(dag)
     return {
@@ -80,7 +75,7 @@ def dag_to_json(dag: DagRecord) -> dict[str, Any]:
         "next_dagrun_data_interval_end": iso(dag.next_dagrun_data_interval_end),
         "next_dagrun_run_after": iso(dag.next_dagrun_create_after),
         "owners": list(dag.owners),
-        "file_token": file_token(dag.fileloc),
+        "file_token": file_token(signing_key, dag.fileloc),  # v1 dagSources serves it
     }
 
 
