@@ -27,9 +27,8 @@ from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.sse import SseMessage, follow
 
 HTTP_TIMEOUT = 30.0
-_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
-#: hostnames as urlsplit gives them (no brackets)
-_LOOPBACK_HOSTNAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+#: loopback hostnames, as urlsplit gives them (no brackets)
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class CliError(Exception):
@@ -193,7 +192,7 @@ def resolve_token(base_url: str, config_path: Path | None, environ: Mapping[str,
         if not text:
             raise CliError(f"api.token_file {named} is empty: write the API token into it")
         return text
-    if urllib.parse.urlsplit(base_url).hostname not in _LOOPBACK_HOSTNAMES:
+    if urllib.parse.urlsplit(base_url).hostname not in _LOOPBACK:
         return None
     try:
         return (config.daemon.state_dir / GENERATED_TOKEN_FILE).read_text().strip() or None

@@ -19,7 +19,7 @@ import secrets
 from collections.abc import MutableMapping
 from pathlib import Path
 
-from orchestrator.api.auth import Authenticator, Credential, FailureThrottle
+from orchestrator.api.auth import Authenticator, Credential
 from orchestrator.api.roles import Role
 from orchestrator.config import Config, api_token_digests
 from orchestrator.errors import ConfigError
@@ -98,9 +98,4 @@ def build_authenticator(config: Config, state_dir: Path, environ: MutableMapping
         )
         digest = hashlib.sha256(generated.encode()).digest()
         credentials = [Credential(GENERATED_TOKEN_NAME, Role.ADMIN, digest)]
-    return Authenticator(
-        credentials,
-        _secret_key(config, state_dir, environ),
-        access_token_ttl=config.api.access_token_ttl,
-        throttle=FailureThrottle(config.api.auth_failures_allowed, config.api.auth_failure_window),
-    )
+    return Authenticator.configured(credentials, _secret_key(config, state_dir, environ), config.api)

@@ -33,9 +33,10 @@ from orchestrator.api import (
 from orchestrator.api import assets as asset_routes
 from orchestrator.api import backfills as backfills_api
 from orchestrator.api import events as events_api
-from orchestrator.api.auth import Authenticator, Credential, FailureThrottle, auth_middleware
+from orchestrator.api.auth import Authenticator, Credential, auth_middleware
 from orchestrator.api.errors import error_middleware
 from orchestrator.api.guards import origin_guard
+from orchestrator.api.health import health, ready
 from orchestrator.api.keys import (
     BACKFILLS,
     CONFIG,
@@ -47,52 +48,14 @@ from orchestrator.api.keys import (
     TASK_LOGS,
     UNIXNAME,
 )
-from orchestrator.api.params import json_response
-from orchestrator.api.roles import Role, public
+from orchestrator.api.roles import Role
 from orchestrator.api.v2.errors import v2_error_middleware
 from orchestrator.config import ApiConfig, Config
-from orchestrator.errors import OrchestratorError
 from orchestrator.ports import AssetEventSink, EngineApi, Events, StateStore, TaskLogs
 from orchestrator.triggers.backfill import Backfills
 from orchestrator.triggers.webhooks import WebhookReceiver
 
 log = logging.getLogger("orchestrator.api")
-
-#: Seconds /health waits for the database's answer before calling it unhealthy.
-HEALTH_DATABASE_TIMEOUT = 2.0
-
-
-async def _database_status(store: StateStore) -> str:
-    try:
-        await store.check_database(HEALTH_DATABASE_TIMEOUT)
-    except OrchestratorError as exc:
-        log.warning("health check: the metadatabase is unhealthy: %s", exc)
-        return "unhealthy"
-    return "healthy"
-
-
-@public
-async def health(request: web.Request) -> web.Response:
-    """Airflow's /health shape; 503 until the engine is ready and while the database does not
-    answer, so load balancers and supervisors see both."""
-    scheduler = "healthy" if request.app[ENGINE].is_ready() else "unhealthy"
-    metadatabase = await _database_status(request.app[STORE])
-    healthy = scheduler == metadatabase == "healthy"
-    body = {
-        "status": "healthy" if healthy else "unhealthy",
-        "metadatabase": {"status": metadatabase},
-        "scheduler": {"status": scheduler},
-    }
-    return json_response(body, status=200 if healthy else 503)
-
-
-@public
-async def ready(request: web.Request) -> web.Response:
-    """200 once the engine has recovered and takes work, 503 before that and while draining
-    (a readiness probe; /health also asks the database)."""
-    if request.app[ENGINE].is_ready():
-        return json_response({"status": "ready"})
-    return json_response({"status": "not ready"}, status=503)
 
 
 def settings_authenticator(settings: ApiConfig, secret_key: bytes | None = None) -> Authenticator:
@@ -103,12 +66,7 @@ def settings_authenticator(settings: ApiConfig, secret_key: bytes | None = None)
         for token in settings.tokens
         if token.token_sha256 is not None
     ]
-    return Authenticator(
-        credentials,
-        secret_key or secrets.token_bytes(32),
-        access_token_ttl=settings.access_token_ttl,
-        throttle=FailureThrottle(settings.auth_failures_allowed, settings.auth_failure_window),
-    )
+    return Authenticator.configured(credentials, secret_key or secrets.token_bytes(32), settings)
 
 
 def _unixname() -> str:

@@ -29,7 +29,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import jwt
@@ -39,6 +39,7 @@ from aiohttp.typedefs import Middleware
 from orchestrator.api.errors import ApiError, Handler
 from orchestrator.api.keys import PRINCIPAL
 from orchestrator.api.roles import Principal, Role, required_role
+from orchestrator.config import ApiConfig
 
 log = logging.getLogger("orchestrator.api.auth")
 
@@ -141,12 +142,16 @@ class Authenticator:
         self._wall_clock = wall_clock
 
     @classmethod
-    def from_digests(
-        cls, digests: Mapping[str, bytes], roles: Mapping[str, str], secret_key: bytes, **kwargs: object
+    def configured(
+        cls, credentials: Iterable[Credential], secret_key: bytes, settings: ApiConfig
     ) -> Authenticator:
-        """Built from the configuration's digests (`config.api_token_digests`) and roles by name."""
-        credentials = [Credential(name, Role.parse(roles[name]), digest) for name, digest in digests.items()]
-        return cls(credentials, secret_key, **kwargs)  # type: ignore[arg-type]
+        """One for `credentials`, with the access-token lifetime and throttle of [api] `settings`."""
+        return cls(
+            credentials,
+            secret_key,
+            access_token_ttl=settings.access_token_ttl,
+            throttle=FailureThrottle(settings.auth_failures_allowed, settings.auth_failure_window),
+        )
 
     def derived_key(self, purpose: str) -> bytes:
         """A key for another signature of this daemon's (DAG file tokens), derived from the

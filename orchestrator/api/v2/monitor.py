@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import orjson
 from aiohttp import web
 
+from orchestrator.api.health import health_report
 from orchestrator.api.meta import version
 from orchestrator.api.params import json_response
 from orchestrator.api.roles import public
@@ -14,11 +14,7 @@ from orchestrator.api.roles import public
 async def get_health(request: web.Request) -> web.Response:
     """Airflow 3's HealthInfoResponse: v1's report, plus the triggerer (deferred tasks' triggers
     run in the scheduler's own loop here, so it is as healthy as the scheduler)."""
-    from orchestrator.api.app import health  # app.py registers these routes: import it late
-
-    answer = await health(request)
-    assert isinstance(answer.body, bytes)
-    report = orjson.loads(answer.body)
+    report, healthy = await health_report(request.app)
     scheduler = report["scheduler"]["status"]
     body = {
         "metadatabase": report["metadatabase"],
@@ -26,7 +22,7 @@ async def get_health(request: web.Request) -> web.Response:
         "triggerer": {"status": scheduler, "latest_triggerer_heartbeat": None},
         "dag_processor": None,
     }
-    return json_response(body, status=answer.status)
+    return json_response(body, status=200 if healthy else 503)
 
 
 @public  # as in Airflow 3: the client asks without credentials
