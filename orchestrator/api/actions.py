@@ -23,14 +23,15 @@ from orchestrator.api.roles import Role, requires
 from orchestrator.api.serializers import iso, run_to_json, task_instance_to_json
 from orchestrator.core.records import RunRecord, TaskInstanceRecord
 from orchestrator.core.states import RunState, TaskState
+from orchestrator.core.transitions import USER_RUN_MARKS, USER_TASK_MARKS
 from orchestrator.ports import ClearSelection
 
 _DAG = "/api/v1/dags/{dag_id}"
 _RUN = _DAG + "/dagRuns/{run_id}"
 
 #: UpdateDagRunState's states, and UpdateTaskInstance's
-RUN_STATES = ("success", "failed", "queued")
-TASK_STATES = ("success", "failed", "skipped")
+RUN_STATES = tuple(sorted(state.value for state in USER_RUN_MARKS))
+TASK_STATES = tuple(sorted(state.value for state in USER_TASK_MARKS))
 
 _CLEAR_FIELDS = frozenset(
     {

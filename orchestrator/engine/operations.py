@@ -34,7 +34,12 @@ from orchestrator.core.states import (
     RunState,
     TaskState,
 )
-from orchestrator.core.transitions import USER_TASK_MARKS, check_run_transition, check_task_transition
+from orchestrator.core.transitions import (
+    USER_RUN_MARKS,
+    USER_TASK_MARKS,
+    check_run_transition,
+    check_task_transition,
+)
 from orchestrator.engine.admission import Admission
 from orchestrator.engine.live import Batch, LiveRun
 from orchestrator.engine.progress import RunProgress
@@ -54,9 +59,6 @@ log = logging.getLogger("orchestrator.engine.operations")
 
 #: what only_failed selects (Airflow's: failed and upstream_failed)
 FAILED_STATES = frozenset({TaskState.FAILED, TaskState.UPSTREAM_FAILED})
-
-#: the run states UpdateDagRunState accepts
-RUN_MARKS = (RunState.SUCCESS, RunState.FAILED, RunState.QUEUED)
 
 #: (run, task instance) pairs, as the operations answer them
 Selected = list[tuple[RunRecord, TaskInstanceRecord]]
@@ -200,10 +202,9 @@ class Operations:
     async def set_run_state(self, dag_id: str, run_id: str, state: RunState) -> RunRecord:
         """See `EngineApi.set_run_state`."""
         self._check_open()
-        if state not in RUN_MARKS:
-            raise InvalidRequest(
-                f"a run can be set to {', '.join(s.value for s in RUN_MARKS)}, not {state.value!r}"
-            )
+        if state not in USER_RUN_MARKS:
+            marks = ", ".join(sorted(s.value for s in USER_RUN_MARKS))
+            raise InvalidRequest(f"a run can be set to {marks}, not {state.value!r}")
         run, live = await self._run_as_committed(dag_id, run_id)
         if state == RunState.QUEUED:
             return await self._requeue(run, live)
