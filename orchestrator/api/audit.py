@@ -173,7 +173,7 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         response = await handler(request)
     except Exception as exc:
-        await _record(request, status_of(exc))
+        await _record(request, status_of(request, exc))
         raise
     await _record(request, response.status)
     return response

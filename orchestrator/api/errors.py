@@ -109,18 +109,6 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> ApiErr
     return ApiError(exc.status, exc.text or exc.reason)
 
 
-def status_of(exc: BaseException) -> int:
-    """The status `error_middleware` answers `exc` with (for middlewares inside it that record
-    the outcome of a request, e.g. the audit trail)."""
-    if isinstance(exc, ApiError):
-        return exc.status
-    if isinstance(exc, OrchestratorError):
-        return _from_orchestrator_error(exc).status
-    if isinstance(exc, web.HTTPException):
-        return exc.status
-    return 500
-
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -129,21 +117,18 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Turn every failure into a problem response and log it."""
     try:
         return await handler(request)
-    except ApiError as exc:
-        error = exc
-    except OrchestratorError as exc:
-        error = _from_orchestrator_error(exc)
-    except web.HTTPException as exc:
-        if exc.status < 400:
+    except Exception as exc:
+        if isinstance(exc, web.HTTPException) and exc.status < 400:
             raise
-        error = _from_http_exception(request, exc)
-    except Exception:
-        log.exception("%s %s failed with an unexpected error", request.method, request.path)
-        return problem_response(
-            500,
-            "the orchestrator failed to answer this request because of an internal error; "
-            "the traceback is in the daemon's log (logger orchestrator.api): please report it",
-        )
+        found = api_error_of(request, exc)
+        if found is None:
+            log.exception("%s %s failed with an unexpected error", request.method, request.path)
+            return problem_response(
+                500,
+                "the orchestrator failed to answer this request because of an internal error; "
+                "the traceback is in the daemon's log (logger orchestrator.api): please report it",
+            )
+        error = found
     level = logging.ERROR if error.status >= 500 else logging.INFO
     log.log(level, "%s %s -> %d %s", request.method, request.path, error.status, error.detail)
     return problem_response(error.status, error.detail, error.title, error.headers)
@@ -159,3 +144,10 @@ def api_error_of(request: web.Request, exc: Exception) -> ApiError | None:
     if isinstance(exc, web.HTTPException):
         return _from_http_exception(request, exc)
     return None
+
+
+def status_of(request: web.Request, exc: BaseException) -> int:
+    """The status `error_middleware` answers `exc` with (for middlewares inside it that record
+    the outcome of a request, e.g. the audit trail)."""
+    error = api_error_of(request, exc) if isinstance(exc, Exception) else None
+    return error.status if error is not None else 500
