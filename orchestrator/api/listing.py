@@ -30,8 +30,8 @@ def refuse_unknown(given: Iterable[str], allowed: Collection[str], where: str = 
     unknown = sorted(set(given) - set(allowed))
     if unknown:
         raise BadRequest(
-            f"unknown {where}(s) {', '.join(map(repr, unknown))}: this list takes "
-            f"{', '.join(sorted(allowed))}"
+            f"unknown {where}(s) {', '.join(map(repr, unknown))}: this route takes "
+            f"{', '.join(sorted(allowed)) or 'none'}"
         )
 
 

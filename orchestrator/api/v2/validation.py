@@ -21,6 +21,7 @@ from aiohttp import web
 from orchestrator.api.bodies import nul_location, read_body, require_json_content_type
 from orchestrator.api.errors import BadRequest
 from orchestrator.api.keys import SETTINGS
+from orchestrator.api.listing import refuse_unknown
 from orchestrator.api.params import DEFAULT_LIMIT, MAX_BIGINT, MAX_INTEGER
 from orchestrator.api.v2.errors import ValidationFailed, invalid
 
@@ -31,14 +32,8 @@ _FALSE = frozenset({"false", "0", "no", "off", "f", "n"})
 
 
 def check_query(request: web.Request, allowed: Iterable[str]) -> None:
-    """400 for a query parameter this route does not know."""
-    known = frozenset(allowed)
-    unknown = sorted(set(request.query) - known)
-    if unknown:
-        raise BadRequest(
-            f"unknown query parameter(s) {', '.join(map(repr, unknown))}; "
-            f"this route takes: {', '.join(sorted(known)) or 'none'}"
-        )
+    """400 for a query parameter this route does not know (as v1 answers it)."""
+    refuse_unknown(request.query, frozenset(allowed))
 
 
 def query_int(request: web.Request, name: str, default: int, minimum: int, maximum: int) -> int:
