@@ -77,8 +77,12 @@ class ApiClient:
         except urllib.error.HTTPError as exc:
             raise CliError(self._refusal(exc), exit_code=1) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
-            message = f"cannot reach the orchestrator at {self.base_url}: is `orchestrator run` running?"
-            raise CliError(f"{message} ({_reason(exc)})", exit_code=2) from None
+            raise self.unreachable(exc) from None
+
+    def unreachable(self, exc: BaseException) -> CliError:
+        """The error (exit code 2) for a daemon that could not be reached."""
+        message = f"cannot reach the orchestrator at {self.base_url}: is `orchestrator run` running?"
+        return CliError(f"{message} ({_reason(exc)})", exit_code=2)
 
     def _headers(self, accept: str) -> dict[str, str]:
         headers = {"Accept": accept}
@@ -105,8 +109,7 @@ class ApiClient:
         except urllib.error.HTTPError as exc:
             raise CliError(self._refusal(exc), exit_code=1) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
-            message = f"cannot reach the orchestrator at {self.base_url}: is `orchestrator run` running?"
-            raise CliError(f"{message} ({_reason(exc)})", exit_code=2) from None
+            raise self.unreachable(exc) from None
 
     def get_json(self, path: str, **query: Any) -> Any:
         return json.loads(self.request("GET", path, query=query))
@@ -448,8 +451,7 @@ def _follow_runs(args: argparse.Namespace, client: ApiClient) -> int:
     try:
         opened: Any = client.open_stream("/api/v1/events", query, None)  # first: nothing is missed
     except OSError as exc:
-        message = f"cannot reach the orchestrator at {client.base_url}: is `orchestrator run` running?"
-        raise CliError(f"{message} ({_reason(exc)})", exit_code=2) from None
+        raise client.unreachable(exc) from None
     _print_runs(args, client)
     sys.stdout.flush()
 
