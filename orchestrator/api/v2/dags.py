@@ -1,6 +1,6 @@
 """/api/v2 routes about DAGs: list, get, pause/unpause, and DAG files that failed to import.
 
-The same store queries and engine calls as v1 (`orchestrator.api.dags`), in Airflow 3's shapes.
+The same store queries and engine calls as v1 (`orchestrator.api.dags`, `.lists`), in Airflow 3's shapes.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from orchestrator.api.keys import ENGINE, SIGNING_KEY, STORE
 from orchestrator.api.params import MAX_BIGINT, json_response
 from orchestrator.api.v2 import validation as v
 from orchestrator.api.v2.shapes import dag_to_json, import_error_to_json
+from orchestrator.core.listing import DagQuery, Order, Page
 
 _PATCH = {"is_paused": v.Field(v.Kind.BOOL, required=True, nullable=False)}
 
@@ -22,7 +23,8 @@ async def get_dags(request: web.Request) -> web.Response:
     v.check_query(request, ("limit", "offset", "exclude_stale"))
     limit, offset = v.pagination(request)
     exclude_stale = v.query_bool(request, "exclude_stale", True)
-    dags, total = await request.app[STORE].list_dags(limit, offset, only_active=bool(exclude_stale))
+    query = DagQuery(only_active=bool(exclude_stale), page=Page(limit, offset))
+    dags, total = await request.app[STORE].find_dags(query)
     return json_response(
         {"dags": [dag_to_json(dag, request.app[SIGNING_KEY]) for dag in dags], "total_entries": total}
     )
@@ -55,9 +57,8 @@ async def get_import_errors(request: web.Request) -> web.Response:
     """List the DAG files that failed to import."""
     v.check_query(request, ("limit", "offset"))
     limit, offset = v.pagination(request)
-    errors = await request.app[STORE].list_import_errors()
-    page = [import_error_to_json(error) for error in errors[offset : offset + limit]]
-    return json_response({"import_errors": page, "total_entries": len(errors)})
+    errors, total = await request.app[STORE].find_import_errors(Order("import_error_id"), Page(limit, offset))
+    return json_response({"import_errors": [import_error_to_json(e) for e in errors], "total_entries": total})
 
 
 async def get_import_error(request: web.Request) -> web.Response:

@@ -23,6 +23,7 @@ from orchestrator.api.v2 import validation as v
 from orchestrator.api.v2.errors import invalid
 from orchestrator.api.v2.shapes import run_to_json
 from orchestrator.core.ids import check_run_id
+from orchestrator.core.listing import Page, RunQuery
 from orchestrator.core.states import RunState
 
 _TRIGGER = {
@@ -110,7 +111,12 @@ async def get_dag_runs(request: web.Request) -> web.Response:
     limit, offset = v.pagination(request)
     states = v.query_enum(request, "state", RunState)
     await get_dag_or_404(store, dag_id)
-    runs, total = await store.list_runs(dag_id, limit, offset, states)
+    query = RunQuery(
+        dag_ids=(dag_id,),
+        states=None if states is None else tuple(state.value for state in states),
+        page=Page(limit, offset),
+    )
+    runs, total = await store.find_runs(query)
     return json_response({"dag_runs": [run_to_json(run) for run in runs], "total_entries": total})
 
 

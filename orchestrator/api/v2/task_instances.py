@@ -19,6 +19,7 @@ from orchestrator.api.task_instances import _task_instance, try_log
 from orchestrator.api.v2 import validation as v
 from orchestrator.api.v2.logs import send_structured_log
 from orchestrator.api.v2.shapes import task_instance_to_json
+from orchestrator.core.listing import Page, TaskInstanceQuery
 from orchestrator.core.records import RunRecord
 from orchestrator.core.states import TaskState
 
@@ -41,13 +42,16 @@ async def get_task_instances(request: web.Request) -> web.Response:
     limit, offset = v.pagination(request)
     wanted = v.query_enum(request, "state", StateFilter)
     run = await _run(request)
-    tis = await request.app[STORE].list_task_instances(run.pk)
+    states = None
     if wanted is not None:
-        states = {TaskState.NONE if s.value == "no_status" else TaskState(s.value) for s in wanted}
-        tis = [ti for ti in tis if ti.state in states]
+        states = tuple(TaskState.NONE.value if s.value == "no_status" else s.value for s in wanted)
+    query = TaskInstanceQuery(
+        dag_ids=(run.dag_id,), run_ids=(run.run_id,), states=states, page=Page(limit, offset)
+    )
+    found, total = await request.app[STORE].find_task_instances(query)
     unixname = request.app[UNIXNAME]
-    page = [task_instance_to_json(ti, run, unixname) for ti in tis[offset : offset + limit]]
-    return json_response({"task_instances": page, "total_entries": len(tis)})
+    page = [task_instance_to_json(ti, run, unixname) for ti, _ in found]
+    return json_response({"task_instances": page, "total_entries": total})
 
 
 async def get_task_instance(request: web.Request) -> web.Response:
