@@ -61,6 +61,9 @@ class DaemonConfig:
     dags_folder: Path = Path("dags")
     state_dir: Path = Path("state")
     shutdown_grace: float = 30.0
+    #: seconds after which the survivors take over the runs of a replica that stopped
+    #: renewing its lease (SIGKILL, a lost node, cut off from the database)
+    takeover_after: float = 15.0
     #: None: the daemon picks "<hostname>-<pid>" when it starts
     daemon_id: str | None = None
     #: the daemon's log level: DEBUG, INFO, WARNING, ERROR or CRITICAL
@@ -566,6 +569,7 @@ def _check_ranges(config: Config, origins: Mapping[str, str]) -> None:
     if config.api.secret_key_env is not None and not config.api.secret_key_env.strip():
         raise ConfigError(f"{where('api.secret_key_env')} must not be empty: leave it out to generate a key")
     at_least("daemon.shutdown_grace", config.daemon.shutdown_grace, 0)
+    at_least("daemon.takeover_after", config.daemon.takeover_after, 1)
     executor_names = [f.name for f in dataclasses.fields(ExecutorsConfig) if f.name != "default"]
     if config.executors.default not in executor_names:
         raise ConfigError(

@@ -31,8 +31,21 @@ class ShuttingDown(OrchestratorError):
 
 
 class AnotherDaemonRunning(OrchestratorError):
-    """Another daemon is running on this database; several daemons on one database are not
-    supported yet: stop the other one (or point this one at another database.dsn)."""
+    """A daemon this one cannot share the database with is running on it (an older version,
+    from before replicas, or a live daemon with the same daemon.daemon_id): stop it, or give
+    this one its own daemon.daemon_id."""
+
+
+class OwnedElsewhere(OrchestratorError):
+    """Another replica drives this run: the request is for that replica (the API forwards it)."""
+
+    http_status = 409
+
+    def __init__(self, message: str, *, daemon_id: str, hostname: str, api_url: str | None) -> None:
+        super().__init__(message)
+        self.daemon_id = daemon_id
+        self.hostname = hostname
+        self.api_url = api_url
 
 
 class RunNotFound(OrchestratorError):

@@ -10,7 +10,7 @@ API and the DAG folder see the engine only through `EngineApi`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -77,6 +77,21 @@ class ActiveRun:
     xcoms: list[XComRecord]
     #: the DAG version the run was created with (None: none recorded; use the DAG as loaded)
     spec: DagSpec | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunOwner:
+    """The live replica that owns a run: where to send what concerns the run."""
+
+    daemon_id: str
+    hostname: str
+    api_url: str | None
+
+
+class Listener(Protocol):
+    """A LISTEN connection (see StateStore.listen)."""
+
+    async def close(self) -> None: ...
 
 
 class ScheduleStore(Protocol):
@@ -383,12 +398,16 @@ class StateStore(ScheduleStore, AssetStore, WebhookStore, ActionStore, ListingSt
         """Up to `limit` of a DAG's runs still `queued`, oldest first, leaving out the run pks in
         `exclude` (runs being started whose new state is not committed yet)."""
 
-    async def commit(self, changes: ChangeSet) -> None:
+    async def commit(self, changes: ChangeSet) -> frozenset[int]:
         """Write whole task-instance rows, whole run rows, new XComs and the asset events of
         task outlets (with their consumer queue rows, see AssetStore) in one transaction.
         A later row for the same key in the same change set wins. Raises ConnectionError when
         the database cannot be reached or the connection failed (the caller may retry: the
-        rows are whole, so writing them again is harmless)."""
+        rows are whole, so writing them again is harmless).
+
+        Fenced: only the rows of runs this store's owner owns, while its lease holds, are
+        written. Returns the pks of the runs whose rows were refused (another replica owns
+        them now); empty when everything was written."""
 
     async def check_database(self, timeout: float) -> None:
         """Raise an OrchestratorError unless the database answers a trivial query within `timeout` seconds
@@ -398,23 +417,71 @@ class StateStore(ScheduleStore, AssetStore, WebhookStore, ActionStore, ListingSt
     async def installation_id(self) -> str:
         """The database's installation id (made by the first caller, the same ever after)."""
 
-    async def register_daemon(self, daemon_id: str, hostname: str, pid: int, now: datetime) -> None: ...
+    async def register_daemon(
+        self,
+        daemon_id: str,
+        hostname: str,
+        pid: int,
+        now: datetime,
+        *,
+        version: str = "",
+        lease_seconds: float = 10.0,
+    ) -> None:
+        """Record this daemon (again, if it restarted with the same id) with a lease of
+        `lease_seconds` from the database's now()."""
 
-    async def heartbeat(self, daemon_id: str, now: datetime) -> None: ...
+    async def set_daemon_api_url(self, daemon_id: str, api_url: str) -> None:
+        """Where this daemon's REST API listens (other replicas proxy logs and operations there)."""
 
-    async def try_lock_single_daemon(self, on_lost: Callable[[], None] | None = None) -> bool:
-        """Hold the database's daemon lock while the store is open; False if another holds it.
-        `on_lost` is called if the lock's connection ends while the store is open."""
+    async def renew_lease(self, daemon_id: str, lease_seconds: float) -> bool:
+        """Heartbeat: the lease holds `lease_seconds` from the database's now(). False if the
+        daemon's row is gone (others retired it as dead): register again."""
 
-    async def daemon_lock_held(self, timeout: float) -> bool:
-        """Whether the lock's connection still answers (one that does not is cut)."""
+    async def expire_daemon(self, daemon_id: str) -> None:
+        """End that daemon's lease now (a dead incarnation found at start-up): its runs are
+        claimable at once."""
 
-    async def daemon_lock_holder(self) -> int | None:
-        """The database session (server pid) holding the daemon lock, if any."""
+    async def retire_daemon(self, daemon_id: str) -> int:
+        """A daemon leaves (its drain is done): its active runs lose their owner (and wake the
+        survivors, who claim them at once) and its row is deleted. Returns how many runs it let go."""
 
-    async def list_daemons(self) -> list[DaemonRecord]: ...
+    async def list_daemons(self) -> list[DaemonRecord]:
+        """Every registered daemon with its lease, heartbeat age and owned runs, by the database's clock."""
 
     async def deregister_daemon(self, daemon_id: str) -> None: ...
+
+    # --- ownership (see storage/migrations/0009_run_ownership.sql) ---------------------
+    def set_owner(self, daemon_id: str) -> None:
+        """The daemon this store commits for: every `commit` is fenced on runs it owns."""
+
+    async def admit_queued_runs(self, dag_id: str, limit: int) -> list[ActiveRun]:
+        """Start up to `limit` of the DAG's waiting runs, oldest first, as far as its
+        max_active_runs (counted in the database, over every replica) and its pause allow: each
+        becomes `running` and owned by this store's owner in one transaction. Returns them with
+        their task instances, XComs and recorded DAG version."""
+
+    async def dags_with_waiting_runs(self) -> list[str]:
+        """The DAGs that have unowned `queued` runs."""
+
+    async def claim_orphaned_runs(self, limit: int) -> list[ActiveRun]:
+        """Claim running runs whose owner's lease ran out (or that have no owner, or that this
+        owner held before a restart), at most `limit` and at most this replica's fair share of
+        the active runs, with FOR UPDATE SKIP LOCKED. Returns them as `load_active_runs` does."""
+
+    async def claim_run(self, run_pk: int) -> RunOwner | None:
+        """Take a run that no live replica drives (finished, waiting, or its owner is dead) for
+        an operation on it; None when taken (or already ours), else its live owner."""
+
+    async def owned_runs(self, run_pks: Sequence[int]) -> set[int]:
+        """Which of these runs this store's owner still owns, with its lease holding."""
+
+    async def run_owner(self, run_pk: int) -> RunOwner | None:
+        """The live replica (not this store's owner) that owns this run, if any."""
+
+    async def listen(self, channels: Mapping[str, Callable[[str], None]], on_lost: Callable[[], None]) -> Listener:
+        """LISTEN on these channels on a connection of its own; each notification's payload goes
+        to its channel's callback. `on_lost` is called once if the connection ends."""
+
 
     async def close(self) -> None: ...
 

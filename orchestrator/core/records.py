@@ -69,6 +69,18 @@ class DaemonRecord:
     pid: int
     started_at: datetime
     heartbeat_at: datetime
+    #: the orchestrator version it runs
+    version: str = ""
+    #: where its REST API listens (None until it listens); replicas proxy to it
+    api_url: str | None = None
+    #: until when its lease holds, by the database's clock
+    lease_until: datetime | None = None
+    #: whether its lease holds now (by the database's clock)
+    alive: bool = True
+    #: seconds since its last heartbeat, by the database's clock
+    heartbeat_age: float = 0.0
+    #: how many queued or running runs it owns
+    owned_runs: int = 0
 
 
 @dataclass(frozen=True, slots=True)
