@@ -47,3 +47,12 @@ $$;
 CREATE TRIGGER dag_run_released AFTER UPDATE OF owner ON dag_run
     FOR EACH ROW WHEN (NEW.state = 'running' AND NEW.owner IS NULL AND OLD.owner IS NOT NULL)
     EXECUTE FUNCTION orchestrator_notify_released_run();
+
+-- The replicas' shared secret: a replica that forwards a request to another (an operation on a
+-- run the other drives, a log only the other has) signs it with this, so the other trusts the
+-- identity the first one authenticated. Made by the first replica; readable only by those who
+-- can read the database, who could do anything already.
+CREATE TABLE replica_secret (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    secret text NOT NULL
+);
