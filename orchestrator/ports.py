@@ -454,19 +454,31 @@ class StateStore(ScheduleStore, AssetStore, WebhookStore, ActionStore, ListingSt
     def set_owner(self, daemon_id: str) -> None:
         """The daemon this store commits for: every `commit` is fenced on runs it owns."""
 
-    async def admit_queued_runs(self, dag_id: str, limit: int) -> list[ActiveRun]:
+    async def admit_queued_runs(
+        self, dag_id: str, limit: int, exclude: Sequence[int] = ()
+    ) -> list[ActiveRun]:
         """Start up to `limit` of the DAG's waiting runs, oldest first, as far as its
         max_active_runs (counted in the database, over every replica) and its pause allow: each
-        becomes `running` and owned by this store's owner in one transaction. Returns them with
-        their task instances, XComs and recorded DAG version."""
+        becomes `running` and owned by this store's owner in one transaction (runs in `exclude`
+        are left waiting). Returns them with their task instances, XComs and recorded DAG version."""
+
+    async def load_runs(self, run_pks: Sequence[int]) -> list[ActiveRun]:
+        """These runs with everything to drive them (as `load_active_runs` returns them)."""
 
     async def dags_with_waiting_runs(self) -> list[str]:
         """The DAGs that have unowned `queued` runs."""
 
-    async def claim_orphaned_runs(self, limit: int) -> list[ActiveRun]:
-        """Claim running runs whose owner's lease ran out (or that have no owner, or that this
-        owner held before a restart), at most `limit` and at most this replica's fair share of
-        the active runs, with FOR UPDATE SKIP LOCKED. Returns them as `load_active_runs` does."""
+    async def claim_orphaned_runs(
+        self, limit: int, held: Sequence[int] = (), *, take_expired: bool = True
+    ) -> list[ActiveRun]:
+        """Claim running runs nobody drives: without an owner, this store's owner's own that it
+        does not hold (`held`: the runs it has in memory), and with `take_expired` those of
+        replicas whose lease ran out. At most `limit`, and at most this replica's fair share of
+        the running runs, with FOR UPDATE SKIP LOCKED. Returns them as `load_active_runs` does."""
+
+    async def legacy_daemon_lock_holder(self) -> int | None:
+        """The database session of a daemon from before replicas (which holds the old
+        single-daemon advisory lock), if one runs: no replica may start beside it."""
 
     async def claim_run(self, run_pk: int) -> RunOwner | None:
         """Take a run that no live replica drives (finished, waiting, or its owner is dead) for
@@ -478,10 +490,11 @@ class StateStore(ScheduleStore, AssetStore, WebhookStore, ActionStore, ListingSt
     async def run_owner(self, run_pk: int) -> RunOwner | None:
         """The live replica (not this store's owner) that owns this run, if any."""
 
-    async def listen(self, channels: Mapping[str, Callable[[str], None]], on_lost: Callable[[], None]) -> Listener:
+    async def listen(
+        self, channels: Mapping[str, Callable[[str], None]], on_lost: Callable[[], None]
+    ) -> Listener:
         """LISTEN on these channels on a connection of its own; each notification's payload goes
         to its channel's callback. `on_lost` is called once if the connection ends."""
-
 
     async def close(self) -> None: ...
 
