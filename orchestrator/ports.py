@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Se
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from orchestrator.core.kinds import Payload
 from orchestrator.core.listing import DagQuery, Order, Page, RunQuery, TaskInstanceQuery, XComEntry
@@ -111,7 +111,21 @@ class ScheduleStore(Protocol):
         data_interval_end: datetime | None,
         create_after: datetime | None,
     ) -> None:
-        """Record the DAG's next scheduled run (GET /dags' next_dagrun fields); all None: none."""
+        """Record the DAG's next scheduled run (GET /dags' next_dagrun fields); all None: none.
+        Never backwards: nothing is written when a scheduled run at or after `logical_date`
+        exists (a replica that planned before another created that run is stale)."""
+
+    async def create_sole_run(
+        self,
+        run: NewRun,
+        tasks: Sequence[NewTaskInstance],
+        source_hash: str | None,
+        unless: Literal["unfinished", "scheduled"],
+    ) -> RunRecord | None:
+        """Create the run (as create_run does) unless the DAG has a run that forbids it, decided
+        under a lock on the DAG so that concurrent callers (replicas) create at most one:
+        "unfinished" (a queued or running run: @continuous) or "scheduled" (any scheduled run:
+        @once). None, with nothing written, when it is forbidden."""
 
     async def create_backfill(
         self,
@@ -125,8 +139,9 @@ class ScheduleStore(Protocol):
         run_backwards: bool,
         now: datetime,
         runs: Sequence[BackfillRunRecord],
-    ) -> BackfillRecord:
-        """Write a backfill and the runs it plans (in their order) in one transaction."""
+    ) -> BackfillRecord | None:
+        """Write a backfill and the runs it plans (in their order) in one transaction; None, with
+        nothing written, when the DAG has an unfinished backfill (decided under a lock on the DAG)."""
 
     async def runs_at_logical_dates(
         self, dag_id: str, dates: Sequence[datetime]
@@ -153,6 +168,19 @@ class ScheduleStore(Protocol):
 
     async def set_backfill_run(self, backfill_id: int, sort_ordinal: int, run_pk: int) -> None:
         """Record the run created for one planned logical date."""
+
+    async def create_backfill_run(
+        self,
+        run: NewRun,
+        tasks: Sequence[NewTaskInstance],
+        source_hash: str | None,
+        sort_ordinal: int,
+    ) -> tuple[RunRecord, bool] | None:
+        """In one transaction, while the backfill (`run.backfill_id`) is neither paused nor
+        completed (its row locked against both): create the run (as create_run does: an existing
+        (dag_id, run_id) is returned with False) and, if the run is the backfill's, record it for
+        the planned date `sort_ordinal`. None, with nothing written, when the backfill is paused or
+        completed."""
 
 
 class AssetStore(Protocol):
