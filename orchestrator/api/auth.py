@@ -38,6 +38,7 @@ import jwt
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from orchestrator.api.bodies import read_body
 from orchestrator.api.errors import ApiError, Handler
 from orchestrator.api.keys import PRINCIPAL
 from orchestrator.api.replica_auth import FORWARDED_HEADER, REPLICA_SECRET, BadSignature, verify
@@ -287,7 +288,7 @@ async def _forwarded_principal(auth: Authenticator, request: web.Request, value:
     holder = request.app.get(REPLICA_SECRET)
     if holder is None:
         raise refuse(auth, request, "this API takes no forwarded requests (it serves no replicas)")
-    body = await request.read() if request.body_exists else b""
+    body = await read_body(request) if request.body_exists else b""
     try:
         return verify(await holder.get(), value, request.method, request.raw_path, body)
     except BadSignature as exc:

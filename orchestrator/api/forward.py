@@ -25,6 +25,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from orchestrator.api.bodies import read_body
 from orchestrator.api.errors import ApiError, Handler
 from orchestrator.api.keys import FORWARDED_TO, PRINCIPAL
 from orchestrator.api.replica_auth import FORWARDED_HEADER, REPLICA_SECRET, is_forwarded, sign
@@ -107,7 +108,7 @@ async def forward(request: web.Request, owner: OwnedElsewhere) -> web.Response:
             "daemon.takeover_after seconds",
             headers={"Retry-After": "5"},
         )
-    body = await request.read() if request.body_exists else b""
+    body = await read_body(request) if request.body_exists else b""  # the handler read it already
     headers = await signed_headers(request, body)
     url = target_url(owner.api_url, request)
     session = request.app[REPLICA_CLIENT].session()
