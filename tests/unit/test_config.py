@@ -402,7 +402,7 @@ def test_the_shipped_config_toml_and_the_readme_document_every_key() -> None:
         return keys
 
     # unset by default: shown commented out
-    optional = {"database.dsn", "daemon.daemon_id", "api.token_file", "api.secret_key_env"}
+    optional = {"database.dsn", "daemon.daemon_id", "api.token_file", "api.secret_key_env", "logs.folder"}
     assert set(KEYS) - optional <= written(shipped), "keys missing from config.toml"
     readme = (REPO_ROOT / "README.md").read_text()
     # a row may name two keys of one table: `database.pool_min_size` / `pool_max_size`
