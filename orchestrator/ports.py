@@ -526,7 +526,8 @@ class StateStore(ScheduleStore, AssetStore, WebhookStore, ActionStore, ListingSt
         self, channels: Mapping[str, Callable[[str], None]], on_lost: Callable[[], None]
     ) -> Listener:
         """LISTEN on these channels on a connection of its own; each notification's payload goes
-        to its channel's callback. `on_lost` is called once if the connection ends."""
+        to its channel's callback, except those sent by this store's own pool (this replica
+        acted on them already). `on_lost` is called once if the connection ends."""
 
     async def close(self) -> None: ...
 

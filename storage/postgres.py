@@ -335,9 +335,15 @@ class PostgresStateStore(
     and ownership methods in `storage.postgres_ownership`)."""
 
     def __init__(
-        self, pool: asyncpg.Pool, dsn: str, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+        self,
+        pool: asyncpg.Pool,
+        dsn: str,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        sessions: set[int] | None = None,
     ) -> None:
         self._pool = pool
+        #: the server pids of this store's pool connections (its own NOTIFYs are not delivered)
+        self._sessions: set[int] = sessions if sessions is not None else set()
         self._dsn = dsn
         self._connect_timeout = connect_timeout
         # commits go through one connection of their own: a pool round trip (acquire, and the
@@ -358,18 +364,24 @@ class PostgresStateStore(
     ) -> PostgresStateStore:
         """Open a connection pool on a migrated database (see `storage.migrate`). A server that
         does not answer within `connect_timeout` seconds is a StorageError naming it."""
+        sessions: set[int] = set()
+
+        async def init(conn: asyncpg.Connection) -> None:
+            await _init_connection(conn)
+            sessions.add(conn.get_server_pid())
+
         try:
             pool = await asyncpg.create_pool(
                 dsn,
                 min_size=min_size,
                 max_size=max_size,
-                init=_init_connection,
+                init=init,
                 reset=_keep_session,
                 timeout=connect_timeout,
             )
         except (OSError, asyncpg.PostgresError) as exc:  # TimeoutError is an OSError
             raise StorageError(connect_failure(dsn, exc, connect_timeout, "opening the pool")) from exc
-        return cls(pool, dsn, connect_timeout)
+        return cls(pool, dsn, connect_timeout, sessions)
 
     async def close(self) -> None:
         if self._commit_conn is not None:

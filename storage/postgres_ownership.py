@@ -52,6 +52,7 @@ class PostgresOwnershipStore:
     _dsn: str
     _connect_timeout: float
     _owner: str | None
+    _sessions: set[int]
 
     async def _load_runs_by_pk(self, conn: asyncpg.Connection, pks: Sequence[int]) -> list[ActiveRun]:
         raise NotImplementedError  # PostgresStateStore's
@@ -156,15 +157,17 @@ class PostgresOwnershipStore:
             raise ConnectionError(f"cannot open the LISTEN connection: {exc}") from exc
         try:
             for channel, callback in channels.items():
-                await conn.add_listener(channel, _payload_to(callback))
+                await conn.add_listener(channel, _payload_to(callback, self._sessions))
         except BaseException:
             conn.terminate()
             raise
         return PgListener(conn, on_lost)
 
 
-def _payload_to(callback: Callable[[str], None]) -> Callable[..., None]:
-    def deliver(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+def _payload_to(callback: Callable[[str], None], own: set[int]) -> Callable[..., None]:
+    def deliver(_conn: object, pid: int, _channel: str, payload: str) -> None:
+        if pid in own:  # sent by this store's own pool: this replica acted on it already
+            return
         try:
             callback(payload)
         except Exception:

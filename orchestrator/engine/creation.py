@@ -117,8 +117,23 @@ class RunCreator:
                 self._events.publish(RunChanged(record))
         for _, record in created:
             log.info("run %s of %s created (%s)", record.run_id, record.dag_id, record.run_type)
-        dag_ids = dict.fromkeys(record.dag_id for _, record in created)
-        await asyncio.gather(*(self._admission.admit_now(dag_id) for dag_id in dag_ids))
-        for request, result in zip(batch, results, strict=True):
-            if not request.answer.done():
-                request.answer.set_result(result)
+        dag_ids = list(dict.fromkeys(record.dag_id for _, record in created))
+        if not dag_ids:
+            _answer(batch, results)
+            return
+        # the next batch is written meanwhile: its runs join the admission passes running now
+        self._supervisor.spawn(self._admitted(dag_ids, batch, results), name="admit created runs")
+
+    async def _admitted(
+        self, dag_ids: list[str], batch: list[_Request], results: list[tuple[RunRecord, bool]]
+    ) -> None:
+        try:
+            await asyncio.gather(*(self._admission.admit_now(dag_id) for dag_id in dag_ids))
+        finally:
+            _answer(batch, results)
+
+
+def _answer(batch: list[_Request], results: list[tuple[RunRecord, bool]]) -> None:
+    for request, result in zip(batch, results, strict=True):
+        if not request.answer.done():
+            request.answer.set_result(result)
