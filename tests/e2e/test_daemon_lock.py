@@ -64,6 +64,7 @@ def test_a_daemon_whose_lock_connection_dropped_takes_the_lock_again_and_runs_on
 ) -> None:
     daemon = make_daemon()
     daemon.start()
+
     async def cut() -> None:
         admin = await _cut_and_take(pg_server, database_dsn, take=False)
         await admin.close()
