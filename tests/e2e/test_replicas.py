@@ -18,7 +18,9 @@ from __future__ import annotations
 import signal
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -78,6 +80,10 @@ def alive(dsn: str) -> set[str]:
     return {row["daemon_id"] for row in rows}
 
 
+def is_alive(dsn: str, daemon_id: str) -> bool:
+    return daemon_id in alive(dsn)
+
+
 def marks(path: Path) -> list[Mark]:
     if not path.exists():
         return []
@@ -88,11 +94,17 @@ def marks(path: Path) -> list[Mark]:
     return found
 
 
-def task_rows(dsn: str, dag_id: str) -> dict[tuple[str, str], dict[str, object]]:
+class TaskRow(NamedTuple):
+    state: str
+    try_number: int
+
+
+def task_rows(dsn: str, dag_id: str) -> dict[tuple[str, str], TaskRow]:
+    """Every task instance of the DAG: (run_id, task_id) -> its state and try number."""
     rows = db_fetch(
         dsn, "SELECT run_id, task_id, state, try_number FROM task_instance WHERE dag_id = $1", dag_id
     )
-    return {(str(row["run_id"]), str(row["task_id"])): row for row in rows}
+    return {(row["run_id"], row["task_id"]): TaskRow(row["state"], row["try_number"]) for row in rows}
 
 
 def unfinished_runs(dsn: str, dag_id: str) -> int:
@@ -151,9 +163,7 @@ def test_a_replica_killed_mid_way_loses_no_run_and_reruns_no_success(
     victim.kill()
     # what the victim committed is final now: these successes must never run again
     committed = {
-        key: int(str(row["try_number"]))
-        for key, row in task_rows(database_dsn, "chain").items()
-        if row["state"] == "success"
+        key: row.try_number for key, row in task_rows(database_dsn, "chain").items() if row.state == "success"
     }
     victims_runs = runs_owned(database_dsn, "chain")[victim_id]
     assert victims_runs > 0, "the victim owned no active run when it was killed"
@@ -173,7 +183,7 @@ def test_a_replica_killed_mid_way_loses_no_run_and_reruns_no_success(
 
     tasks = task_rows(database_dsn, "chain")
     assert len(tasks) == 30 * len(TASKS)
-    assert {key: row["state"] for key, row in tasks.items() if row["state"] != "success"} == {}
+    assert {key: row.state for key, row in tasks.items() if row.state != "success"} == {}
 
     succeeded = marks(work / "succeeded")
     per_try = Counter((run_id, task_id, try_number) for run_id, task_id, try_number, _ in succeeded)
@@ -181,14 +191,14 @@ def test_a_replica_killed_mid_way_loses_no_run_and_reruns_no_success(
     per_task = Counter((run_id, task_id) for run_id, task_id, _, _ in succeeded)
     for key, try_number in committed.items():
         assert per_task[key] == 1, f"{key} had succeeded (try {try_number}) and ran again"
-        assert tasks[key]["try_number"] == try_number, f"{key}'s committed success was overwritten"
-    for run_id, task_id, try_number, replica in succeeded:
-        final = int(str(tasks[(run_id, task_id)]["try_number"]))
+        assert tasks[key].try_number == try_number, f"{key}'s committed success was overwritten"
+    for run_id, task_id, try_number, ran_on in succeeded:
+        final = tasks[(run_id, task_id)].try_number
         if try_number != final:
             # only a try the victim had in flight when it died may have ended after it, unrecorded
-            assert replica == victim_id and try_number < final, (run_id, task_id, try_number, replica)
+            assert ran_on == victim_id and try_number < final, (run_id, task_id, try_number, ran_on)
     for (run_id, task_id), row in tasks.items():
-        assert (run_id, task_id, row["try_number"]) in per_try, f"{run_id} {task_id}'s success ran nowhere"
+        assert (run_id, task_id, row.try_number) in per_try, f"{run_id} {task_id}'s success ran nowhere"
 
     # every log that still exists, through each survivor; the victim's own tries' logs may be gone
     started = {
@@ -197,7 +207,7 @@ def test_a_replica_killed_mid_way_loses_no_run_and_reruns_no_success(
     }
     gone: list[tuple[str, str, int]] = []
     for (run_id, task_id), row in tasks.items():
-        for try_number in range(1, int(str(row["try_number"])) + 1):
+        for try_number in range(1, row.try_number + 1):
             ran_on = started.get((run_id, task_id, try_number), "")
             for survivor in survivors:
                 response = survivor.get(
@@ -209,7 +219,7 @@ def test_a_replica_killed_mid_way_loses_no_run_and_reruns_no_success(
                     gone.append((run_id, task_id, try_number))
                     continue
                 assert response.status == 200, f"{where}: {response.status} {response.text[:500]}"
-                if try_number == row["try_number"]:
+                if try_number == row.try_number:
                     assert f"ran {task_id} try {try_number} on {ran_on}" in response.text, where
 
 
@@ -239,7 +249,7 @@ def test_a_rolling_restart_of_every_replica_is_not_noticed_by_the_runs(
         owned_at_restart[replica.replica] = runs_owned(database_dsn, "rolling")[replica.replica]
         assert replica.stop(signal.SIGTERM) == 0, replica.logs()[-3000:]
         replica.start()
-        wait_for(lambda r=replica: r.replica in alive(database_dsn), 10, f"{replica.replica} alive again")
+        wait_for(partial(is_alive, database_dsn, replica.replica), 10, f"{replica.replica} alive again")
     assert sum(owned_at_restart.values()) > 0, f"no restarted replica drove a run: {owned_at_restart}"
 
     wait_for(lambda: unfinished_runs(database_dsn, "rolling") == 0, 60, "every run to finish", interval=0.1)
@@ -248,11 +258,9 @@ def test_a_rolling_restart_of_every_replica_is_not_noticed_by_the_runs(
         assert replicas[i % 3].run("rolling", run_id)["state"] == "success"
     tasks = task_rows(database_dsn, "rolling")
     assert len(tasks) == 10 * len(TASKS)
-    not_first = {
-        key: (row["state"], row["try_number"]) for key, row in tasks.items() if row["try_number"] != 1
-    }
+    not_first = {key: (row.state, row.try_number) for key, row in tasks.items() if row.try_number != 1}
     assert not_first == {}, "a try was counted failed"
-    assert {key: row["state"] for key, row in tasks.items() if row["state"] != "success"} == {}
+    assert {key: row.state for key, row in tasks.items() if row.state != "success"} == {}
     succeeded = Counter(
         (run_id, task_id, try_number) for run_id, task_id, try_number, _ in marks(work / "succeeded")
     )
