@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 
@@ -29,7 +30,18 @@ def replica(make_daemon: Callable[..., Daemon], name: str, daemon_id: str) -> Da
     )
 
 
-def alive(dsn: str) -> set[str]:
+def alive(reader: Daemon) -> set[str]:
+    """The daemons `reader` lists as alive (GET /api/v1/daemons)."""
+    response = reader.get("/api/v1/daemons")
+    assert response.status == 200, response.text
+    return {d["daemon_id"] for d in response.body["daemons"] if d["alive"]}
+
+
+def lists_alive(reader: Daemon, expected: set[str]) -> bool:
+    return alive(reader) == expected
+
+
+def alive_in_database(dsn: str) -> set[str]:
     rows = db_fetch(dsn, "SELECT daemon_id FROM daemon WHERE lease_until > now()")
     return {row["daemon_id"] for row in rows}
 
@@ -45,7 +57,8 @@ def test_a_second_daemon_on_the_same_database_starts_and_both_are_listed(
 ) -> None:
     first = replica(make_daemon, "a", "first").start()
     second = replica(make_daemon, "b", "second").start()
-    assert wait_for(lambda: alive(database_dsn) == {"first", "second"}, 10, "both daemons alive")
+    for reader in (first, second):
+        wait_for(partial(lists_alive, reader, {"first", "second"}), 10, f"{reader.replica} to list both")
     assert first.get("/health").status == 200 and second.get("/health").status == 200
 
 
@@ -58,7 +71,7 @@ def test_a_database_of_a_newer_schema_version_is_refused_naming_the_version(
         daemon.start()
     line = error_line(daemon)
     assert "9999" in line and "Upgrade this orchestrator" in line, line
-    assert alive(database_dsn) == set()
+    assert alive_in_database(database_dsn) == set()
 
 
 def test_a_daemon_id_a_live_daemon_has_is_refused_naming_it(
@@ -70,4 +83,4 @@ def test_a_daemon_id_a_live_daemon_has_is_refused_naming_it(
         twin.start()
     assert "replica-7" in error_line(twin)
     assert live.get("/health").status == 200
-    assert alive(database_dsn) == {"replica-7"}
+    assert alive(live) == {"replica-7"}

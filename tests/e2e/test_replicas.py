@@ -74,14 +74,19 @@ def make_replicas(make_daemon: Callable[..., Daemon], count: int = 3) -> list[Da
     ]
 
 
-def alive(dsn: str) -> set[str]:
-    """The replicas whose lease holds, by the database's clock."""
-    rows = db_fetch(dsn, "SELECT daemon_id FROM daemon WHERE lease_until > now()")
-    return {row["daemon_id"] for row in rows}
+def alive(reader: Daemon) -> set[str]:
+    """The replicas that `reader` lists as alive (GET /api/v1/daemons: their lease holds)."""
+    response = reader.get("/api/v1/daemons")
+    assert response.status == 200, response.text
+    return {d["daemon_id"] for d in response.body["daemons"] if d["alive"]}
 
 
-def is_alive(dsn: str, daemon_id: str) -> bool:
-    return daemon_id in alive(dsn)
+def is_alive(reader: Daemon, daemon_id: str) -> bool:
+    return daemon_id in alive(reader)
+
+
+def all_alive(reader: Daemon, expected: set[str]) -> bool:
+    return alive(reader) == expected
 
 
 def marks(path: Path) -> list[Mark]:
@@ -138,7 +143,10 @@ def test_a_replica_killed_mid_way_loses_no_run_and_reruns_no_success(
         replica.start()
     for replica in replicas:
         replica.wait_dag("chain")
-    assert wait_for(lambda: alive(database_dsn) == {"r1", "r2", "r3"}, 10, "three replicas alive")
+    for reader in replicas:  # any replica lists all three
+        wait_for(
+            partial(all_alive, reader, {"r1", "r2", "r3"}), 10, f"{reader.replica} to list three replicas"
+        )
 
     run_ids = [f"run-{i:02d}" for i in range(30)]
     for i, run_id in enumerate(run_ids):
@@ -175,7 +183,8 @@ def test_a_replica_killed_mid_way_loses_no_run_and_reruns_no_success(
         interval=0.1,
     )
     wait_for(lambda: unfinished_runs(database_dsn, "chain") == 0, 60, "every run to finish", interval=0.1)
-    assert alive(database_dsn) == {s.replica for s in survivors}
+    for survivor in survivors:
+        assert alive(survivor) == {s.replica for s in survivors}
 
     # any survivor serves any run's state
     for i, run_id in enumerate(run_ids):
@@ -216,6 +225,7 @@ def test_a_replica_killed_mid_way_loses_no_run_and_reruns_no_success(
                 )
                 where = f"log of {run_id} {task_id} try {try_number} (ran on {ran_on or '?'}) via {survivor.replica}"
                 if response.status == 404 and ran_on in {victim_id, ""}:
+                    assert "log" in response.text.lower(), f"{where}: {response.text[:500]}"
                     gone.append((run_id, task_id, try_number))
                     continue
                 assert response.status == 200, f"{where}: {response.status} {response.text[:500]}"
@@ -234,7 +244,10 @@ def test_a_rolling_restart_of_every_replica_is_not_noticed_by_the_runs(
         replica.start()
     for replica in replicas:
         replica.wait_dag("rolling")
-    assert wait_for(lambda: alive(database_dsn) == {"r1", "r2", "r3"}, 10, "three replicas alive")
+    for reader in replicas:  # any replica lists all three
+        wait_for(
+            partial(all_alive, reader, {"r1", "r2", "r3"}), 10, f"{reader.replica} to list three replicas"
+        )
 
     run_ids = [f"roll-{i:02d}" for i in range(10)]
     for i, run_id in enumerate(run_ids):
@@ -249,11 +262,11 @@ def test_a_rolling_restart_of_every_replica_is_not_noticed_by_the_runs(
         owned_at_restart[replica.replica] = runs_owned(database_dsn, "rolling")[replica.replica]
         assert replica.stop(signal.SIGTERM) == 0, replica.logs()[-3000:]
         replica.start()
-        wait_for(partial(is_alive, database_dsn, replica.replica), 10, f"{replica.replica} alive again")
+        wait_for(partial(is_alive, replicas[0], replica.replica), 10, f"{replica.replica} alive again")
     assert sum(owned_at_restart.values()) > 0, f"no restarted replica drove a run: {owned_at_restart}"
 
     wait_for(lambda: unfinished_runs(database_dsn, "rolling") == 0, 60, "every run to finish", interval=0.1)
-    assert alive(database_dsn) == {"r1", "r2", "r3"}
+    assert all(alive(reader) == {"r1", "r2", "r3"} for reader in replicas)
     for i, run_id in enumerate(run_ids):
         assert replicas[i % 3].run("rolling", run_id)["state"] == "success"
     tasks = task_rows(database_dsn, "rolling")
