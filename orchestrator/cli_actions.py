@@ -26,8 +26,11 @@ RUNS_MARK = "runs-mark"
 def route_subcommands(argv: Sequence[str]) -> list[str]:
     """`runs mark A B ...` becomes the hidden `runs-mark A B ...`; anything else is unchanged."""
     args = list(argv)
-    if len(args) > 2 and args[0] == "runs" and args[1] == "mark" and (
-        not args[2].startswith("-") or args[2] in ("-h", "--help")
+    if (
+        len(args) > 2
+        and args[0] == "runs"
+        and args[1] == "mark"
+        and (not args[2].startswith("-") or args[2] in ("-h", "--help"))
     ):
         return [RUNS_MARK, *args[2:]]
     return args

@@ -64,6 +64,8 @@ class DaemonConfig:
     #: seconds after which the survivors take over the runs of a replica that stopped
     #: renewing its lease (SIGKILL, a lost node, cut off from the database)
     takeover_after: float = 15.0
+    #: the URL other replicas reach this daemon's API at (None: the address it listens on)
+    advertise_url: str | None = None
     #: None: the daemon picks "<hostname>-<pid>" when it starts
     daemon_id: str | None = None
     #: the daemon's log level: DEBUG, INFO, WARNING, ERROR or CRITICAL
@@ -578,6 +580,12 @@ def _check_ranges(config: Config, origins: Mapping[str, str]) -> None:
         )
     if config.daemon.daemon_id is not None and not config.daemon.daemon_id.strip():
         raise ConfigError(f"{where('daemon.daemon_id')} must not be empty: leave it out for <hostname>-<pid>")
+    advertised = config.daemon.advertise_url
+    if advertised is not None and not advertised.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"{where('daemon.advertise_url')} must be an http:// or https:// URL other replicas can reach, "
+            f"got {advertised!r}: leave it out to use the address the API listens on"
+        )
     at_least("database.pool_min_size", config.database.pool_min_size, 1)
     at_least("database.pool_max_size", config.database.pool_max_size, 1)
     if config.database.pool_min_size > config.database.pool_max_size:
@@ -701,7 +709,7 @@ def _parse_api_tokens(entries: Any, path: Path) -> tuple[ApiToken, ...]:
         if ("token_env" in entry) == ("token_sha256" in entry):
             raise ConfigError(
                 f"{where}: give exactly one of token_env (the environment variable holding the token) "
-                "and token_sha256 (its SHA-256 hex digest: `printf %s \"$TOKEN\" | sha256sum`)"
+                'and token_sha256 (its SHA-256 hex digest: `printf %s "$TOKEN" | sha256sum`)'
             )
         digest = entry.get("token_sha256")
         if digest is not None and not _SHA256_HEX.fullmatch(digest.lower()):

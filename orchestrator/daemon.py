@@ -30,13 +30,13 @@ from aiohttp import web
 
 from orchestrator.api.app import create_app
 from orchestrator.api.auth import Authenticator
+from orchestrator.api.meta import version
 from orchestrator.config import DEPRECATED_LOG_LEVEL_ENV, Config, webhook_secrets
 from orchestrator.core.model import DagSpec
 from orchestrator.core.serialization import spec_from_dict
 from orchestrator.core.template_limits import TemplateLimits
 from orchestrator.core.values import xcom_refusal
 from orchestrator.daemon_auth import build_authenticator
-from orchestrator.daemon_lock import DaemonLock
 from orchestrator.dagfolder import DagFolder
 from orchestrator.engine.clock import SystemClock
 from orchestrator.engine.dispatch import Dispatcher
@@ -45,8 +45,9 @@ from orchestrator.engine.events import EventBus
 from orchestrator.engine.registry import DagRegistry
 from orchestrator.engine.supervision import Supervisor
 from orchestrator.engine.timers import LoopTimers
-from orchestrator.errors import AnotherDaemonRunning, OrchestratorError
-from orchestrator.ports import AssetEventSink, Executor, ExecutorEvents, StateStore, TaskLogs, Timers
+from orchestrator.errors import OrchestratorError
+from orchestrator.ports import AssetEventSink, Executor, ExecutorEvents, StateStore, TaskLogs
+from orchestrator.replicas import Replica
 from orchestrator.triggers.assets import AssetTrigger
 from orchestrator.triggers.backfill import Backfills
 from orchestrator.triggers.scheduler import Scheduler
@@ -58,7 +59,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("orchestrator.daemon")
 
-HEARTBEAT_INTERVAL = 10.0
 #: under the state directory: the source of every parsed DAG version, by hash
 DAG_VERSIONS_FOLDER = "dag_versions"
 
@@ -266,10 +266,6 @@ async def _serve(config: Config) -> None:
             connect_timeout=config.database.connect_timeout,
         )
         stack.push_async_callback(store.close)
-        daemon_lock = DaemonLock(store, timers, on_taken_over=supervisor.fatal)
-        await _refuse_if_another_daemon_runs(store, daemon_lock, daemon_id)
-        await store.register_daemon(daemon_id, hostname, os.getpid(), clock.now())
-        stack.push_async_callback(store.deregister_daemon, daemon_id)
 
         registry = DagRegistry()
         log_files = LogFiles(config.logs.max_bytes_per_try)
@@ -293,6 +289,19 @@ async def _serve(config: Config) -> None:
             ),
         )
         engine.set_installation(await store.installation_id())
+        replica = Replica(
+            store,
+            engine,
+            clock,
+            timers,
+            daemon_id=daemon_id,
+            hostname=hostname,
+            version=version(),
+            takeover_after=config.daemon.takeover_after,
+        )
+        await replica.join()
+        # the drain comes first (see below); this hands what is left over to the survivors
+        stack.push_async_callback(replica.leave)
         dispatcher = Dispatcher(
             build_executors(config, engine, paths.state_dir, log_files), default=config.executors.default
         )
@@ -330,6 +339,7 @@ async def _serve(config: Config) -> None:
             # on their recorded DAG versions; a DAG not parsed yet cannot be triggered yet)
             group.start_soon(folder.run, {dag_id: spec.fileloc for dag_id, spec in stored.items()})
             await asset_trigger.recover()
+            await replica.start_listening()  # before recovery: no waiting run is missed
             await engine.recover(stored)
             scheduler.start()
             await backfills.start()
@@ -349,8 +359,10 @@ async def _serve(config: Config) -> None:
             runner = await _start_api(
                 config, paths, store, engine, task_logs, backfills, receiver, asset_trigger, auth
             )
-            group.start_soon(daemon_lock.guard)
-            group.start_soon(_heartbeat, store, daemon_lock, daemon_id, clock, timers)
+            await replica.advertise(_advertised_url(config, runner))
+            group.start_soon(replica.heartbeat)
+            group.start_soon(replica.takeovers)
+            group.start_soon(replica.keep_listening)
             group.start_soon(_wait_for_stop_signal, stop)
             log.info("orchestrator daemon %s ready", daemon_id)
 
@@ -367,31 +379,6 @@ async def _serve(config: Config) -> None:
     log.info("orchestrator daemon %s stopped", daemon_id)
     if failure:
         raise DaemonFailed(failure[0])
-
-
-async def _refuse_if_another_daemon_runs(store: StateStore, lock: DaemonLock, daemon_id: str) -> None:
-    """Two daemons on one database would both resume the same runs and run tasks twice.
-
-    Until daemons share work (claims with FOR UPDATE SKIP LOCKED), a daemon holds the
-    database's daemon lock while it runs, and a second one refuses to start. The lock goes
-    with the first daemon's connection, however it ends (SIGKILL included), on any host.
-    """
-    if await lock.acquire():
-        for stale in await store.list_daemons():  # holding the lock, every other row is a dead daemon's
-            if stale.daemon_id != daemon_id:
-                await store.deregister_daemon(stale.daemon_id)
-        return
-    others = [d for d in await store.list_daemons() if d.daemon_id != daemon_id]
-    holder = (
-        f"daemon {others[-1].daemon_id} (pid {others[-1].pid} on {others[-1].hostname}, "
-        f"last heartbeat {others[-1].heartbeat_at.isoformat()})"
-        if others
-        else "another daemon"
-    )
-    raise AnotherDaemonRunning(
-        f"{holder} is running on this database; several daemons on one database are not "
-        "supported yet: stop it, or give this one its own database.dsn"
-    )
 
 
 async def _stored_specs(store: StateStore) -> dict[str, DagSpec]:
@@ -462,18 +449,19 @@ async def _start_api(
     return runner
 
 
-async def _heartbeat(
-    store: StateStore, lock: DaemonLock, daemon_id: str, clock: SystemClock, timers: Timers
-) -> None:
-    """Record that this daemon is alive (for the survivors of a multi-daemon deployment), and
-    make sure its daemon lock's connection still answers."""
-    while True:
-        await timers.sleep(HEARTBEAT_INTERVAL)  # a timer, not a poll between tasks
+def _advertised_url(config: Config, runner: web.AppRunner) -> str:
+    """The URL other replicas reach this one's API at: daemon.advertise_url, else the address
+    the API listens on (for a wildcard address, this host's address)."""
+    if config.daemon.advertise_url:
+        return config.daemon.advertise_url.rstrip("/")
+    port = runner.addresses[0][1] if runner.addresses else config.api.port
+    host = config.api.host
+    if host in ("0.0.0.0", "::", ""):
         try:
-            await store.heartbeat(daemon_id, clock.now())
-        except Exception as exc:
-            log.warning("heartbeat failed: %s", exc)
-        await lock.check()
+            host = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 async def _wait_for_stop_signal(stop: anyio.Event) -> None:

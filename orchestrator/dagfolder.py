@@ -232,9 +232,10 @@ class DagFolder:
             self._refused.pop(fileloc, None)
             return None
         self._refused[fileloc] = set(taken)
-        return "; ".join(
-            f"DAG id {dag_id!r} is already defined in {owner}" for dag_id, owner in taken.items()
-        ) + ": rename one of the two DAGs"
+        return (
+            "; ".join(f"DAG id {dag_id!r} is already defined in {owner}" for dag_id, owner in taken.items())
+            + ": rename one of the two DAGs"
+        )
 
     async def _reevaluate(self, freed: set[str]) -> None:
         """Parse again the files refused for ids that are now free: one of them may take each."""

@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Se
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from orchestrator.core.kinds import Payload
 from orchestrator.core.listing import DagQuery, Order, Page, RunQuery, TaskInstanceQuery, XComEntry
@@ -111,7 +111,21 @@ class ScheduleStore(Protocol):
         data_interval_end: datetime | None,
         create_after: datetime | None,
     ) -> None:
-        """Record the DAG's next scheduled run (GET /dags' next_dagrun fields); all None: none."""
+        """Record the DAG's next scheduled run (GET /dags' next_dagrun fields); all None: none.
+        Never backwards: nothing is written when a scheduled run at or after `logical_date`
+        exists (a replica that planned before another created that run is stale)."""
+
+    async def create_sole_run(
+        self,
+        run: NewRun,
+        tasks: Sequence[NewTaskInstance],
+        source_hash: str | None,
+        unless: Literal["unfinished", "scheduled"],
+    ) -> RunRecord | None:
+        """Create the run (as create_run does) unless the DAG has a run that forbids it, decided
+        under a lock on the DAG so that concurrent callers (replicas) create at most one:
+        "unfinished" (a queued or running run: @continuous) or "scheduled" (any scheduled run:
+        @once). None, with nothing written, when it is forbidden."""
 
     async def create_backfill(
         self,
@@ -125,8 +139,9 @@ class ScheduleStore(Protocol):
         run_backwards: bool,
         now: datetime,
         runs: Sequence[BackfillRunRecord],
-    ) -> BackfillRecord:
-        """Write a backfill and the runs it plans (in their order) in one transaction."""
+    ) -> BackfillRecord | None:
+        """Write a backfill and the runs it plans (in their order) in one transaction; None, with
+        nothing written, when the DAG has an unfinished backfill (decided under a lock on the DAG)."""
 
     async def runs_at_logical_dates(
         self, dag_id: str, dates: Sequence[datetime]
@@ -153,6 +168,19 @@ class ScheduleStore(Protocol):
 
     async def set_backfill_run(self, backfill_id: int, sort_ordinal: int, run_pk: int) -> None:
         """Record the run created for one planned logical date."""
+
+    async def create_backfill_run(
+        self,
+        run: NewRun,
+        tasks: Sequence[NewTaskInstance],
+        source_hash: str | None,
+        sort_ordinal: int,
+    ) -> tuple[RunRecord, bool] | None:
+        """In one transaction, while the backfill (`run.backfill_id`) is neither paused nor
+        completed (its row locked against both): create the run (as create_run does: an existing
+        (dag_id, run_id) is returned with False) and, if the run is the backfill's, record it for
+        the planned date `sort_ordinal`. None, with nothing written, when the backfill is paused or
+        completed."""
 
 
 class AssetStore(Protocol):
@@ -454,19 +482,31 @@ class StateStore(ScheduleStore, AssetStore, WebhookStore, ActionStore, ListingSt
     def set_owner(self, daemon_id: str) -> None:
         """The daemon this store commits for: every `commit` is fenced on runs it owns."""
 
-    async def admit_queued_runs(self, dag_id: str, limit: int) -> list[ActiveRun]:
+    async def admit_queued_runs(
+        self, dag_id: str, limit: int, exclude: Sequence[int] = ()
+    ) -> list[ActiveRun]:
         """Start up to `limit` of the DAG's waiting runs, oldest first, as far as its
         max_active_runs (counted in the database, over every replica) and its pause allow: each
-        becomes `running` and owned by this store's owner in one transaction. Returns them with
-        their task instances, XComs and recorded DAG version."""
+        becomes `running` and owned by this store's owner in one transaction (runs in `exclude`
+        are left waiting). Returns them with their task instances, XComs and recorded DAG version."""
+
+    async def load_runs(self, run_pks: Sequence[int]) -> list[ActiveRun]:
+        """These runs with everything to drive them (as `load_active_runs` returns them)."""
 
     async def dags_with_waiting_runs(self) -> list[str]:
         """The DAGs that have unowned `queued` runs."""
 
-    async def claim_orphaned_runs(self, limit: int) -> list[ActiveRun]:
-        """Claim running runs whose owner's lease ran out (or that have no owner, or that this
-        owner held before a restart), at most `limit` and at most this replica's fair share of
-        the active runs, with FOR UPDATE SKIP LOCKED. Returns them as `load_active_runs` does."""
+    async def claim_orphaned_runs(
+        self, limit: int, held: Sequence[int] = (), *, take_expired: bool = True
+    ) -> list[ActiveRun]:
+        """Claim running runs nobody drives: without an owner, this store's owner's own that it
+        does not hold (`held`: the runs it has in memory), and with `take_expired` those of
+        replicas whose lease ran out. At most `limit`, and at most this replica's fair share of
+        the running runs, with FOR UPDATE SKIP LOCKED. Returns them as `load_active_runs` does."""
+
+    async def legacy_daemon_lock_holder(self) -> int | None:
+        """The database session of a daemon from before replicas (which holds the old
+        single-daemon advisory lock), if one runs: no replica may start beside it."""
 
     async def claim_run(self, run_pk: int) -> RunOwner | None:
         """Take a run that no live replica drives (finished, waiting, or its owner is dead) for
@@ -478,10 +518,11 @@ class StateStore(ScheduleStore, AssetStore, WebhookStore, ActionStore, ListingSt
     async def run_owner(self, run_pk: int) -> RunOwner | None:
         """The live replica (not this store's owner) that owns this run, if any."""
 
-    async def listen(self, channels: Mapping[str, Callable[[str], None]], on_lost: Callable[[], None]) -> Listener:
+    async def listen(
+        self, channels: Mapping[str, Callable[[str], None]], on_lost: Callable[[], None]
+    ) -> Listener:
         """LISTEN on these channels on a connection of its own; each notification's payload goes
         to its channel's callback. `on_lost` is called once if the connection ends."""
-
 
     async def close(self) -> None: ...
 

@@ -13,7 +13,7 @@ import logging
 import re
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeAlias
 
@@ -23,7 +23,6 @@ import orjson
 from orchestrator.core.model import DagSpec
 from orchestrator.core.records import (
     ChangeSet,
-    DaemonRecord,
     DagRecord,
     ImportErrorRecord,
     NewRun,
@@ -41,6 +40,7 @@ from storage.postgres_actions import PostgresActionStore
 from storage.postgres_assets import PostgresAssetStore, write_asset_events
 from storage.postgres_audit import PostgresAuditStore
 from storage.postgres_listing import PostgresListingStore, dag_from_row
+from storage.postgres_ownership import PostgresOwnershipStore
 from storage.postgres_schedules import ScheduleQueries
 from storage.postgres_webhooks import PostgresWebhookStore
 from storage.sql import QUERIES
@@ -183,8 +183,9 @@ decode_task_instance = _task_instance
 # --- change sets -> column arrays --------------------------------------------------------------
 
 
-#: The advisory lock a daemon holds while it runs (one daemon per database for now).
-DAEMON_LOCK_KEY = 0x6F72636865737472  # "orchestr"
+#: The advisory lock daemons held before replicas (one daemon per database); see
+#: `legacy_daemon_lock_holder`.
+LEGACY_DAEMON_LOCK_KEY = 0x6F72636865737472  # "orchestr"
 
 #: Errors about the rows of a change set (not about the connection, which stays usable).
 _DATA_ERRORS = (
@@ -195,10 +196,19 @@ _DATA_ERRORS = (
     asyncpg.ProgramLimitExceededError,
 )
 
-#: Change sets of task instances up to this size are written as a pipelined batch of one-row
-#: UPDATEs (asyncpg's executemany: one round trip, one transaction), which PostgreSQL runs in
-#: about half the time of the unnest statement; larger ones use the unnest statement.
-SMALL_TASK_BATCH = 32
+
+def _run_pks(changes: ChangeSet) -> set[int]:
+    """The runs a change set writes rows of (its fence)."""
+    runs = {t.run_pk for t in changes.tasks}
+    runs.update(r.pk for r in changes.runs)
+    runs.update(x.run_pk for x in changes.xcoms)
+    return runs
+
+
+def _events_of(changes: ChangeSet, owned: set[int]) -> list[Any]:
+    """The asset events of the successes that were written (those of a fenced run are not)."""
+    written = {(t.dag_id, t.run_id) for t in changes.tasks if t.run_pk in owned}
+    return [e for e in changes.asset_events if (e.source_dag_id, e.source_run_id) in written]
 
 
 def _unique_tasks(tasks: Iterable[TaskInstanceRecord]) -> list[TaskInstanceRecord]:
@@ -313,12 +323,14 @@ class PostgresStateStore(
     PostgresActionStore,
     PostgresListingStore,
     PostgresAuditStore,
+    PostgresOwnershipStore,
 ):
     """The state store on one PostgreSQL database (see `orchestrator.ports.StateStore`; its
     `ScheduleStore` methods are in `storage.postgres_schedules`, its `AssetStore` methods in
     `storage.postgres_assets`, its `WebhookStore` methods in `storage.postgres_webhooks`, its
     `ActionStore` methods in `storage.postgres_actions`, its `ListingStore` methods in
-    `storage.postgres_listing`, its `AuditStore` methods in `storage.postgres_audit`)."""
+    `storage.postgres_listing`, its `AuditStore` methods in `storage.postgres_audit`, its replica
+    and ownership methods in `storage.postgres_ownership`)."""
 
     def __init__(
         self, pool: asyncpg.Pool, dsn: str, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
@@ -329,11 +341,9 @@ class PostgresStateStore(
         # commits go through one connection of their own: a pool round trip (acquire, and the
         # reset query on release) costs as much as the commit itself
         self._commit_conn: asyncpg.Connection | None = None
-        self._daemon_lock_conn: asyncpg.Connection | None = None
-        self._on_lock_lost: Callable[[], None] | None = None
-        #: server pids of the lock sessions this store held (to tell them from another daemon's)
-        self._former_lock_sessions: set[int] = set()
         self._commit_lock = asyncio.Lock()
+        #: the daemon this store commits for (set_owner): commits are fenced on its runs
+        self._owner: str | None = None
 
     @classmethod
     async def connect(
@@ -360,9 +370,6 @@ class PostgresStateStore(
         return cls(pool, dsn, connect_timeout)
 
     async def close(self) -> None:
-        if self._daemon_lock_conn is not None:
-            lock_conn, self._daemon_lock_conn = self._daemon_lock_conn, None
-            await lock_conn.close()
         if self._commit_conn is not None:
             conn, self._commit_conn = self._commit_conn, None
             await conn.close()
@@ -554,11 +561,18 @@ class PostgresStateStore(
 
     async def _load_runs(self, query: str, *args: Any) -> list[ActiveRun]:
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            run_rows = await conn.fetch(query, *args)
-            pks = [row[0] for row in run_rows]
-            ti_rows = await conn.fetch(QUERIES["list_task_instances_of_runs"], pks) if pks else []
-            xcom_rows = await conn.fetch(QUERIES["list_xcoms_of_runs"], pks) if pks else []
-            version_rows = await conn.fetch(QUERIES["list_versions_of_runs"], pks) if pks else []
+            return await self._read_runs(conn, await conn.fetch(query, *args))
+
+    async def _load_runs_by_pk(self, conn: asyncpg.Connection, pks: Sequence[int]) -> list[ActiveRun]:
+        """The runs `pks` with everything to drive them, read on `conn` (in the caller's transaction)."""
+        return await self._read_runs(conn, await conn.fetch(QUERIES["list_runs_by_pk"], list(pks)))
+
+    @staticmethod
+    async def _read_runs(conn: asyncpg.Connection, run_rows: list[Row]) -> list[ActiveRun]:
+        pks = [row[0] for row in run_rows]
+        ti_rows = await conn.fetch(QUERIES["list_task_instances_of_runs"], pks) if pks else []
+        xcom_rows = await conn.fetch(QUERIES["list_xcoms_of_runs"], pks) if pks else []
+        version_rows = await conn.fetch(QUERIES["list_versions_of_runs"], pks) if pks else []
         versions = {row[0]: row[1] for row in version_rows}
         active = {row[0]: ActiveRun(_run(row), [], [], _version(versions.get(row[0]))) for row in run_rows}
         for row in ti_rows:
@@ -567,10 +581,10 @@ class PostgresStateStore(
             active[row[0]].xcoms.append(_xcom(row))
         return list(active.values())
 
-    async def commit(self, changes: ChangeSet) -> None:
-        kinds = bool(changes.tasks) + bool(changes.runs) + bool(changes.xcoms)
-        if kinds == 0 and not changes.asset_events:
-            return
+    async def commit(self, changes: ChangeSet) -> frozenset[int]:
+        runs = _run_pks(changes)
+        if not runs and not changes.asset_events:
+            return frozenset()
         async with self._commit_lock:
             if self._commit_conn is None or self._commit_conn.is_closed():
                 try:
@@ -580,9 +594,11 @@ class PostgresStateStore(
             conn = self._commit_conn
             try:
                 if changes.asset_events:
-                    await self._write_with_asset_events(conn, changes, kinds)
+                    async with conn.transaction():
+                        owned = await self._write(conn, changes, runs)
+                        await write_asset_events(conn, _events_of(changes, owned))
                 else:
-                    await self._write(conn, changes, kinds)
+                    owned = await self._write(conn, changes, runs)
             except _DATA_ERRORS:
                 if conn.is_closed():
                     await self._drop_commit_connection(conn)
@@ -596,6 +612,20 @@ class PostgresStateStore(
                 # writer retries on a fresh connection (rewriting whole rows is idempotent).
                 await self._drop_commit_connection(conn)
                 raise ConnectionError(f"the commit connection to PostgreSQL failed: {exc!r}") from exc
+        return frozenset(runs.difference(owned))
+
+    async def _write(self, conn: asyncpg.Connection, changes: ChangeSet, runs: set[int]) -> set[int]:
+        """One statement (one transaction, one round trip) for the whole change set, fenced on
+        the runs this store's owner owns; returns those whose rows were written."""
+        args = [
+            *_task_columns(changes.tasks),
+            *_run_columns(changes.runs),
+            *_xcom_columns(changes.xcoms),
+            sorted(runs),
+            self._owner,
+        ]
+        owned: list[int] = await conn.fetchval(QUERIES["commit_changes"], *args)
+        return set(owned)
 
     async def _connect_for_commits(self) -> asyncpg.Connection:
         """The commit connection: outside the pool, so nothing else ever shares or reclaims it."""
@@ -606,31 +636,6 @@ class PostgresStateStore(
     async def _drop_commit_connection(self, conn: asyncpg.Connection) -> None:
         self._commit_conn = None
         conn.terminate()
-
-    @staticmethod
-    async def _write(conn: asyncpg.Connection, changes: ChangeSet, kinds: int) -> None:
-        if kinds > 1:
-            # One statement is one transaction: a single round trip for the whole change set.
-            args = [*_task_columns(changes.tasks), *_run_columns(changes.runs), *_xcom_columns(changes.xcoms)]
-            await conn.execute(QUERIES["commit_changes"], *args)
-        elif changes.tasks and len(changes.tasks) <= SMALL_TASK_BATCH:
-            rows = [_task_row(t) for t in _unique_tasks(changes.tasks)]
-            await conn.executemany(QUERIES["update_task_instance"], rows)
-        elif changes.tasks:
-            await conn.execute(QUERIES["update_task_instances"], *_task_columns(changes.tasks))
-        elif changes.runs:
-            await conn.execute(QUERIES["update_runs"], *_run_columns(changes.runs))
-        else:
-            await conn.execute(QUERIES["upsert_xcoms"], *_xcom_columns(changes.xcoms))
-
-    @classmethod
-    async def _write_with_asset_events(cls, conn: asyncpg.Connection, changes: ChangeSet, kinds: int) -> None:
-        # the successes and the events of their outlets are one transaction (the rare path:
-        # change sets without asset events keep their one statement)
-        async with conn.transaction():
-            if kinds:
-                await cls._write(conn, changes, kinds)
-            await write_asset_events(conn, changes.asset_events)
 
     async def check_database(self, timeout: float) -> None:
         """Raise StorageError unless one query through the pool answers within `timeout` seconds."""
@@ -647,74 +652,8 @@ class PostgresStateStore(
         """This database's installation id, created by the first caller (see schema.sql)."""
         return str(await self._pool.fetchval(QUERIES["ensure_installation_id"], uuid.uuid4().hex[:16]))
 
-    async def register_daemon(self, daemon_id: str, hostname: str, pid: int, now: datetime) -> None:
-        await self._pool.execute(QUERIES["register_daemon"], daemon_id, hostname, pid, now)
-
-    async def heartbeat(self, daemon_id: str, now: datetime) -> None:
-        await self._pool.execute(QUERIES["heartbeat"], daemon_id, now)
-
-    async def try_lock_single_daemon(self, on_lost: Callable[[], None] | None = None) -> bool:
-        """Take the database's daemon lock for as long as this store is open (False: another
-        daemon holds it). A session advisory lock on a connection of its own: PostgreSQL
-        releases it the moment that connection ends, however the daemon ended. `on_lost` is
-        called (in the event loop) if that connection ends while the store is open."""
-        if self._daemon_lock_conn is not None and not self._daemon_lock_conn.is_closed():
-            return True
-        self._daemon_lock_conn = None
-        try:
-            conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
-        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-            raise ConnectionError(f"cannot open the daemon lock connection: {exc}") from exc
-        try:
-            locked = await conn.fetchval(QUERIES["try_lock_single_daemon"], DAEMON_LOCK_KEY)
-            holder = None if locked else await conn.fetchval(QUERIES["daemon_lock_holder"], DAEMON_LOCK_KEY)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            conn.terminate()
-            raise ConnectionError(f"cannot take the daemon lock: {exc}") from exc
-        except BaseException:
-            conn.terminate()
-            raise
-        if not locked:
-            await conn.close()
-            if holder is not None and holder in self._former_lock_sessions:
-                # our own lost session has not ended on the server yet: not another daemon
-                raise ConnectionError(f"the previous daemon lock session (pid {holder}) is still ending")
-            return False
-        self._former_lock_sessions.add(conn.get_server_pid())
-        self._daemon_lock_conn = conn
-        self._on_lock_lost = on_lost
-        conn.add_termination_listener(self._lock_connection_ended)
-        return True
-
-    def _lock_connection_ended(self, conn: object) -> None:
-        if self._daemon_lock_conn is not conn:
-            return  # closed by the store itself, or an older lock connection
-        self._daemon_lock_conn = None
-        logger.warning("the daemon lock's connection to PostgreSQL ended: the lock is released")
-        if self._on_lock_lost is not None:
-            self._on_lock_lost()
-
-    async def daemon_lock_held(self, timeout: float) -> bool:
-        """Whether the lock connection still answers within `timeout` s (a connection that
-        does not is cut, which releases the lock and reports it lost)."""
-        conn = self._daemon_lock_conn
-        if conn is None or conn.is_closed():
-            return False
-        try:
-            await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout)
-            return True
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            conn.terminate()
-            return False
-
-    async def daemon_lock_holder(self) -> int | None:
-        """The server pid of the session holding the daemon lock (None: nobody holds it)."""
-        pid: int | None = await self._pool.fetchval(QUERIES["daemon_lock_holder"], DAEMON_LOCK_KEY)
+    async def legacy_daemon_lock_holder(self) -> int | None:
+        """The server pid of a daemon from before replicas that holds the old single-daemon lock."""
+        query = QUERIES["legacy_daemon_lock_holder"]
+        pid: int | None = await self._pool.fetchval(query, LEGACY_DAEMON_LOCK_KEY)
         return pid
-
-    async def list_daemons(self) -> list[DaemonRecord]:
-        rows = await self._pool.fetch(QUERIES["list_daemons"])
-        return [DaemonRecord(**dict(row)) for row in rows]
-
-    async def deregister_daemon(self, daemon_id: str) -> None:
-        await self._pool.execute(QUERIES["deregister_daemon"], daemon_id)

@@ -1,15 +1,31 @@
 """The store's queries for schedules and backfills (`orchestrator.ports.ScheduleStore`), a mixin
-of `storage.postgres.PostgresStateStore`. The SQL is in storage/sql/schedules.sql."""
+of `storage.postgres.PostgresStateStore`. The SQL is in storage/sql/schedules.sql.
+
+Exactly once across replicas is the database's business here, never a replica's memory. A cron
+tick's run is unique on (dag_id, run_id) (the engine's create_run). What is decided by reading
+first is decided under a lock on the DAG's row (`lock_dag`), so that the next replica's
+statements see what the first one committed: the next-run bookkeeping (never written back to a
+tick whose run exists), the sole run of @continuous and @once, and one unfinished backfill per
+DAG. A backfill creates each of its runs in the transaction that links it to its planned date,
+while the backfill's row is locked against a pause or a cancel (`lock_live_backfill`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
-from orchestrator.core.records import BackfillRecord, BackfillRunRecord
+from orchestrator.core.records import (
+    BackfillRecord,
+    BackfillRunRecord,
+    NewRun,
+    NewTaskInstance,
+    RunRecord,
+)
+from storage.errors import StorageError
 from storage.sql import QUERIES
 
 
@@ -65,14 +81,33 @@ class ScheduleQueries:
         data_interval_end: datetime | None,
         create_after: datetime | None,
     ) -> None:
-        await self._pool.execute(
-            QUERIES["set_next_dagrun"],
-            dag_id,
-            logical_date,
-            data_interval_start,
-            data_interval_end,
-            create_after,
-        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(QUERIES["lock_dag"], dag_id)
+            # a statement after the lock: it sees every run the previous holder committed
+            await conn.execute(
+                QUERIES["set_next_dagrun"],
+                dag_id,
+                logical_date,
+                data_interval_start,
+                data_interval_end,
+                create_after,
+            )
+
+    async def create_sole_run(
+        self,
+        run: NewRun,
+        tasks: Sequence[NewTaskInstance],
+        source_hash: str | None,
+        unless: Literal["unfinished", "scheduled"],
+    ) -> RunRecord | None:
+        from storage.postgres import insert_run_rows  # postgres imports this module
+
+        check = "unfinished_run_exists" if unless == "unfinished" else "scheduled_run_exists"
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(QUERIES["lock_dag"], run.dag_id)
+            if await conn.fetchval(QUERIES[check], run.dag_id):
+                return None
+            return await insert_run_rows(conn, run, tasks, source_hash)
 
     async def create_backfill(
         self,
@@ -86,8 +121,11 @@ class ScheduleQueries:
         run_backwards: bool,
         now: datetime,
         runs: Sequence[BackfillRunRecord],
-    ) -> BackfillRecord:
+    ) -> BackfillRecord | None:
         async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(QUERIES["lock_dag"], dag_id)
+            if await conn.fetchval(QUERIES["unfinished_backfill_of_dag"], dag_id) is not None:
+                return None
             row = await conn.fetchrow(
                 QUERIES["insert_backfill"],
                 dag_id,
@@ -146,3 +184,32 @@ class ScheduleQueries:
 
     async def set_backfill_run(self, backfill_id: int, sort_ordinal: int, run_pk: int) -> None:
         await self._pool.execute(QUERIES["set_backfill_run"], backfill_id, sort_ordinal, run_pk)
+
+    async def create_backfill_run(
+        self,
+        run: NewRun,
+        tasks: Sequence[NewTaskInstance],
+        source_hash: str | None,
+        sort_ordinal: int,
+    ) -> tuple[RunRecord, bool] | None:
+        from storage.postgres import _run, insert_run_rows  # postgres imports this module
+
+        backfill_id = run.backfill_id
+        if backfill_id is None:
+            raise ValueError(f"run {run.run_id!r} of DAG {run.dag_id!r} names no backfill to create it for")
+        async with self._pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval(QUERIES["lock_live_backfill"], backfill_id) is None:
+                return None  # paused or completed (cancelled) meanwhile
+            created = await insert_run_rows(conn, run, tasks, source_hash)
+            if created is not None:
+                record = created
+            else:  # made already (by another replica, or before a restart): a fresh statement sees it
+                existing = await conn.fetchrow(QUERIES["get_run"], run.dag_id, run.run_id)
+                if existing is None:  # deleted between the two statements; cannot happen in practice
+                    raise StorageError(
+                        f"Run {run.run_id!r} of DAG {run.dag_id!r} conflicted but no longer exists: retry"
+                    )
+                record = _run(existing)
+            if record.backfill_id == backfill_id:
+                await conn.execute(QUERIES["set_backfill_run"], backfill_id, sort_ordinal, record.pk)
+        return record, created is not None

@@ -28,7 +28,6 @@ log = logging.getLogger("orchestrator.api")
 WEBHOOKS: web.AppKey[WebhookReceiver | None] = web.AppKey("webhooks", WebhookReceiver)  # type: ignore[arg-type]
 
 
-
 def _receiver(request: web.Request) -> WebhookReceiver | None:
     return request.app.get(WEBHOOKS)
 

@@ -212,9 +212,7 @@ class DAG:
             fileloc=fileloc if fileloc is not None else self.fileloc,
             tasks=tasks,
             schedule=self.schedule if isinstance(self.schedule, str) else None,
-            schedule_delta=(
-                self.schedule.total_seconds() if isinstance(self.schedule, timedelta) else None
-            ),
+            schedule_delta=(self.schedule.total_seconds() if isinstance(self.schedule, timedelta) else None),
             asset_condition=self.asset_condition,
             timezone=self.timezone,
             start_date=_spec_datetime(self.start_date),

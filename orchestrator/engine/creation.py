@@ -10,9 +10,9 @@ written at once, as alone; under load, the batch grows with it. Each run is stil
 store, or a lost connection) is written again one run at a time, so only the request at fault
 fails.
 
-Once a batch is committed, every created run is published on the event bus (as `queued`), the
-pause flags of its DAGs are read once and every created run is started if its DAG has room,
-before its caller hears back.
+Once a batch is committed, every created run is published on the event bus (as `queued`) and an
+admission pass runs for each of its DAGs (it claims the runs if the DAG has room, see
+`admission`) before its caller hears back.
 """
 
 from __future__ import annotations
@@ -115,11 +115,10 @@ class RunCreator:
             # committed: told before the run's start (its `running`) can be published
             for _, record in created:
                 self._events.publish(RunChanged(record))
-        if created:
-            await self._admission.refresh_paused({record.dag_id for _, record in created})
-        for request, record in created:
+        for _, record in created:
             log.info("run %s of %s created (%s)", record.run_id, record.dag_id, record.run_type)
-            self._admission.admit_new(record, request.loaded)
+        dag_ids = dict.fromkeys(record.dag_id for _, record in created)
+        await asyncio.gather(*(self._admission.admit_now(dag_id) for dag_id in dag_ids))
         for request, result in zip(batch, results, strict=True):
             if not request.answer.done():
                 request.answer.set_result(result)

@@ -39,7 +39,7 @@ from orchestrator.engine.registry import DagRegistry, LoadedDag
 from orchestrator.engine.supervision import Supervisor
 from orchestrator.engine.writer import GroupCommitWriter
 from orchestrator.errors import DagNotFound, InvalidRequest, ShuttingDown
-from orchestrator.ports import Clock, Events, StateStore, TaskLogs, TaskOutcome, Timers
+from orchestrator.ports import Clock, Events, RunChanged, StateStore, TaskLogs, TaskOutcome, Timers
 
 log = logging.getLogger("orchestrator.engine")
 
@@ -97,13 +97,32 @@ class Engine:
         self.progress.on_run_finished = self._run_finished
         #: the API's operations (mark, clear, delete): EngineApi's methods of that name
         self.operations = Operations(
-            store, clock, self.progress, self.admission, registry, self.writer, self._run_finished
+            store,
+            clock,
+            self.progress,
+            self.admission,
+            registry,
+            self.writer,
+            self._run_finished,
+            self._recovery.resume_claimed,
         )
+        # every commit is fenced on the runs this replica owns; a refused one is let go
+        store.set_owner(daemon_id)
+        self.daemon_id = daemon_id
+        self.writer.on_fenced = self._fenced
+        self.admission.knows_dag = self._knows_dag
+        self.admission.events = self.events
         self.set_run_state = self.operations.set_run_state
         self.clear_task_instances = self.operations.clear_task_instances
         self.set_task_instance_state = self.operations.set_task_instance_state
         self.delete_run = self.operations.delete_run
         self.delete_dag = self.operations.delete_dag
+
+    def _fenced(self, runs: frozenset[int]) -> None:
+        self.progress.drop_runs(runs, "another replica owns it now")
+
+    def _knows_dag(self, dag_id: str) -> bool:
+        return self.registry.get(dag_id) is not None or dag_id in self._recovery.stored_specs
 
     def _dag_of_run(self, item: Any) -> Any:
         return self._recovery.dag_of_run(item)
@@ -222,21 +241,15 @@ class Engine:
         """A run was just written to the store (by `create_run`, or by a store method that creates
         runs in a transaction of its own, as asset-triggered runs are): start it if there is room."""
         log.info("run %s of %s created (%s)", record.run_id, record.dag_id, record.run_type)
-        loaded = self.registry.get(record.dag_id)
-        if loaded is None:  # unloaded meanwhile: it waits in the store, started once the DAG is back
-            return
-        await self.admission.refresh_paused([record.dag_id])
-        self.admission.admit_new(record, loaded)
+        self.events.publish(RunChanged(record))
+        await self.admission.admit_now(record.dag_id)
 
     async def set_paused(self, dag_id: str, is_paused: bool) -> DagRecord | None:
         """Pause or unpause a DAG; unpausing starts the runs that waited while it was paused."""
         record = await self._store.set_dag_paused(dag_id, is_paused)
         if record is None:
             return None
-        if is_paused:
-            self.admission.paused.add(dag_id)
-        else:
-            self.admission.paused.discard(dag_id)
+        if not is_paused:
             self.admission.fill_from_store(dag_id)
         log.info("DAG %s %s", dag_id, "paused" if is_paused else "unpaused")
         for listener in tuple(self._paused_listeners):
@@ -282,6 +295,30 @@ class Engine:
         count = await self._recovery.recover(stored_specs, self._clock.now())
         self._ready = True
         log.info("recovered %d active runs", count)
+
+    async def take_over(self, *, take_expired: bool) -> int:
+        """Claim and resume the running runs no live replica drives (a takeover pass)."""
+        if self.progress.draining:
+            return 0
+        return await self._recovery.take_over(self._clock.now(), take_expired=take_expired)
+
+    async def fill_waiting(self) -> None:
+        """Admission passes for every DAG with waiting runs (after a NOTIFY may have been missed)."""
+        for dag_id in await self._store.dags_with_waiting_runs():
+            self.admission.fill_from_store(dag_id)
+
+    async def keep_owned_runs(self) -> int:
+        """Let go of the runs in memory that this replica no longer owns (after it was cut off
+        from the database); returns how many."""
+        held = list(self.progress.runs)
+        if not held:
+            return 0
+        owned = await self._store.owned_runs(held)
+        return self.progress.drop_runs([pk for pk in held if pk not in owned], "another replica took it over")
+
+    def let_go_all(self, why: str) -> int:
+        """Drop every run in memory and stop their tasks here (this replica lost its lease)."""
+        return self.progress.drop_runs(list(self.progress.runs), why)
 
     async def drain(self, grace: float) -> None:
         """Stop taking new work; let running tasks finish within `grace`; commit everything."""

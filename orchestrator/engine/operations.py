@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -49,6 +49,7 @@ from orchestrator.errors import (
     DagNotFound,
     InvalidRequest,
     OperationConflict,
+    OwnedElsewhere,
     RunNotFound,
     ShuttingDown,
     TaskInstanceNotFound,
@@ -140,6 +141,7 @@ class Operations:
         registry: DagRegistry,
         writer: GroupCommitWriter,
         run_finished: Callable[[RunRecord, Batch], None],
+        resume_claimed: Callable[[list[int], datetime], Awaitable[None]],
     ) -> None:
         self._store = store
         self._clock = clock
@@ -149,6 +151,8 @@ class Operations:
         self._writer = writer
         #: the engine's handler of a run that reached its outcome (admission, listeners)
         self._run_finished = run_finished
+        #: resumes runs this replica claimed for an operation (Recovery.resume_claimed)
+        self._resume_claimed = resume_claimed
 
     # --- helpers ----------------------------------------------------------------------
 
@@ -188,6 +192,27 @@ class Operations:
             live = self._progress.runs.get(run.pk)
         return (live.record if live is not None else run), live
 
+    async def _take(self, run: RunRecord) -> LiveRun | None:
+        """Make `run` this replica's to change: its live copy when it runs (taken over first if
+        no live replica drives it), None for a run that waits or is finished (claimed, so that
+        the fenced commit of the change is this replica's). OwnedElsewhere when another live
+        replica drives it: the request is for that one."""
+        live = self._progress.runs.get(run.pk)
+        if live is not None:
+            return live
+        owner = await self._store.claim_run(run.pk)
+        if owner is not None:
+            raise OwnedElsewhere(
+                f"run {run.run_id!r} of DAG {run.dag_id!r} is driven by replica {owner.daemon_id} "
+                f"on {owner.hostname}: send the request there",
+                daemon_id=owner.daemon_id,
+                hostname=owner.hostname,
+                api_url=owner.api_url,
+            )
+        if run.state == RunState.RUNNING:
+            await self._resume_claimed([run.pk], self._clock.now())
+        return self._progress.runs.get(run.pk)
+
     async def _dag_spec(self, dag_id: str) -> DagSpec:
         loaded = self._registry.get(dag_id)
         if loaded is not None:
@@ -206,6 +231,7 @@ class Operations:
             marks = ", ".join(sorted(s.value for s in USER_RUN_MARKS))
             raise InvalidRequest(f"a run can be set to {marks}, not {state.value!r}")
         run, live = await self._run_as_committed(dag_id, run_id)
+        live = await self._take(run)
         if state == RunState.QUEUED:
             return await self._requeue(run, live)
         if live is not None:
@@ -298,6 +324,13 @@ class Operations:
         stored: dict[int, list[TaskInstanceRecord]] = {}
         for ti in await self._store.list_task_instances_of([run.pk for run in runs]):
             stored.setdefault(ti.run_pk, []).append(ti)
+        if not dry_run:
+            for run in runs:
+                picked = [
+                    ti for ti in stored.get(run.pk, []) if ti.task_id in tasks and _wanted(ti, selection)
+                ]
+                if picked and run.pk not in self._progress.runs and await self._take(run) is not None:
+                    stored.pop(run.pk, None)  # taken over: cleared live, from its copy in memory
         # from here on nothing awaits: live runs are read and changed as they are now
         chosen: Selected = []
         restarted = False
@@ -368,6 +401,8 @@ class Operations:
             marks = ", ".join(sorted(s.value for s in USER_TASK_MARKS))
             raise InvalidRequest(f"a task instance can be marked {marks}, not {state.value!r}")
         run, live = await self._run_as_committed(dag_id, run_id)
+        if not dry_run:
+            live = await self._take(run)
         key = TaskKey(run.pk, task_id, map_index)
         stored = None if live is not None else await self._store.get_task_instance(key)
         live = self._progress.runs.get(run.pk)  # admitted while the store answered

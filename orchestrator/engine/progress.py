@@ -110,6 +110,8 @@ class RunProgress:
         #: the `triggering_asset_events` of asset-triggered runs, by run pk (set by the asset
         #: trigger when it creates a run, and at recovery; dropped when the run settles)
         self.triggering_asset_events: dict[int, Mapping[str, Any]] = {}
+        #: runs this replica let go (another one owns them now): their pending launches are dropped
+        self._dropped: OrderedDict[int, None] = OrderedDict()
         #: told when a run of a DAG finishes, so that admission can start the next one
         #: called when a run reaches its outcome (before that is committed: `batch` carries it)
         self.on_run_finished: Callable[[RunRecord, Batch], None] = lambda finished, batch: None
@@ -543,6 +545,47 @@ class RunProgress:
         self.slots_of(finished.dag_id).active_runs.discard(live.pk)
         self.on_run_finished(finished, batch)
 
+    # --- holding and letting runs go ---------------------------------------------------------
+
+    def hold_run(self, live: LiveRun) -> DagSlots:
+        """Drive this run from now on (admitted, taken over or recovered); its DAG's slots."""
+        self._dropped.pop(live.pk, None)
+        self.runs[live.pk] = live
+        slots = self.slots_of(live.record.dag_id)
+        slots.active_runs.add(live.pk)
+        return slots
+
+    def drop_runs(self, run_pks: Iterable[int], why: str) -> int:
+        """Another replica drives these runs now (their commit was fenced), or this replica lost
+        its lease: forget them and stop the work of theirs this replica can reach. Nothing is
+        written: their rows are the new owner's. Returns how many were held."""
+        now = self._clock.now()
+        dropped = 0
+        for pk in run_pks:
+            self._dropped[pk] = None
+            while len(self._dropped) > SETTLED_KEPT:
+                self._dropped.popitem(last=False)
+            live = self.runs.pop(pk, None)
+            if live is None:
+                continue
+            dropped += 1
+            slots = self.slots_of(live.record.dag_id)
+            slots.active_runs.discard(pk)
+            self.triggering_asset_events.pop(pk, None)
+            for ti in live.tis.values():
+                timer = self._retry_timers.pop(ti.key, None)
+                if timer is not None:
+                    timer.cancel()
+                if ti.state in ACTIVE_TASK_STATES:
+                    slots.active_tasks -= 1
+                    self.note(
+                        ti, now, f"this replica let the run go ({why}): try {ti.try_number} is stopped here"
+                    )
+                    if self.dispatcher is not None:
+                        self.dispatcher.stop(ti.key)
+            log.warning("run %s of %s let go: %s", live.record.run_id, live.record.dag_id, why)
+        return dropped
+
     # --- committing and acting --------------------------------------------------------------
 
     def after_commits(self, callback: Callable[[], None]) -> None:
@@ -581,6 +624,8 @@ class RunProgress:
         if self.draining or self.dispatcher is None:
             return
         for executor, request in launches:
+            if self._dropped and request.key.run_pk in self._dropped:
+                continue  # another replica drives its run now
             try:
                 self.dispatcher.submit(executor, request)
             except Exception as exc:

@@ -7,10 +7,17 @@ or `queued` while a process carrying its token is found alive (it had started, b
 executor for adoption; if the executor cannot adopt it, what is left of it is killed and the
 try counts as failed, then is retried or failed per its policy, with the reason in its log.
 Retry timers are re-armed. Runs still `queued` are admitted from the store.
+
+With replicas, a replica resumes only the runs it claims (`StateStore.claim_orphaned_runs`): at
+start-up its own from before a restart, released ones and those of replicas whose lease ran
+out, up to its fair share; later, the same on every takeover pass. A run taken over from a
+replica that died is resumed exactly as after a crash of this one: its tries that were running
+there are counted as failed (what is left of them on this host is killed first).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from datetime import datetime
@@ -27,6 +34,9 @@ from orchestrator.ports import ActiveRun, StateStore
 
 log = logging.getLogger("orchestrator.engine.recovery")
 
+#: the most runs one claim takes
+CLAIM_BATCH = 100
+
 
 class Recovery:
     """Rebuilds the engine's runs from the store."""
@@ -41,6 +51,8 @@ class Recovery:
         self.stored_specs: Mapping[str, DagSpec] = {}
         #: earlier DAG versions that recovered or waiting runs use, shared between their runs
         self._version_cache: dict[tuple[str, str | None], LoadedDag] = {}
+        #: one takeover pass at a time (a pass awaits the executors while it resumes runs)
+        self._passes = asyncio.Lock()
 
     def dag_of_run(self, item: ActiveRun) -> LoadedDag | None:
         """The DAG a stored run runs: its recorded version, else the loaded DAG, else the stored one."""
@@ -59,33 +71,50 @@ class Recovery:
         return LoadedDag.of(stored) if stored is not None else None
 
     async def recover(self, stored_specs: Mapping[str, DagSpec], now: datetime) -> int:
-        """Resume every active run; returns how many there were."""
+        """Resume the runs this replica claims and admit the waiting ones; returns how many
+        runs it resumed."""
         self.stored_specs = stored_specs
-        active = await self._store.load_active_runs()
-        await self._admission.refresh_paused(item.run.dag_id for item in active)
-        waiting_dags: set[str] = set()
-        for item in active:
-            if item.run.state == RunState.QUEUED:
-                waiting_dags.add(item.run.dag_id)
-                continue
-            loaded = self.dag_of_run(item)
-            if loaded is None:
-                log.error(
-                    "run %s of %s cannot resume: its DAG is not loaded", item.run.run_id, item.run.dag_id
-                )
-                continue
-            await self._resume_running(item, fit_to_instances(loaded, item.task_instances), now)
-        for dag_id in sorted(waiting_dags):
+        count = await self.take_over(now, take_expired=True)
+        for dag_id in await self._store.dags_with_waiting_runs():
             self._admission.fill_from_store(dag_id)
-        return len(active)
+        return count
+
+    async def take_over(self, now: datetime, *, take_expired: bool) -> int:
+        """Claim and resume the running runs nobody drives (see `StateStore.claim_orphaned_runs`),
+        batch after batch while batches come back full; returns how many were resumed."""
+        total = 0
+        async with self._passes:
+            while not self._progress.draining:
+                held = list(self._progress.runs)
+                claimed = await self._store.claim_orphaned_runs(CLAIM_BATCH, held, take_expired=take_expired)
+                for item in claimed:
+                    await self._resume(item, now)
+                total += len(claimed)
+                if len(claimed) < CLAIM_BATCH:
+                    break
+        return total
+
+    async def resume_claimed(self, run_pks: list[int], now: datetime) -> None:
+        """Resume runs this replica just claimed (for an operation on them)."""
+        for item in await self._store.load_runs(run_pks):
+            if item.run.state == RunState.RUNNING and item.run.pk not in self._progress.runs:
+                await self._resume(item, now)
+
+    async def _resume(self, item: ActiveRun, now: datetime) -> None:
+        if item.run.pk in self._progress.runs:
+            return
+        loaded = self.dag_of_run(item)
+        if loaded is None:
+            log.error("run %s of %s cannot resume: its DAG is not loaded", item.run.run_id, item.run.dag_id)
+            return
+        log.info("resuming run %s of %s", item.run.run_id, item.run.dag_id)
+        await self._resume_running(item, fit_to_instances(loaded, item.task_instances), now)
 
     async def _resume_running(self, item: ActiveRun, loaded: LoadedDag, now: datetime) -> None:
         progress = self._progress
         xcoms = {(x.task_id, x.key): x.value for x in item.xcoms if x.map_index == -1}
         live = LiveRun.build(item.run, loaded, list(item.task_instances), xcoms)
-        progress.runs[live.pk] = live
-        slots = progress.slots_of(live.record.dag_id)
-        slots.active_runs.add(live.pk)
+        slots = progress.hold_run(live)
         slots.active_tasks += sum(1 for ti in live.tis.values() if ti.state in ACTIVE_TASK_STATES)
         batch = Batch()
         known = loaded.graph.upstream

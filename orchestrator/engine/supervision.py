@@ -99,6 +99,8 @@ class OnePassAtATime(Generic[K]):
         self._name = name
         self._busy: set[K] = set()
         self._again: set[K] = set()
+        #: callers of `run` waiting for the next pass of a key to end
+        self._waiters: dict[K, list[asyncio.Future[None]]] = {}
 
     def request(self, key: K) -> None:
         """Run a pass for `key` now, or once more after the one running."""
@@ -108,6 +110,14 @@ class OnePassAtATime(Generic[K]):
         self._busy.add(key)
         self._supervisor.spawn(self._passes(key), name=f"{self._name} {key}")
 
+    async def run(self, key: K) -> None:
+        """Ask for a pass for `key` (as `request`) and wait until one that started after this
+        call has ended."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(key, []).append(done)
+        self.request(key)
+        await done
+
     def again_if_running(self) -> None:
         """Every pass running now goes round once more when it ends."""
         self._again.update(self._busy)
@@ -116,8 +126,19 @@ class OnePassAtATime(Generic[K]):
         try:
             while True:
                 self._again.discard(key)
-                await self._work(key)
+                waiting = self._waiters.pop(key, [])
+                try:
+                    await self._work(key)
+                finally:
+                    _wake(waiting)
                 if key not in self._again:
                     return
         finally:
             self._busy.discard(key)
+            _wake(self._waiters.pop(key, []))
+
+
+def _wake(waiting: list[asyncio.Future[None]]) -> None:
+    for future in waiting:
+        if not future.done():
+            future.set_result(None)

@@ -34,6 +34,11 @@ too, is fatal: the engine's own rows were refused, which is a bug, and the log s
 A run whose try was failed by a repair may already have been settled as a success in memory,
 by a change set behind the refused one: from then on the writer stores such a run's success as
 a failure, so that no reader ever sees the run succeed and then fail.
+
+Every commit is fenced by the store on the runs this replica owns. The rows of a run another
+replica claimed meanwhile are not written; the writer hands those runs to `on_fenced` (the
+engine drops them and stops their tasks) before any follow-up action runs, publishes none of
+their rows, and the follow-ups skip them (the engine no longer holds them).
 """
 
 from __future__ import annotations
@@ -95,6 +100,10 @@ class GroupCommitWriter:
         self._failed_by_repair: OrderedDict[int, None] = OrderedDict()
         #: told of the asset events of every commit that recorded some, once it is committed
         self.on_asset_events: Callable[[list[NewAssetEvent]], None] | None = None
+        #: told of the runs whose rows a commit refused (another replica owns them now)
+        self.on_fenced: Callable[[frozenset[int]], None] | None = None
+        #: the runs refused by the commit in progress (see `_commit_retrying`)
+        self._fenced: set[int] = set()
 
     def submit(self, changes: ChangeSet, after: AfterCommit | None = None, *, lazy: bool = False) -> None:
         """Queue rows for the next commit; `after` runs once they are durable. A lazy change
@@ -126,6 +135,11 @@ class GroupCommitWriter:
             while self._pending:
                 batch, self._pending = self._pending, []
                 merged = await self._commit(batch)
+                if self._fenced:
+                    fenced, self._fenced = frozenset(self._fenced), set()
+                    if merged is not None:
+                        merged = _without_runs(merged, fenced)
+                    self._tell_fenced(fenced)
                 if merged is not None:
                     self._events.publish_changes(merged)
                     if merged.asset_events and self.on_asset_events is not None:
@@ -147,6 +161,18 @@ class GroupCommitWriter:
             listener(events)
         except Exception as exc:  # the events are durable: the trigger's recovery still sees them
             self._supervisor.fatal(f"the asset trigger failed on committed asset events: {exc!r}")
+
+    def _tell_fenced(self, fenced: frozenset[int]) -> None:
+        log.error(
+            "another replica owns run(s) %s now: their rows were not written, this replica lets them go",
+            ", ".join(map(str, sorted(fenced))),
+        )
+        if self.on_fenced is None:
+            return
+        try:
+            self.on_fenced(fenced)
+        except Exception as exc:
+            self._supervisor.fatal(f"dropping the runs another replica took failed: {exc!r}")
 
     def _correct(self, item: _Pending) -> None:
         """A success of a run failed by an earlier repair is stored as the failure it is."""
@@ -186,7 +212,7 @@ class GroupCommitWriter:
         attempt = 0
         while True:
             try:
-                await self._store.commit(changes)
+                self._fenced.update(await self._store.commit(changes))
                 return
             except OSError as exc:  # ConnectionError: the store's word for "retry me"
                 delay = RETRY_BACKOFF[min(attempt, len(RETRY_BACKOFF) - 1)]
@@ -238,6 +264,17 @@ class GroupCommitWriter:
         self._supervisor.fatal(
             f"the database refused a change set and {why}: {error!r}; rows: {_describe(item.changes)}"
         )
+
+
+def _without_runs(changes: ChangeSet, runs: frozenset[int]) -> ChangeSet:
+    """The change set less the rows of these runs (the fenced ones, which were not written)."""
+    refused = {(t.dag_id, t.run_id) for t in changes.tasks if t.run_pk in runs}
+    return ChangeSet(
+        tasks=[t for t in changes.tasks if t.run_pk not in runs],
+        runs=[r for r in changes.runs if r.pk not in runs],
+        xcoms=[x for x in changes.xcoms if x.run_pk not in runs],
+        asset_events=[e for e in changes.asset_events if (e.source_dag_id, e.source_run_id) not in refused],
+    )
 
 
 def _describe(changes: ChangeSet) -> str:

@@ -13,6 +13,15 @@ in the store, so a restarted daemon goes on where it stopped; a run already crea
 is found again by its id, never made twice. Pausing stops creating runs until resumed;
 cancelling stops for good (the runs already created finish). A backfill whose runs have all
 finished is completed. One unfinished backfill per DAG at a time, as in Airflow.
+
+Exactly once across replicas: every replica drives every unfinished backfill on the same
+database, so what one replica knows in memory decides nothing. A backfill's run is created in
+the store transaction that records it for its planned date, while the backfill's row is locked
+against a pause or a cancel (`ScheduleStore.create_backfill_run`): two replicas creating the
+same date make one run (its id is the key), and once a pause or cancel is committed, through
+whichever replica, no replica creates another run. The one unfinished backfill per DAG is
+decided under a lock on the DAG's row (`ScheduleStore.create_backfill`). A backfill's run that
+finishes drives its backfill on the replica that ran it, found through the run's row.
 """
 
 from __future__ import annotations
@@ -100,6 +109,7 @@ class Backfills:
         self._engine = engine
         self._store = store
         self._clock = clock
+        self._supervisor = supervisor
         self._default_timezone = default_timezone
         #: run pk -> the backfill that created it (for the runs not finished yet)
         self._owner_of_run: dict[int, int] = {}
@@ -186,10 +196,7 @@ class Backfills:
         runs = await self.plan(request)
         unfinished, _ = await self._store.list_backfills(request.dag_id, 1, 0, only_unfinished=True)
         if unfinished:
-            raise BackfillConflict(
-                f"DAG {request.dag_id!r} already has an unfinished backfill (id {unfinished[0].id}): "
-                f"wait for it or cancel it (`orchestrator backfills cancel {unfinished[0].id}`)"
-            )
+            raise _unfinished_conflict(request.dag_id, unfinished[0].id)
         backfill = await self._store.create_backfill(
             dag_id=request.dag_id,
             from_date=request.from_date,
@@ -201,6 +208,9 @@ class Backfills:
             now=self._clock.now(),
             runs=runs,
         )
+        if backfill is None:  # another one was created meanwhile (through another replica, say)
+            unfinished, _ = await self._store.list_backfills(request.dag_id, 1, 0, only_unfinished=True)
+            raise _unfinished_conflict(request.dag_id, unfinished[0].id if unfinished else None)
         planned = sum(1 for run in runs if run.exception_reason is None)
         log.info(
             "backfill %d of %s: %d runs from %s to %s (%d dates skipped)",
@@ -240,13 +250,27 @@ class Backfills:
     # --- creating the runs ---------------------------------------------------------------
 
     def _run_finished(self, run: RunRecord) -> None:
-        backfill_id = self._owner_of_run.pop(run.pk, None)
+        backfill_id = self._owner_of_run.pop(run.pk, None) or run.backfill_id
         if backfill_id is not None:
             self._drive(backfill_id)
         else:
             # a pass in flight may have read this run as unfinished before it was known to be
             # the backfill's (after a restart, say): that pass looks again once it is done
             self._passes.again_if_running()
+            if run.run_type == "backfill" and not self._stopped:
+                # created by another replica's backfill (this one took the run over): its row says which
+                self._supervisor.spawn(self._drive_backfill_of(run), name="backfill of a finished run")
+
+    async def _drive_backfill_of(self, run: RunRecord) -> None:
+        try:
+            record = await self._store.get_run(run.dag_id, run.run_id)
+        except Exception as exc:  # the backfill goes on at its next finished run, or at a restart
+            log.warning(
+                "could not read which backfill run %s of %s belongs to: %s", run.run_id, run.dag_id, exc
+            )
+            return
+        if record is not None and record.backfill_id is not None:
+            self._drive(record.backfill_id)
 
     def _drive(self, backfill_id: int) -> None:
         if not self._stopped:
@@ -282,16 +306,21 @@ class Backfills:
             return
         for row in pending[: max(0, backfill.max_active_runs - len(active))]:
             run = await self._create_run(backfill, row)
-            await self._store.set_backfill_run(backfill_id, row.sort_ordinal, run.pk)
+            if run is None:  # paused or cancelled meanwhile (through this replica or another)
+                return
             if run.state in _UNFINISHED:
                 self._owner_of_run[run.pk] = backfill_id
             else:  # finished already (a run made before a restart): take the next one
                 self._drive(backfill_id)
 
-    async def _create_run(self, backfill: BackfillRecord, row: BackfillRunRecord) -> RunRecord:
-        """The backfill's run for this date: created now, or found by its id if it was already."""
+    async def _create_run(self, backfill: BackfillRecord, row: BackfillRunRecord) -> RunRecord | None:
+        """The backfill's run for this date, recorded for it: created now, or found by its id if it
+        was already (by another replica, or before a restart). None: the backfill is paused or
+        completed now."""
+        loaded = self._engine.loaded_dag(backfill.dag_id)
+        tasks = self._engine.new_task_instances(loaded)
         for run_id in (backfill_run_id(row.logical_date), backfill_run_id(row.logical_date, backfill.id)):
-            record, created = await self._engine.create_run(
+            made = await self._store.create_backfill_run(
                 NewRun(
                     dag_id=backfill.dag_id,
                     run_id=run_id,
@@ -303,10 +332,26 @@ class Backfills:
                     queued_at=self._clock.now(),
                     external_trigger=False,
                     backfill_id=backfill.id,
-                )
+                ),
+                tasks,
+                loaded.spec.source_hash,
+                row.sort_ordinal,
             )
+            if made is None:
+                return None
+            record, created = made
+            if created:
+                await self._engine.admit_created(record)
             if created or record.backfill_id == backfill.id:
                 return record
         raise InvalidRequest(
             f"backfill {backfill.id}: the run ids for {row.logical_date.isoformat()} are taken by other runs"
         )
+
+
+def _unfinished_conflict(dag_id: str, backfill_id: int | None) -> BackfillConflict:
+    which = f" (id {backfill_id})" if backfill_id is not None else ""
+    cancel = f"`orchestrator backfills cancel {'<id>' if backfill_id is None else backfill_id}`"
+    return BackfillConflict(
+        f"DAG {dag_id!r} already has an unfinished backfill{which}: wait for it or cancel it ({cancel})"
+    )

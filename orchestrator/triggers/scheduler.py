@@ -9,12 +9,21 @@ catchup, only the latest without), records the DAG's next run in the store (GET 
 `next_dagrun`) and puts the DAG back on the heap. A DAG is planned again when its file
 changes, when it is paused or unpaused, and at start-up.
 
-Exactly once: a scheduled run's id is `scheduled__<logical date>`, and the store creates a
-run once per (dag_id, run_id), so a restart at the fire time, or several daemons, never
-double a run. A paused DAG creates no scheduled runs; its next run is still shown.
+Exactly once, whichever replica fires first: every replica runs a scheduler on the same
+database, and nothing in one replica's memory decides for another. A scheduled run's id is
+`scheduled__<logical date>`, and the store creates a run once per (dag_id, run_id), so a
+restart at the fire time, or several replicas, never double a run. The DAG's next run (GET
+/dags' `next_dagrun`) is written under a lock on the DAG's row and never back to a tick whose
+run exists, so a replica that planned a moment before another created that run cannot move it
+backwards (`ScheduleStore.set_next_dagrun`). A paused DAG creates no scheduled runs; its next
+run is still shown, and its timer stays armed: a pause or unpause made through another replica
+is read from the database at the next fire time.
 
 `@continuous` has no fire times: a run is created whenever the DAG has none queued or
 running (at start, on unpause, and when one of its runs finishes). `@once` creates one run.
+Their logical dates come from the clock, so their run ids do not make them unique: the store
+creates them under a lock on the DAG's row, only while the DAG has no unfinished run
+(`@continuous`) or no scheduled run at all (`@once`) (`ScheduleStore.create_sole_run`).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 from orchestrator.core.model import DagSpec
@@ -89,8 +99,11 @@ class _Plan:
     restriction: Restriction
     #: the latest scheduled run (None: none yet); read from the store once, then kept
     last: RunInfo | None
-    #: the next run, armed on the heap (None: none planned, or paused)
+    #: the next run (None: none planned, or paused)
     upcoming: RunInfo | None = None
+    #: when its heap entry fires (None: not armed); a paused DAG is armed too, to read its
+    #: pause flag again (another replica may unpause it)
+    armed_at: datetime | None = None
 
 
 class Scheduler:
@@ -201,30 +214,37 @@ class Scheduler:
         now = self._clock.now()
         if not timetable.periodic and spec.schedule == "@continuous":
             if not paused and await self._store.count_unfinished_runs(dag_id) == 0:
+                plan.last = await self._latest(dag_id)  # another replica's run may be the latest
                 info = timetable.next_run(plan.last, plan.restriction, now)
-                if info is not None:
-                    await self._create(dag_id, info, now)
+                if info is not None and await self._create_sole(dag_id, info, now, "unfinished"):
                     plan.last = info
             return False
         due, upcoming = due_runs(timetable, plan.last, plan.restriction, now, limit=MAX_RUNS_PER_PASS)
         more = False
         if paused:
-            upcoming = due[0] if due else upcoming
+            shown = due[0] if due else upcoming
+            # armed anyway at the next fire time still to come, to read the pause flag again then
+            armed = upcoming if upcoming is not None and upcoming.run_after > now else None
         else:
             for info in due:
-                await self._create(dag_id, info, now)
+                if timetable.periodic:
+                    await self._create(dag_id, info, now)
+                else:  # @once: its logical date may be the clock's, so its id is no key
+                    await self._create_sole(dag_id, info, now, "scheduled")
                 plan.last = info
             more = len(due) >= MAX_RUNS_PER_PASS
+            shown = armed = upcoming
         plan.upcoming = None if paused else upcoming
+        plan.armed_at = None if armed is None or more else armed.run_after
         await self._store.set_next_dagrun(
             dag_id,
-            None if upcoming is None else upcoming.logical_date,
-            None if upcoming is None else upcoming.data_interval_start,
-            None if upcoming is None else upcoming.data_interval_end,
-            None if upcoming is None else upcoming.run_after,
+            None if shown is None else shown.logical_date,
+            None if shown is None else shown.data_interval_start,
+            None if shown is None else shown.data_interval_end,
+            None if shown is None else shown.run_after,
         )
-        if plan.upcoming is not None and not more:
-            heapq.heappush(self._heap, (plan.upcoming.run_after, next(self._sequence), dag_id))
+        if plan.armed_at is not None:
+            heapq.heappush(self._heap, (plan.armed_at, next(self._sequence), dag_id))
             self._arm()
         return more
 
@@ -238,21 +258,27 @@ class Scheduler:
         )
 
     async def _create(self, dag_id: str, info: RunInfo, now: datetime) -> None:
-        record, created = await self._engine.create_run(
-            NewRun(
-                dag_id=dag_id,
-                run_id=scheduled_run_id(info.logical_date),
-                run_type="scheduled",
-                conf={},
-                logical_date=info.logical_date,
-                data_interval_start=info.data_interval_start,
-                data_interval_end=info.data_interval_end,
-                queued_at=now,
-                external_trigger=False,
-            )
-        )
+        record, created = await self._engine.create_run(_new_run(dag_id, info, now))
         if not created:
             log.debug("scheduled run %s of %s existed already", record.run_id, dag_id)
+
+    async def _create_sole(
+        self, dag_id: str, info: RunInfo, now: datetime, unless: Literal["unfinished", "scheduled"]
+    ) -> bool:
+        """Create the run of @continuous or @once unless the DAG's runs forbid it (another replica
+        made it first); True if created."""
+        loaded = self._engine.loaded_dag(dag_id)
+        record = await self._store.create_sole_run(
+            _new_run(dag_id, info, now),
+            self._engine.new_task_instances(loaded),
+            loaded.spec.source_hash,
+            unless,
+        )
+        if record is None:
+            log.debug("no %s run of %s: it has a %s run already", loaded.spec.schedule, dag_id, unless)
+            return False
+        await self._engine.admit_created(record)
+        return True
 
     # --- the one timer -----------------------------------------------------------------------
 
@@ -261,7 +287,7 @@ class Scheduler:
         while self._heap:
             when, _, dag_id = self._heap[0]
             plan = self._plans.get(dag_id)
-            if plan is None or plan.upcoming is None or plan.upcoming.run_after != when:
+            if plan is None or plan.armed_at != when:
                 heapq.heappop(self._heap)  # the DAG was planned again since
                 continue
             break
@@ -284,8 +310,23 @@ class Scheduler:
         while self._heap and self._heap[0][0] <= now:
             when, _, dag_id = heapq.heappop(self._heap)
             plan = self._plans.get(dag_id)
-            if plan is not None and plan.upcoming is not None and plan.upcoming.run_after == when:
+            if plan is not None and plan.armed_at == when:
+                plan.armed_at = None
                 plan.upcoming = None
                 due.append(dag_id)
         self.refresh(due)
         self._arm()
+
+
+def _new_run(dag_id: str, info: RunInfo, now: datetime) -> NewRun:
+    return NewRun(
+        dag_id=dag_id,
+        run_id=scheduled_run_id(info.logical_date),
+        run_type="scheduled",
+        conf={},
+        logical_date=info.logical_date,
+        data_interval_start=info.data_interval_start,
+        data_interval_end=info.data_interval_end,
+        queued_at=now,
+        external_trigger=False,
+    )

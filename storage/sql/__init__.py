@@ -42,6 +42,7 @@ def parse_named_queries(text: str) -> dict[str, str]:
 #: the files of named queries, in the order they are read
 QUERY_FILES = (
     "queries.sql",
+    "ownership.sql",
     "schedules.sql",
     "webhooks.sql",
     "assets.sql",

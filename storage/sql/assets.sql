@@ -73,9 +73,19 @@ ORDER BY q.target_dag_id, a.uri;
 -- name: consume_asset_queue
 -- The queue rows an asset-triggered run consumes: those of its DAG, of the assets its condition
 -- names, up to the last event read. The caller checks that exactly the rows read were deleted.
+-- Locked in event order first, so that two evaluators (replicas) of one DAG queue up behind each
+-- other instead of deadlocking: the second finds the rows gone and deletes none of them.
+WITH doomed AS (
+    SELECT q.target_dag_id, q.asset_event_id
+    FROM asset_dag_run_queue q
+    JOIN asset a ON a.id = q.asset_id
+    WHERE q.target_dag_id = $1 AND q.asset_event_id <= $2 AND a.uri = ANY($3::text[])
+    ORDER BY q.asset_event_id
+    FOR UPDATE OF q
+)
 DELETE FROM asset_dag_run_queue q
-USING asset a
-WHERE q.target_dag_id = $1 AND q.asset_event_id <= $2 AND a.id = q.asset_id AND a.uri = ANY($3::text[])
+USING doomed d
+WHERE q.target_dag_id = d.target_dag_id AND q.asset_event_id = d.asset_event_id
 RETURNING q.asset_event_id;
 
 -- name: delete_stale_asset_queue

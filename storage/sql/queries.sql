@@ -190,121 +190,24 @@ FROM xcom
 WHERE run_pk = $1
 ORDER BY task_id, map_index, key;
 
--- name: update_task_instance
--- One whole row; the store sends small change sets as a pipelined batch of these (one transaction).
-UPDATE task_instance SET
-    state = $4,
-    try_number = $5,
-    max_tries = $6,
-    operator = $7,
-    queued_at = $8,
-    start_date = $9,
-    end_date = $10,
-    duration = $11,
-    next_retry_at = $12,
-    external_id = $13,
-    daemon_id = $14,
-    hostname = $15,
-    exit_code = $16,
-    trigger_classpath = $17,
-    trigger_kwargs = $18::jsonb,
-    next_wakeup = $19
-WHERE run_pk = $1 AND task_id = $2 AND map_index = $3;
-
--- name: update_task_instances
--- The hot path: whole rows, one statement for any number of them (keys unique within the arrays).
--- jsonb travels as text so that a JSON null and SQL NULL cannot be confused inside an array.
-UPDATE task_instance AS t SET
-    state = u.state,
-    try_number = u.try_number,
-    max_tries = u.max_tries,
-    operator = u.operator,
-    queued_at = u.queued_at,
-    start_date = u.start_date,
-    end_date = u.end_date,
-    duration = u.duration,
-    next_retry_at = u.next_retry_at,
-    external_id = u.external_id,
-    daemon_id = u.daemon_id,
-    hostname = u.hostname,
-    exit_code = u.exit_code,
-    trigger_classpath = u.trigger_classpath,
-    trigger_kwargs = u.trigger_kwargs::jsonb,
-    next_wakeup = u.next_wakeup
-FROM unnest(
-    $1::bigint[], $2::text[], $3::integer[], $4::text[], $5::integer[], $6::integer[], $7::text[],
-    $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::double precision[],
-    $12::timestamptz[], $13::text[], $14::text[], $15::text[], $16::integer[], $17::text[],
-    $18::text[], $19::timestamptz[]
-) AS u (run_pk, task_id, map_index, state, try_number, max_tries, operator, queued_at, start_date,
-        end_date, duration, next_retry_at, external_id, daemon_id, hostname, exit_code,
-        trigger_classpath, trigger_kwargs, next_wakeup)
-WHERE t.run_pk = u.run_pk AND t.task_id = u.task_id AND t.map_index = u.map_index;
-
--- name: update_runs
--- Every column the engine owns; not `note`, which the API sets (set_run_note) while a run goes on.
-UPDATE dag_run AS r SET
-    state = u.state,
-    run_type = u.run_type,
-    conf = u.conf::jsonb,
-    logical_date = u.logical_date,
-    data_interval_start = u.data_interval_start,
-    data_interval_end = u.data_interval_end,
-    queued_at = u.queued_at,
-    start_date = u.start_date,
-    end_date = u.end_date,
-    external_trigger = u.external_trigger
-FROM unnest(
-    $1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[],
-    $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::boolean[]
-) AS u (pk, state, run_type, conf, logical_date, data_interval_start, data_interval_end, queued_at,
-        start_date, end_date, external_trigger)
-WHERE r.pk = u.pk;
-
--- name: upsert_xcoms
--- XComs of a run deleted meanwhile are dropped, as the UPDATEs above drop its rows.
-INSERT INTO xcom (run_pk, task_id, map_index, key, value)
-SELECT u.run_pk, u.task_id, u.map_index, u.key, u.value::jsonb
-FROM unnest($1::bigint[], $2::text[], $3::integer[], $4::text[], $5::text[])
-    AS u (run_pk, task_id, map_index, key, value)
-WHERE EXISTS (SELECT 1 FROM dag_run AS r WHERE r.pk = u.run_pk)
-ON CONFLICT (run_pk, task_id, map_index, key) DO UPDATE SET
-    value = EXCLUDED.value,
-    "timestamp" = now();
-
--- name: register_daemon
-INSERT INTO daemon (daemon_id, hostname, pid, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $4)
-ON CONFLICT (daemon_id) DO UPDATE SET
-    hostname = EXCLUDED.hostname,
-    pid = EXCLUDED.pid,
-    started_at = EXCLUDED.started_at,
-    heartbeat_at = EXCLUDED.heartbeat_at;
-
--- name: heartbeat
-UPDATE daemon SET heartbeat_at = $2 WHERE daemon_id = $1;
-
--- name: try_lock_single_daemon
-SELECT pg_try_advisory_lock($1::bigint);
-
--- name: daemon_lock_holder
--- A bigint advisory lock shows in pg_locks as classid (high 32 bits) and objid (low 32 bits).
-SELECT pid FROM pg_locks
-WHERE locktype = 'advisory' AND granted AND objsubid = 1
-  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-  AND classid::bigint = ($1::bigint >> 32) AND objid::bigint = ($1::bigint & 4294967295)
-LIMIT 1;
-
--- name: list_daemons
-SELECT daemon_id, hostname, pid, started_at, heartbeat_at FROM daemon ORDER BY started_at, daemon_id;
-
 -- name: deregister_daemon
 DELETE FROM daemon WHERE daemon_id = $1;
 
 -- name: commit_changes
--- update_task_instances + update_runs + upsert_xcoms as ONE statement (one round trip instead of
--- BEGIN, three statements, COMMIT) for change sets holding more than one kind of row. Keep the
--- three parts identical to those queries; data-modifying CTEs always run to completion.
-WITH updated_task_instances AS (
+-- The hot path: a whole change set (task instances, runs, XComs) as ONE statement, one round trip,
+-- FENCED: only rows of runs that $37 owns are written (NULL: the store has no owner, as in tools
+-- and tests, and writes only unowned runs). The runs are locked first (FOR NO KEY UPDATE): a claim
+-- by another replica either committed before (then the owner differs and the rows are refused)
+-- or waits for this commit. Returns the runs that were written; the caller drops the others.
+-- Whole rows, any number of them (keys unique within the arrays); jsonb travels as text so that a
+-- JSON null and SQL NULL cannot be confused inside an array. Data-modifying CTEs always run to
+-- completion. `note` is the API's (set_run_note), never written here.
+WITH owned AS (
+    SELECT pk FROM dag_run
+    WHERE pk = ANY($36::bigint[]) AND owner IS NOT DISTINCT FROM $37::text
+    ORDER BY pk
+    FOR NO KEY UPDATE
+), updated_task_instances AS (
     UPDATE task_instance AS t SET
         state = u.state,
         try_number = u.try_number,
@@ -331,6 +234,7 @@ WITH updated_task_instances AS (
             end_date, duration, next_retry_at, external_id, daemon_id, hostname, exit_code,
             trigger_classpath, trigger_kwargs, next_wakeup)
     WHERE t.run_pk = u.run_pk AND t.task_id = u.task_id AND t.map_index = u.map_index
+      AND t.run_pk IN (SELECT pk FROM owned)
 ), updated_runs AS (
     UPDATE dag_run AS r SET
         state = u.state,
@@ -348,16 +252,28 @@ WITH updated_task_instances AS (
         $26::timestamptz[], $27::timestamptz[], $28::timestamptz[], $29::timestamptz[], $30::boolean[]
     ) AS u (pk, state, run_type, conf, logical_date, data_interval_start, data_interval_end, queued_at,
             start_date, end_date, external_trigger)
-    WHERE r.pk = u.pk
+    WHERE r.pk = u.pk AND r.pk IN (SELECT pk FROM owned)
+), upserted_xcoms AS (
+    INSERT INTO xcom (run_pk, task_id, map_index, key, value)
+    SELECT u.run_pk, u.task_id, u.map_index, u.key, u.value::jsonb
+    FROM unnest($31::bigint[], $32::text[], $33::integer[], $34::text[], $35::text[])
+        AS u (run_pk, task_id, map_index, key, value)
+    WHERE u.run_pk IN (SELECT pk FROM owned)
+    ON CONFLICT (run_pk, task_id, map_index, key) DO UPDATE SET
+        value = EXCLUDED.value,
+        "timestamp" = now()
 )
-INSERT INTO xcom (run_pk, task_id, map_index, key, value)
-SELECT u.run_pk, u.task_id, u.map_index, u.key, u.value::jsonb
-FROM unnest($31::bigint[], $32::text[], $33::integer[], $34::text[], $35::text[])
-    AS u (run_pk, task_id, map_index, key, value)
-WHERE EXISTS (SELECT 1 FROM dag_run AS r WHERE r.pk = u.run_pk)
-ON CONFLICT (run_pk, task_id, map_index, key) DO UPDATE SET
-    value = EXCLUDED.value,
-    "timestamp" = now();
+SELECT array(SELECT pk FROM owned);
+
+-- name: legacy_daemon_lock_holder
+-- Daemons from before replicas held this session advisory lock ("orchestr") while they ran: one
+-- that still holds it does not know about run ownership, and no replica may start beside it.
+-- A bigint advisory lock shows in pg_locks as classid (high 32 bits) and objid (low 32 bits).
+SELECT pid FROM pg_locks
+WHERE locktype = 'advisory' AND granted AND objsubid = 1
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND classid::bigint = ($1::bigint >> 32) AND objid::bigint = ($1::bigint & 4294967295)
+LIMIT 1;
 
 -- name: paused_dag_ids
 -- Which of these DAGs are paused (the engine holds their new runs in queued).

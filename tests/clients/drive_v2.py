@@ -46,7 +46,9 @@ def main(url: str, token: str, dag_id: str) -> dict[str, Any]:
         dag = dags.get_dag(dag_id)
         paused = dags.patch_dag(dag_id, DAG(is_paused=True), update_mask=["is_paused"]).is_paused
         unpaused = dags.patch_dag(dag_id, DAG(is_paused=False), update_mask=["is_paused"]).is_paused
-        triggered = runs.post_dag_run(dag_id, DAGRun(dag_run_id="from-v2", conf={"greeting": "hello from v2"}))
+        triggered = runs.post_dag_run(
+            dag_id, DAGRun(dag_run_id="from-v2", conf={"greeting": "hello from v2"})
+        )
         run = wait_finished(runs, dag_id, triggered.dag_run_id)
         listed_runs = runs.get_dag_runs(dag_id)
         instances = tis.get_task_instances(dag_id, run.dag_run_id)

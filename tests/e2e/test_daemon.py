@@ -377,7 +377,7 @@ def test_a_deleted_dag_file_deactivates_its_dags_and_leaves_the_others(
     assert daemon.wait_run("etl", "still-here")["state"] == "success"
 
 
-def test_a_second_daemon_on_the_same_database_refuses_to_start(
+def test_a_second_daemon_on_the_same_database_starts_beside_the_first_as_a_replica(
     make_daemon: Callable[..., Daemon], workdir: Path, database_dsn: str
 ) -> None:
     first = make_daemon()
@@ -386,12 +386,15 @@ def test_a_second_daemon_on_the_same_database_refuses_to_start(
     second_root = workdir / "second"
     second_root.mkdir()
     second = Daemon(root=second_root, database_dsn=database_dsn)
-    with pytest.raises(AssertionError) as refused:
-        second.start(timeout=30)
-    assert "is running on this database" in str(refused.value)
+    second.write_dag("etl.py", ETL)
+    second.start(timeout=30)
     assert first.get("/health").status == 200  # the first one is untouched
+    second.wait_dag("etl")
+    second.trigger("etl", dag_run_id="on-the-second")
+    assert first.wait_run("etl", "on-the-second")["state"] == "success"  # either one serves it
     assert first.stop(signal.SIGTERM) == 0
-    second.start(timeout=30)  # a cleanly stopped daemon deregistered itself
+    second.trigger("etl", dag_run_id="after-the-first-left")
+    assert second.wait_run("etl", "after-the-first-left")["state"] == "success"
     assert second.stop(signal.SIGTERM) == 0
 
 

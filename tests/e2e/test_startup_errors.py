@@ -104,7 +104,9 @@ port = 0
     )
     assert result.returncode == 1, result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: PostgreSQL at 127.0.0.1:{silent_server} did not answer within 0.5 s"), last
+    assert last.startswith(f"error: PostgreSQL at 127.0.0.1:{silent_server} did not answer within 0.5 s"), (
+        last
+    )
     assert "database.connect_timeout" in last and "secret" not in result.stderr
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
 

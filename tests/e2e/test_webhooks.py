@@ -153,7 +153,11 @@ def test_a_webhook_declared_with_an_asset_uri_fans_out_to_every_dag_waiting_on_t
     daemon.wait_dag("refresh")
     url = daemon.url + "/api/v1/webhooks/orders-landed"
     body = json.dumps({"detail": {"rows": 42}}).encode()
-    headers = {"Content-Type": "application/json", "Authorization": "Bearer t0ken-for-orders", "X-Delivery": "d-1"}
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": "Bearer t0ken-for-orders",
+        "X-Delivery": "d-1",
+    }
 
     status, answer = deliver(url, body, headers)
     assert status == 202 and answer["created"] is True, answer

@@ -210,6 +210,7 @@ async def running_engine(
     log_max_bytes: int | None = None,
     engine_options: Mapping[str, Any] | None = None,
     before_recover: Callable[[EngineHarness], Awaitable[None]] | None = None,
+    daemon_id: str = "test",
 ) -> AsyncIterator[EngineHarness]:
     """An Engine + LocalExecutor + writer on `store`, with the DAGs of `dag_files` loaded and
     the store's active runs recovered. Drains on exit (running tasks get `drain_grace` s, none
@@ -217,7 +218,7 @@ async def running_engine(
     ones (tests/fakes.py has fakes that advance time); `extra_executors` adds executors by name;
     `engine_options` are more keyword arguments of Engine (check_value, template_limits);
     `before_recover` is awaited with the harness before the engine recovers (to wire a trigger
-    the way the daemon does)."""
+    the way the daemon does); `daemon_id` names the replica the engine is (its runs' owner)."""
     clock = clock or SystemClock()
     timers = timers or LoopTimers(clock)
     registry = DagRegistry()
@@ -234,7 +235,7 @@ async def running_engine(
         timers,
         registry,
         logs_dir,
-        daemon_id="test",
+        daemon_id=daemon_id,
         hostname=socket.gethostname(),
         base_env=os.environ,
         task_logs=task_logs,

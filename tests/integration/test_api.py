@@ -268,7 +268,10 @@ async def test_list_dags_hides_inactive_dags_unless_asked(api: Api) -> None:
         ("limit=0", "limit=0 must be at least 1"),
         ("limit=abc", "limit='abc' is not an integer"),
         ("offset=-1", "offset=-1 must be between 0 and 9223372036854775807"),
-        ("offset=9223372036854775808", "offset=9223372036854775808 must be between 0 and 9223372036854775807"),
+        (
+            "offset=9223372036854775808",
+            "offset=9223372036854775808 must be between 0 and 9223372036854775807",
+        ),
         ("only_active=maybe", "only_active='maybe' must be true or false"),
     ],
 )

@@ -107,7 +107,9 @@ async def test_the_real_engine_keeps_the_note_through_a_whole_run(
         tmp_path,
     )
     async with running_engine(store, tmp_path / "logs", [dag_file]) as harness:
-        runner, url = await serve(create_app(store, harness.engine, tmp_path / "logs", settings=api_settings()))
+        runner, url = await serve(
+            create_app(store, harness.engine, tmp_path / "logs", settings=api_settings())
+        )
         try:
             async with aiohttp.ClientSession(headers=headers()) as http:
                 async with http.post(

@@ -66,7 +66,9 @@ class V2:
         self.url, self.http, self.store = url, http, store
 
     async def call(self, method: str, path: str, json: Any = None, **extra: str) -> tuple[int, Any]:
-        async with self.http.request(method, self.url + path, json=json, headers=headers(**extra)) as response:
+        async with self.http.request(
+            method, self.url + path, json=json, headers=headers(**extra)
+        ) as response:
             body = await response.read()
             assert response.content_type == "application/json", body
             return response.status, orjson.loads(body)
@@ -132,7 +134,9 @@ async def test_dags_runs_and_task_instances_match_airflow3s_schemas(v2: V2) -> N
 
 
 async def test_a_log_is_structured_lines_in_pages_and_in_full(v2: V2, tmp_path: Path) -> None:
-    status, _ = await v2.call("POST", "/api/v2/dags/other/dagRuns", {"dag_run_id": "r1", "logical_date": None})
+    status, _ = await v2.call(
+        "POST", "/api/v2/dags/other/dagRuns", {"dag_run_id": "r1", "logical_date": None}
+    )
     assert status == 200
     dbrun = await v2.store.get_run("other", "r1")
     assert dbrun is not None
@@ -185,9 +189,13 @@ async def test_other_errors_are_detail_strings_with_airflows_statuses(v2: V2) ->
     assert status == 404 and isinstance(body["detail"], str) and "nope" in body["detail"]
     status, body = await v2.call("POST", "/api/v2/dags/nope/dagRuns", {"logical_date": None})
     assert status == 404 and set(body) == {"detail"}
-    status, body = await v2.call("POST", "/api/v2/dags/etl/dagRuns", {"dag_run_id": "x", "logical_date": None})
+    status, body = await v2.call(
+        "POST", "/api/v2/dags/etl/dagRuns", {"dag_run_id": "x", "logical_date": None}
+    )
     assert status == 200
-    status, body = await v2.call("POST", "/api/v2/dags/etl/dagRuns", {"dag_run_id": "x", "logical_date": None})
+    status, body = await v2.call(
+        "POST", "/api/v2/dags/etl/dagRuns", {"dag_run_id": "x", "logical_date": None}
+    )
     assert status == 409 and "already exists" in body["detail"]
     status, body = await v2.call("GET", "/api/v2/dags?colour=red")
     assert status == 400 and "colour" in body["detail"]

@@ -100,9 +100,7 @@ def test_the_processes_of_a_try_are_found_by_their_token_and_killed_with_their_c
 
 def test_a_process_without_the_token_is_not_taken_for_the_try() -> None:
     """A reused pid (another process) never carries the try's token: it is not found."""
-    other = _start_session(
-        ["/bin/sleep", "300"], env={**os.environ, TRY_TOKEN_VARIABLE: "inst:1:-1:1:other"}
-    )
+    other = _start_session(["/bin/sleep", "300"], env={**os.environ, TRY_TOKEN_VARIABLE: "inst:1:-1:1:other"})
     try:
         assert other.pid not in try_processes("inst:1:-1:1:t")
         assert try_processes("") == []

@@ -97,7 +97,9 @@ def test_a_parent_the_postgres_user_cannot_enter_is_named(base_dir: Path) -> Non
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the postgres user only matters when running as root")
-def test_a_state_dir_the_postgres_user_cannot_reach_gets_its_cluster_in_a_system_folder(base_dir: Path) -> None:
+def test_a_state_dir_the_postgres_user_cannot_reach_gets_its_cluster_in_a_system_folder(
+    base_dir: Path,
+) -> None:
     home = base_dir / "root-home"
     home.mkdir(mode=0o700)
     state = home / "clone" / "state"
@@ -106,7 +108,10 @@ def test_a_state_dir_the_postgres_user_cannot_reach_gets_its_cluster_in_a_system
     chosen = embedded_data_dir(state, system_root=system)
     assert chosen.parent == system and chosen.name.startswith("postgres-")
     assert embedded_data_dir(state, system_root=system) == chosen  # the same on every start
-    assert embedded_data_dir(base_dir / "open" / "state", system_root=system) == base_dir / "open" / "state" / "postgres"
+    assert (
+        embedded_data_dir(base_dir / "open" / "state", system_root=system)
+        == base_dir / "open" / "state" / "postgres"
+    )
     server = EmbeddedPostgres(chosen, durable=False)
     try:
         assert fetchval(server.ensure_started(), "SELECT 1") == 1

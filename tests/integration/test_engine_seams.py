@@ -65,7 +65,9 @@ class ShoutKind:
     def check(self, args: Mapping[str, Any]) -> list[str]:
         return [] if isinstance(args.get("text"), str) else ["is a shout task without text"]
 
-    def payload(self, args: Mapping[str, Any], rendered: Mapping[str, Any], given: RenderInput) -> ShoutPayload:
+    def payload(
+        self, args: Mapping[str, Any], rendered: Mapping[str, Any], given: RenderInput
+    ) -> ShoutPayload:
         return ShoutPayload(text=rendered["text"])
 
 
@@ -346,7 +348,11 @@ async def test_every_committed_change_is_published_after_its_commit(
     run_states = [e.run.state for e, _ in seen if isinstance(e, RunChanged)]
     assert run_states[-1] == RunState.SUCCESS and RunState.RUNNING in run_states
     for task_id in ("a", "b"):
-        states = [e.task_instance.state for e, _ in seen if isinstance(e, TaskInstanceChanged) and e.task_instance.task_id == task_id]
+        states = [
+            e.task_instance.state
+            for e, _ in seen
+            if isinstance(e, TaskInstanceChanged) and e.task_instance.task_id == task_id
+        ]
         assert states[0] == TaskState.QUEUED and states[-1] == TaskState.SUCCESS
     # an event whose state the store does not yet have would show a published-before-commit
     ordered = [s for e, s in seen if isinstance(e, RunChanged) and e.run.state == RunState.SUCCESS]
@@ -557,7 +563,9 @@ async def test_runs_that_fail_at_once_are_each_started_once_while_others_wait(
 async def test_runs_asked_for_at_once_are_created_once_each_and_a_refused_one_fails_alone(
     store: PostgresStateStore, work: Path, dags: Path, logs: Path
 ) -> None:
-    dag_file = write_dag(dags, "flooded", 'with DAG("flooded", max_active_runs=4):\n    Bash("t", "true")\n', work)
+    dag_file = write_dag(
+        dags, "flooded", 'with DAG("flooded", max_active_runs=4):\n    Bash("t", "true")\n', work
+    )
     batches: list[int] = []
     create_runs = store.create_runs
 
@@ -571,7 +579,9 @@ async def test_runs_asked_for_at_once_are_created_once_each_and_a_refused_one_fa
 
         async def ask(run_id: str, conf: dict[str, object]) -> None:
             try:
-                answer: object = await engine.engine.trigger_run("flooded", run_id=run_id, conf=conf, logical_date=None)
+                answer: object = await engine.engine.trigger_run(
+                    "flooded", run_id=run_id, conf=conf, logical_date=None
+                )
             except Exception as exc:
                 answer = exc
             answers.append((run_id, answer))

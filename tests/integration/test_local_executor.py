@@ -305,7 +305,10 @@ async def test_bash_timeout_kills_the_group_and_says_timed_out(tmp_path: Path) -
     ("overrides", "message"),
     [
         ({"cwd": "/no/such/dir"}, "could not start the task: cwd '/no/such/dir' is not a directory"),
-        ({"payload": _EchoPayload("hi")}, "could not start the task: the local executor cannot run 'echo' tasks"),
+        (
+            {"payload": _EchoPayload("hi")},
+            "could not start the task: the local executor cannot run 'echo' tasks",
+        ),
     ],
 )
 async def test_launch_errors_are_reported_as_failed_outcomes(
@@ -648,7 +651,9 @@ def cap_shape(log: str, cap: int) -> bool:
     return cap < len(log) < cap + 1024 and log.count("reached logs.max_bytes_per_try") == 1
 
 
-async def test_following_a_python_try_sees_the_output_its_worker_writes(tmp_path: Path, dag_file: str) -> None:
+async def test_following_a_python_try_sees_the_output_its_worker_writes(
+    tmp_path: Path, dag_file: str
+) -> None:
     logs = LogFiles()
     gate = tmp_path / "gate"
     request = python(tmp_path, dag_file, "waits_for_gate", args=[str(gate)])
@@ -684,7 +689,11 @@ async def test_a_log_that_cannot_be_opened_fails_the_try_with_the_reason(
     recorder = Recorder()
     too_long = tmp_path / "logs" / ("x" * 300 + ".log")
     async with local_executor(recorder) as executor:
-        request = bash(tmp_path, "t", "echo lost") if kind == "bash" else python(tmp_path, dag_file, "pid", task_id="t")
+        request = (
+            bash(tmp_path, "t", "echo lost")
+            if kind == "bash"
+            else python(tmp_path, dag_file, "pid", task_id="t")
+        )
         executor.submit(LaunchRequest(**{**_fields(request), "log_path": too_long}))
         outcome = await recorder.finished_with("t")
     assert not outcome.success

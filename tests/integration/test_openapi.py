@@ -102,6 +102,13 @@ async def test_main_endpoints_carry_their_schemas_and_parameters(served: tuple[w
     assert {p["name"] for p in dags["parameters"]} == {"limit", "offset", "exclude_stale"}
     assert dags["x-required-role"] == "viewer"
     _, v1 = await fetch(f"{url}/api/v1/openapi.json")
-    log = v1["paths"]["/api/v1/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}"]["get"]
-    assert [p["name"] for p in log["parameters"] if p["in"] == "path"] == ["dag_id", "run_id", "task_id", "try_number"]
+    log = v1["paths"]["/api/v1/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}"][
+        "get"
+    ]
+    assert [p["name"] for p in log["parameters"] if p["in"] == "path"] == [
+        "dag_id",
+        "run_id",
+        "task_id",
+        "try_number",
+    ]
     assert v1["paths"]["/api/v1/openapi.json"]["get"]["security"] == []

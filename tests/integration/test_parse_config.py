@@ -24,7 +24,10 @@ def test_the_dags_defaults_and_an_environment_override(tmp_path: Path) -> None:
         ("parser_processes = 0", "dags.parser_processes in .* must be at least 1, got 0"),
         ("parse_timeout = 0", "dags.parse_timeout in .* must be a number of seconds above 0, got 0"),
         ("parse_timeout = nan", "dags.parse_timeout in .* must be a finite number, got nan"),
-        ("parse_memory_mb = 64", r"dags.parse_memory_mb in .* must be at least 128 \(MB\), or 0 for no limit"),
+        (
+            "parse_memory_mb = 64",
+            r"dags.parse_memory_mb in .* must be at least 128 \(MB\), or 0 for no limit",
+        ),
         ("parse_memory_mb = '1G'", "dags.parse_memory_mb in .* must be an integer"),
         ("parse_timeot = 3", "did you mean 'dags.parse_timeout'"),
     ],

@@ -178,7 +178,13 @@ async def test_import_errors_recorded_and_cleared_are_published_on_the_event_bus
     bus = EventBus()
     subscription = bus.subscribe()
     folder = DagFolder(
-        tmp_path / "dags", parsers, store, DagRegistry(), SystemClock(), parse_error=DagFileParseError, events=bus
+        tmp_path / "dags",
+        parsers,
+        store,
+        DagRegistry(),
+        SystemClock(),
+        parse_error=DagFileParseError,
+        events=bus,
     )
     (tmp_path / "dags").mkdir()
     path = tmp_path / "dags" / "flaky.py"

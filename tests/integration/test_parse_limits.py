@@ -67,7 +67,9 @@ def pid_written_to(marker: Path) -> int:
 
 async def test_a_hanging_file_does_not_hold_up_the_others(tmp_path: Path) -> None:
     started = tmp_path / "started"
-    hanging = write(tmp_path, "hangs.py", f"import time\nopen({str(started)!r}, 'w').close()\ntime.sleep(300)\n")
+    hanging = write(
+        tmp_path, "hangs.py", f"import time\nopen({str(started)!r}, 'w').close()\ntime.sleep(300)\n"
+    )
     good = write(tmp_path, "good.py", GOOD)
     async with pool(size=2, timeout=60) as parsers:
         hang = asyncio.ensure_future(parsers.parse(hanging))
@@ -107,7 +109,9 @@ async def test_a_file_past_parse_memory_mb_gets_an_import_error_naming_the_limit
         with pytest.raises(DagFileParseError) as caught:
             await parsers.parse(greedy)
         message = str(caught.value)
-        assert message.startswith("DAG file needed more than 256 MB of memory to import (dags.parse_memory_mb)")
+        assert message.startswith(
+            "DAG file needed more than 256 MB of memory to import (dags.parse_memory_mb)"
+        )
         assert greedy in message and "MemoryError" in message
         assert [s.dag_id for s in await parsers.parse(write(tmp_path, "good.py", GOOD))] == ["good"]
 

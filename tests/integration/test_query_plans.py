@@ -18,7 +18,7 @@ import pytest
 
 from orchestrator.core.records import RunRecord, TaskInstanceRecord, XComRecord
 from orchestrator.core.states import RunState, TaskState
-from storage.postgres import _init_connection, _run_columns, _task_columns, _task_row, _xcom_columns
+from storage.postgres import _init_connection, _run_columns, _task_columns, _xcom_columns
 from storage.sql import QUERIES
 from tests.pgserver import TEMPLATE_DATABASE, PgServer, run_in_fresh_loop
 
@@ -99,30 +99,21 @@ async def sample(conn: asyncpg.Connection, n: int) -> tuple[list[TaskInstanceRec
     return tis, runs
 
 
-async def commit_ti_args(conn: asyncpg.Connection) -> list[Any]:
-    tis, _ = await sample(conn, 5)
-    return _task_columns(tis)
+async def commit_args(conn: asyncpg.Connection, tasks: int, runs: int, xcoms: int) -> list[Any]:
+    """The fenced commit's arguments for `tasks` task rows, `runs` run rows and `xcoms` XComs."""
+    tis, run_rows = await sample(conn, max(tasks, runs, xcoms, 1))
+    values = [XComRecord(ti.run_pk, ti.task_id, -1, "return_value", 2) for ti in tis[:xcoms]]
+    fence = sorted(
+        {ti.run_pk for ti in tis[:tasks]} | {r.pk for r in run_rows[:runs]} | {x.run_pk for x in values}
+    )
+    return [*_task_columns(tis[:tasks]), *_run_columns(run_rows[:runs]), *_xcom_columns(values), fence, None]
 
 
-async def commit_one_ti_args(conn: asyncpg.Connection) -> list[Any]:
-    tis, _ = await sample(conn, 1)
-    return list(_task_row(tis[0]))
+def commit_of(tasks: int, runs: int, xcoms: int) -> Callable[[asyncpg.Connection], Any]:
+    async def make(conn: asyncpg.Connection) -> list[Any]:
+        return await commit_args(conn, tasks, runs, xcoms)
 
-
-async def commit_all_args(conn: asyncpg.Connection) -> list[Any]:
-    tis, runs = await sample(conn, 5)
-    xcoms = [XComRecord(ti.run_pk, ti.task_id, -1, "return_value", 2) for ti in tis]
-    return [*_task_columns(tis), *_run_columns(runs), *_xcom_columns(xcoms)]
-
-
-async def commit_runs_args(conn: asyncpg.Connection) -> list[Any]:
-    _, runs = await sample(conn, 5)
-    return _run_columns(runs)
-
-
-async def commit_xcoms_args(conn: asyncpg.Connection) -> list[Any]:
-    tis, _ = await sample(conn, 5)
-    return _xcom_columns([XComRecord(ti.run_pk, ti.task_id, -1, "return_value", 2) for ti in tis])
+    return make
 
 
 async def active_pks(conn: asyncpg.Connection) -> list[Any]:
@@ -145,11 +136,14 @@ async def first_ti_key(conn: asyncpg.Connection) -> list[Any]:
 
 
 HOT_QUERIES: dict[str, Callable[[asyncpg.Connection], Any]] = {
-    "update_task_instance": commit_one_ti_args,
-    "update_task_instances": commit_ti_args,
-    "update_runs": commit_runs_args,
-    "upsert_xcoms": commit_xcoms_args,
-    "commit_changes": commit_all_args,
+    "commit_changes": commit_of(5, 5, 5),
+    "commit_changes[one task]": commit_of(1, 0, 0),
+    "commit_changes[tasks]": commit_of(5, 0, 0),
+    "commit_changes[runs]": commit_of(0, 5, 0),
+    "admit_queued_runs": constant("dag_7", "me", 64, [], 16),
+    "claim_own_runs": constant("me", []),
+    "claim_orphaned_runs": constant("me", 100, True),
+    "owned_runs": constant("me", [1, 2, 3]),
     "list_runs": constant("dag_7", None, 25, 0),
     "count_runs": constant("dag_7", None),
     "get_run": constant("dag_7", "run_12"),
@@ -176,7 +170,8 @@ async def test_hot_query_uses_indexes(conn: asyncpg.Connection, query_name: str)
     args = await HOT_QUERIES[query_name](conn)
 
     # EXPLAIN without ANALYZE plans the statement and does not run it.
-    explained = await conn.fetchval("EXPLAIN (FORMAT JSON) " + QUERIES[query_name], *args)
+    query = QUERIES[query_name.split("[")[0]]  # "name[case]": one query with other arguments
+    explained = await conn.fetchval("EXPLAIN (FORMAT JSON) " + query, *args)
     plan = orjson.loads(explained)[0]["Plan"]
 
     relations = scanned_relations(plan)
@@ -204,7 +199,9 @@ async def _xcom_args(conn: asyncpg.Connection, *, limit: bool) -> list[Any]:
 
 
 @pytest.mark.parametrize("query_name", list(LIST_QUERIES))
-async def test_api_list_query_uses_indexes_with_its_parameters_known(filled_dsn: str, query_name: str) -> None:
+async def test_api_list_query_uses_indexes_with_its_parameters_known(
+    filled_dsn: str, query_name: str
+) -> None:
     conn = await asyncpg.connect(filled_dsn)
     try:
         await _init_connection(conn)

@@ -195,6 +195,7 @@ async def test_a_changed_schedule_is_planned_again(
             datetime(2026, 3, 4, 0, tzinfo=UTC),
             datetime(2026, 3, 4, 6, tzinfo=UTC),
         ]
+
         async def armed() -> RunInfo | None:
             return scheduler.upcoming("changing")  # set once the pass that made the runs ends
 

@@ -25,6 +25,7 @@ from tests.integration.test_store import new_run
 def _writer(store: PostgresStateStore, events: EventBus | None = None) -> GroupCommitWriter:
     return GroupCommitWriter(store, LoopTimers(SystemClock()), events or EventBus(), Supervisor())
 
+
 pytestmark = pytest.mark.anyio
 
 

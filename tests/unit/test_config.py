@@ -259,6 +259,11 @@ def test_bad_environment_values_name_the_variable(
             '[daemon]\ndaemon_id = ""\n',
             "daemon.daemon_id in {path} must not be empty: leave it out for <hostname>-<pid>",
         ),
+        (
+            '[daemon]\nadvertise_url = "10.0.0.5:8080"\n',
+            "daemon.advertise_url in {path} must be an http:// or https:// URL other replicas can reach, "
+            "got '10.0.0.5:8080': leave it out to use the address the API listens on",
+        ),
     ],
 )
 def test_bad_files_name_the_key_and_the_file(tmp_path: Path, text: str, message: str) -> None:
@@ -402,7 +407,13 @@ def test_the_shipped_config_toml_and_the_readme_document_every_key() -> None:
         return keys
 
     # unset by default: shown commented out
-    optional = {"database.dsn", "daemon.daemon_id", "api.token_file", "api.secret_key_env"}
+    optional = {
+        "database.dsn",
+        "daemon.daemon_id",
+        "daemon.advertise_url",
+        "api.token_file",
+        "api.secret_key_env",
+    }
     assert set(KEYS) - optional <= written(shipped), "keys missing from config.toml"
     readme = (REPO_ROOT / "README.md").read_text()
     # a row may name two keys of one table: `database.pool_min_size` / `pool_max_size`

@@ -127,7 +127,9 @@ def test_loopback_hosts(host: str, loopback: bool) -> None:
 
 def test_without_tokens_the_daemon_refuses_any_host_but_loopback(tmp_path: Path) -> None:
     config = load_config(None, {"ORCHESTRATOR_API__HOST": "0.0.0.0"}, cwd=tmp_path)
-    with pytest.raises(ConfigError, match=re.escape("api.host is '0.0.0.0' but no api.tokens are configured")):
+    with pytest.raises(
+        ConfigError, match=re.escape("api.host is '0.0.0.0' but no api.tokens are configured")
+    ):
         build_authenticator(config, tmp_path / "state", {})
     assert not (tmp_path / "state" / "api-token").exists()
 

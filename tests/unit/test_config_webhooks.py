@@ -210,6 +210,8 @@ def test_config_toml_and_the_readme_document_every_webhook_key() -> None:
     for key in WEBHOOK_KEYS:
         assert f"# {key} = " in shipped or f"# # {key} = " in shipped, f"config.toml does not show {key}"
     undocumented = [
-        key for key in WEBHOOK_KEYS if f"`webhooks.<name>.{key}`" not in readme and f" / `{key}`" not in readme
+        key
+        for key in WEBHOOK_KEYS
+        if f"`webhooks.<name>.{key}`" not in readme and f" / `{key}`" not in readme
     ]
     assert undocumented == [], f"webhook keys missing from the README's configuration table: {undocumented}"

@@ -195,7 +195,9 @@ def test_every_rule_is_covered_by_the_table() -> None:
 
 
 def task(task_id: str, *upstream: str, rule: TriggerRule = TR.ALL_SUCCESS) -> TaskSpec:
-    return TaskSpec(task_id=task_id, kind="bash", upstream=upstream, trigger_rule=rule, args={"bash_command": "true"})
+    return TaskSpec(
+        task_id=task_id, kind="bash", upstream=upstream, trigger_rule=rule, args={"bash_command": "true"}
+    )
 
 
 def graph(*tasks: TaskSpec) -> DagGraph:

@@ -66,7 +66,10 @@ SPECS = [
     DagSpec(
         "rules",
         "/dags/rules.py",
-        tuple(TaskSpec(rule.value, "bash", args={"bash_command": "true"}, trigger_rule=rule) for rule in TriggerRule),
+        tuple(
+            TaskSpec(rule.value, "bash", args={"bash_command": "true"}, trigger_rule=rule)
+            for rule in TriggerRule
+        ),
     ),
     _authored(),
 ]
@@ -145,7 +148,10 @@ _DELETE = object()
         (_with("tasks.0.upstream", "a"), "upstream must be a list"),
         (_with("tasks.1.args.op_kwargs", {"r": {"__xcom__": {"key": "k"}}}), "malformed XCom reference"),
         (_with("tasks.1.args.op_args", [{"__xcom__": "a"}]), "malformed XCom reference"),
-        (_with("tasks.1.args.op_args", [{"__xcom__": {"task_id": "a"}, "extra": 1}]), "malformed XCom reference"),
+        (
+            _with("tasks.1.args.op_args", [{"__xcom__": {"task_id": "a"}, "extra": 1}]),
+            "malformed XCom reference",
+        ),
         (_with("tasks.1.colour", "red"), "tasks[1] ('b'): unknown field(s) colour"),
     ],
 )
@@ -163,7 +169,13 @@ def test_specs_stored_before_kinds_had_args_are_read_into_args() -> None:
             "fileloc": "/f.py",
             "tasks": [
                 {"task_id": "a", "kind": "bash", "bash_command": "true", "op_args": [], "op_kwargs": {}},
-                {"task_id": "b", "kind": "python", "bash_command": None, "op_args": [1], "op_kwargs": {"k": 2}},
+                {
+                    "task_id": "b",
+                    "kind": "python",
+                    "bash_command": None,
+                    "op_args": [1],
+                    "op_kwargs": {"k": 2},
+                },
             ],
         }
     )
