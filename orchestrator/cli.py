@@ -1,7 +1,7 @@
 """The `orchestrator` command: run the daemon, migrate its database, and talk to its REST API.
 
-Client commands (dags, trigger, runs, tasks, logs, assets) only speak HTTP to a running daemon — never
-to the database — so they work from anywhere the API is reachable and see exactly what the UI
+Client commands (dags, trigger, runs, tasks, logs, assets, daemons) only speak HTTP to a running
+daemon — never to the database — so they work from anywhere the API is reachable and see exactly what the UI
 sees. They use the stdlib's urllib and import nothing heavy: the command must start fast.
 
 Exit codes: 0 success, 1 the API refused (its "detail" is printed), 2 the daemon is unreachable
@@ -511,6 +511,23 @@ def cmd_tasks(args: argparse.Namespace, client: ApiClient) -> int:
     return 0
 
 
+def cmd_daemons(args: argparse.Namespace, client: ApiClient) -> int:
+    """The replicas sharing the daemon's database: heartbeat age, alive or dead, runs owned."""
+    data = client.get_json("/api/v1/daemons")
+    rows = [
+        {
+            **daemon,
+            "host": daemon["hostname"],
+            "heartbeat_age": f"{daemon['heartbeat_age_seconds']:.1f}s",
+            "status": "alive" if daemon["alive"] else "dead",
+        }
+        for daemon in data["daemons"]
+    ]
+    columns = ["daemon_id", "host", "pid", "version", "heartbeat_age", "status", "owned_runs", "api_url"]
+    _print(args, data, rows, columns)
+    return 0
+
+
 def cmd_logs(args: argparse.Namespace, client: ApiClient) -> int:
     ti_path = (
         f"/api/v1/dags/{quote(args.dag_id)}/dagRuns/{quote(args.run_id)}/taskInstances/{quote(args.task_id)}"
@@ -767,6 +784,12 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("task_id")
     logs.add_argument("--try", dest="try_number", type=int, help="the try number (default: the latest)")
     logs.set_defaults(client=cmd_logs)
+
+    commands.add_parser(
+        "daemons",
+        parents=[client_opts],
+        help="list the replicas (daemons) on the database: heartbeat age, alive or dead, runs owned",
+    ).set_defaults(client=cmd_daemons)
 
     from orchestrator import cli_actions  # it imports this module
 

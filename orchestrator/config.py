@@ -147,8 +147,12 @@ class ExecutorsConfig:
 
 @dataclass(frozen=True)
 class LogsConfig:
-    """[logs]: task logs (one file per try under state_dir/logs)."""
+    """[logs]: task logs (one file per try under `folder`, default state_dir/logs)."""
 
+    #: where the task logs are (None: state_dir/logs). Replicas that point it at one shared
+    #: folder (NFS, a ReadWriteMany volume) each serve every log from it, also after the
+    #: replica that ran a task is gone; otherwise a replica proxies a log to the one that has it
+    folder: Path | None = None
     #: past this size a try's log keeps its head, a marker line and its last MiB (see README)
     max_bytes_per_try: int = 100 * 1024 * 1024
 

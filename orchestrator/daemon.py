@@ -72,7 +72,8 @@ class Paths:
     @classmethod
     def of(cls, config: Config) -> Paths:
         state_dir = Path(config.daemon.state_dir).resolve()
-        return cls(state_dir, state_dir / "logs", state_dir / "api.url")
+        logs_dir = Path(config.logs.folder).resolve() if config.logs.folder else state_dir / "logs"
+        return cls(state_dir, logs_dir, state_dir / "api.url")
 
 
 def task_base_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -424,6 +425,7 @@ async def _start_api(
         auth=auth,
         config=config,
         events=engine.events,
+        daemon_id=engine.daemon_id,
     )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

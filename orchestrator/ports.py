@@ -478,6 +478,10 @@ class StateStore(ScheduleStore, AssetStore, WebhookStore, ActionStore, ListingSt
 
     async def deregister_daemon(self, daemon_id: str) -> None: ...
 
+    async def replica_secret(self) -> bytes:
+        """The replicas' shared secret (made by the first caller, the same ever after): it signs
+        the requests one replica forwards to another. Never logged, never answered."""
+
     # --- ownership (see storage/migrations/0009_run_ownership.sql) ---------------------
     def set_owner(self, daemon_id: str) -> None:
         """The daemon this store commits for: every `commit` is fenced on runs it owns."""

@@ -41,6 +41,7 @@ from storage.postgres_assets import PostgresAssetStore, write_asset_events
 from storage.postgres_audit import PostgresAuditStore
 from storage.postgres_listing import PostgresListingStore, dag_from_row
 from storage.postgres_ownership import PostgresOwnershipStore
+from storage.postgres_replicas import PostgresReplicaStore
 from storage.postgres_schedules import ScheduleQueries
 from storage.postgres_webhooks import PostgresWebhookStore
 from storage.sql import QUERIES
@@ -324,6 +325,7 @@ class PostgresStateStore(
     PostgresListingStore,
     PostgresAuditStore,
     PostgresOwnershipStore,
+    PostgresReplicaStore,
 ):
     """The state store on one PostgreSQL database (see `orchestrator.ports.StateStore`; its
     `ScheduleStore` methods are in `storage.postgres_schedules`, its `AssetStore` methods in

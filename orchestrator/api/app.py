@@ -17,8 +17,10 @@ from aiohttp import web
 from orchestrator.api import (
     actions,
     audit,
+    daemons,
     dag_details,
     dags,
+    forward,
     lists,
     meta,
     openapi,
@@ -40,6 +42,7 @@ from orchestrator.api.health import health, ready
 from orchestrator.api.keys import (
     BACKFILLS,
     CONFIG,
+    DAEMON_ID,
     ENGINE,
     LOGS_DIR,
     SETTINGS,
@@ -48,6 +51,7 @@ from orchestrator.api.keys import (
     TASK_LOGS,
     UNIXNAME,
 )
+from orchestrator.api.replica_auth import REPLICA_SECRET, ReplicaSecret
 from orchestrator.api.roles import Role
 from orchestrator.api.v2.errors import v2_error_middleware
 from orchestrator.config import ApiConfig, Config
@@ -89,6 +93,7 @@ def create_app(
     signing_key: bytes | None = None,
     config: Config | None = None,
     events: Events | None = None,
+    daemon_id: str | None = None,
 ) -> web.Application:
     """The REST API (Airflow's /api/v1 shapes) and /health, reading `store`, triggering via `engine`,
     serving task logs through `task_logs` (default: the files under `logs_dir`), limited by the
@@ -98,7 +103,12 @@ def create_app(
     tokens are signed with `signing_key` (None: a key derived from `auth`'s, so tokens outlive a
     restart of the daemon, whose key is kept in its state dir); GET /config shows `config`
     (None: answers 404, the daemon's config is unknown). `events` is the engine's event bus,
-    streamed by GET /api/v1/events (None: that answers 503).
+    streamed by GET /api/v1/events (None: that answers 503). `daemon_id` is this replica's
+    (None: unknown; a log another replica ran is then looked for here first, then there).
+
+    Any replica answers any request: an operation on a run another replica drives is forwarded
+    to it (`orchestrator.api.forward`), a log only another replica has is streamed from it
+    (`orchestrator.api.remote_logs`), each signed with the replicas' shared secret.
 
     Every route but the public ones needs credentials that `auth` accepts (default: the
     `token_sha256` entries of `settings.tokens`; with none, nothing but the public routes), and
@@ -113,10 +123,15 @@ def create_app(
             origin_guard(settings.allowed_origins),
             auth_middleware(auth),
             audit.audit_middleware,
+            forward.forward_middleware,  # inside auth: the caller is known before it is vouched for
         ]
     )
     app[tokens.AUTH] = auth
     app[STORE] = store
+    app[REPLICA_SECRET] = ReplicaSecret(store)
+    forward.setup(app)
+    if daemon_id is not None:
+        app[DAEMON_ID] = daemon_id
     app[ENGINE] = engine
     app[LOGS_DIR] = logs_dir
     if task_logs is None:
@@ -151,6 +166,7 @@ def create_app(
     webhooks.add_routes(app, webhook_receiver)
     events_api.add_routes(app, events)
     audit.add_routes(app.router)
+    daemons.add_routes(app.router)
     v2.add_routes(app.router)
     openapi.add_routes(app.router)
     return app

@@ -8,7 +8,8 @@ URL (a trigger's `run_id` from its body's `dag_run_id`), and `extra` holds the s
 keys of the JSON body -- with the values only of a few flags that say what was done
 (`is_paused`, `state`, `dry_run`, ...), never a value of conf or anything else a caller may
 have put a secret in. Webhook deliveries are not recorded here (they have their own delivery
-log), nor requests for no route.
+log), nor requests for no route, nor requests forwarded to another replica (the replica that
+answered records them, under the name of the token this one authenticated).
 
 Recording is one INSERT, awaited before the answer goes out so that a client reading the trail
 right after its request finds it there; it must never fail the request it records: a database
@@ -28,7 +29,7 @@ from aiohttp import web
 
 from orchestrator.api.bodies import parse_datetime
 from orchestrator.api.errors import BadRequest, Handler, NotFound, status_of
-from orchestrator.api.keys import JSON_BODY, PRINCIPAL, STORE
+from orchestrator.api.keys import FORWARDED_TO, JSON_BODY, PRINCIPAL, STORE
 from orchestrator.api.params import MAX_INTEGER, int_path_param, json_response, list_param, pagination
 from orchestrator.api.serializers import iso
 from orchestrator.core.ids import MAX_RUN_ID_LENGTH
@@ -120,8 +121,8 @@ def _extra(request: web.Request, status: int) -> dict[str, Any]:
 
 def entry_for(request: web.Request, status: int, now: datetime) -> EventLogEntry | None:
     """The audit entry of one answered request, or None if it is not audited."""
-    if request.method in _READS:
-        return None
+    if request.method in _READS or request.get(FORWARDED_TO) is not None:
+        return None  # a forwarded request is recorded by the replica that answered it
     route = request.match_info.route
     if route.resource is None:  # no route matched (404, 405): nothing was done
         return None

@@ -5,6 +5,8 @@ A request proves who it is with one of:
 - `Authorization: Bearer <token>`: an API token from `api.tokens`, or an access token issued
   by `POST /auth/token`;
 - HTTP basic auth with any user name and the token as the password (Airflow 2's clients);
+- for a request another replica forwards, that replica's signed word for the caller it
+  authenticated (`orchestrator.api.replica_auth`);
 
 API tokens are never held in plain text: the configuration gives each one's SHA-256 digest
 (or the daemon digests the environment variable's value once, at start), and a presented
@@ -36,8 +38,10 @@ import jwt
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from orchestrator.api.bodies import read_body
 from orchestrator.api.errors import ApiError, Handler
 from orchestrator.api.keys import PRINCIPAL
+from orchestrator.api.replica_auth import FORWARDED_HEADER, REPLICA_SECRET, BadSignature, verify
 from orchestrator.api.roles import Principal, Role, required_role
 from orchestrator.config import ApiConfig
 
@@ -278,6 +282,19 @@ def refuse(auth: Authenticator, request: web.Request, reason: str) -> ApiError:
     return ApiError(401, detail, headers={"WWW-Authenticate": WWW_AUTHENTICATE})
 
 
+async def _forwarded_principal(auth: Authenticator, request: web.Request, value: str) -> Principal:
+    """The caller another replica vouches for (`orchestrator.api.replica_auth`); a 401 if the
+    signature is not valid for this request."""
+    holder = request.app.get(REPLICA_SECRET)
+    if holder is None:
+        raise refuse(auth, request, "this API takes no forwarded requests (it serves no replicas)")
+    body = await read_body(request) if request.body_exists else b""
+    try:
+        return verify(await holder.get(), value, request.method, request.raw_path, body)
+    except BadSignature as exc:
+        raise refuse(auth, request, str(exc)) from None
+
+
 def auth_middleware(auth: Authenticator) -> Middleware:
     """The middleware: every route needs credentials and a role (see roles.required_role)
     unless it is public; unknown routes fall through to their 404/405."""
@@ -291,10 +308,14 @@ def auth_middleware(auth: Authenticator) -> Middleware:
         if needed is None:
             return await handler(request)
         throttled(auth, request)
-        try:
-            principal = auth.principal(request.headers.get("Authorization"))
-        except Refused as exc:
-            raise refuse(auth, request, str(exc)) from None
+        forwarded = request.headers.get(FORWARDED_HEADER)
+        if forwarded is not None:
+            principal = await _forwarded_principal(auth, request, forwarded)
+        else:
+            try:
+                principal = auth.principal(request.headers.get("Authorization"))
+            except Refused as exc:
+                raise refuse(auth, request, str(exc)) from None
         if principal.role < needed:
             log.warning(
                 "API request refused: token %r (%s) from %s may not %s %s (needs %s)",

@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from orchestrator.api.errors import ApiError, BadRequest
-from orchestrator.api.keys import JSON_BODY
+from orchestrator.api.keys import JSON_BODY, RAW_BODY
 
 #: Bodies larger than this are refused with 413 (a trigger's conf is small).
 MAX_BODY_BYTES = 1024 * 1024
@@ -58,7 +58,11 @@ async def read_body(request: web.Request) -> bytes:
 
 async def read_limited(request: web.Request, limit: int) -> bytes | None:
     """The whole body, or None once it is known to be over `limit` bytes (by its Content-Length,
-    or as soon as that many bytes have arrived): the rest is never read."""
+    or as soon as that many bytes have arrived): the rest is never read. Read once: later
+    calls (a forwarded request is sent on as it came) get the same bytes."""
+    cached = request.get(RAW_BODY)
+    if cached is not None:
+        return cached if len(cached) <= limit else None
     if request.content_length is not None and request.content_length > limit:
         return None
     chunks: list[bytes] = []
@@ -68,7 +72,9 @@ async def read_limited(request: web.Request, limit: int) -> bytes | None:
         if size > limit:
             return None
         chunks.append(chunk)
-    return b"".join(chunks)
+    body = b"".join(chunks)
+    request[RAW_BODY] = body
+    return body
 
 
 def nul_location(value: Any) -> str | None:

@@ -141,6 +141,22 @@ V1_SCHEMAS: dict[str, Schema] = {
         "import_errors total_entries", import_errors="[#ImportError]", total_entries="integer"
     ),
     "HealthInfo": obj("metadatabase scheduler", status="string", metadatabase="object", scheduler="object"),
+    "Daemon": obj(
+        "daemon_id hostname pid version api_url started_at heartbeat_at heartbeat_age_seconds "
+        "lease_until alive owned_runs",
+        daemon_id="string",
+        hostname="string",
+        pid="integer",
+        version="string",
+        api_url="string?",
+        started_at="date-time",
+        heartbeat_at="date-time",
+        heartbeat_age_seconds="number",
+        lease_until="date-time?",
+        alive="boolean",
+        owned_runs="integer",
+    ),
+    "DaemonCollection": obj("daemons total_entries", daemons="[#Daemon]", total_entries="integer"),
 }
 
 V1_OPERATIONS: dict[tuple[str, str], Operation] = {
@@ -163,6 +179,7 @@ V1_OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("GET", "/api/v1/importErrors"): Operation("ImportErrorCollection", query=_PAGE),
     ("GET", "/api/v1/importErrors/{import_error_id}"): Operation("ImportError"),
+    ("GET", "/api/v1/daemons"): Operation("DaemonCollection"),
 }
 
 V2_SCHEMAS: dict[str, Schema] = {

@@ -47,7 +47,8 @@ class Principal:
 
     name: str
     role: Role
-    #: "bearer", "basic" or "access_token" (a token issued by POST /auth/token)
+    #: "bearer", "basic", "access_token" (a token issued by POST /auth/token) or "replica" (another
+    #: replica forwarded the request and vouched for its caller)
     via: str
 
 

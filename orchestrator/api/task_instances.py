@@ -1,7 +1,8 @@
 """Routes about the task instances of a run, and the log of each try.
 
 Logs are read through the `TaskLogs` port, in chunks (`orchestrator.api.logs`), so a running
-task's log can be read while it grows and no log is ever held in memory whole.
+task's log can be read while it grows and no log is ever held in memory whole; a log only
+another replica has is streamed from it (`orchestrator.api.remote_logs`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from orchestrator.api.errors import BadRequest, NotFound
 from orchestrator.api.keys import STORE, TASK_LOGS, UNIXNAME
 from orchestrator.api.logs import log_options, send_log
 from orchestrator.api.params import MAX_INTEGER, int_path_param, json_response
+from orchestrator.api.remote_logs import proxied_log
 from orchestrator.api.runs import get_run_or_404
 from orchestrator.api.serializers import task_instance_to_json
 from orchestrator.core.records import RunRecord, TaskInstanceRecord, TaskKey
@@ -73,6 +75,9 @@ async def get_log(request: web.Request) -> web.StreamResponse:
     options = log_options(request)
     run = await _run(request)
     ti = await _task_instance(request, run, map_index)
+    remote = await proxied_log(request, run, ti, try_number)
+    if remote is not None:  # another replica ran the try and has its log
+        return remote
     logs, log, size = await try_log(request.app, run, ti, try_number)
     return await send_log(request, logs, log, size, options)
 

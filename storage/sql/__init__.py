@@ -2,8 +2,8 @@
 
 `schema.sql` is the whole current schema; `queries.sql` (the engine's) and one file per
 capability (`schedules.sql`, `webhooks.sql`, `assets.sql`, `actions.sql`, `listing.sql`,
-`audit.sql`) hold every query the store runs as named blocks (``-- name: create_run``), loaded
-once into `QUERIES`; a name is unique across them.
+`audit.sql`, `replicas.sql`) hold every query the store runs as named blocks
+(``-- name: create_run``), loaded once into `QUERIES`; a name is unique across them.
 Keeping SQL out of Python means it is read, reviewed and EXPLAINed as SQL, and nothing is ever
 assembled from strings at run time.
 """
@@ -49,6 +49,7 @@ QUERY_FILES = (
     "actions.sql",
     "listing.sql",
     "audit.sql",
+    "replicas.sql",
 )
 
 QUERIES: Mapping[str, str] = MappingProxyType(

@@ -413,6 +413,7 @@ def test_the_shipped_config_toml_and_the_readme_document_every_key() -> None:
         "daemon.advertise_url",
         "api.token_file",
         "api.secret_key_env",
+        "logs.folder",
     }
     assert set(KEYS) - optional <= written(shipped), "keys missing from config.toml"
     readme = (REPO_ROOT / "README.md").read_text()

@@ -14,6 +14,7 @@ from aiohttp import web
 from orchestrator.api.keys import STORE, UNIXNAME
 from orchestrator.api.logs import decode_token
 from orchestrator.api.params import json_response
+from orchestrator.api.remote_logs import proxied_log
 from orchestrator.api.runs import get_run_or_404
 from orchestrator.api.task_instances import _task_instance, try_log
 from orchestrator.api.v2 import validation as v
@@ -81,6 +82,9 @@ async def get_log(request: web.Request) -> web.StreamResponse:
     offset = decode_token(token) if token else 0
     run = await _run(request)
     ti = await _task_instance(request, run, map_index)
+    remote = await proxied_log(request, run, ti, try_number)
+    if remote is not None:  # another replica ran the try and has its log
+        return remote
     logs, log, size = await try_log(request.app, run, ti, try_number)
     return await send_structured_log(request, logs, log, size, offset, full_content)
 
