@@ -1,5 +1,5 @@
 """The benchmark suite of ../shared/BENCH.md: chain-bash, chain-python, fan-bash, new-dag, idle,
-durable-commit, webhook (bench/webhook.py).
+durable-commit, webhook (bench/webhook.py), replicas (bench/replicas.py).
 
 Run by hand (`scripts/bench`), never by the tests. It starts `orchestrator run` as a process on
 its embedded, durable PostgreSQL (the default configuration users get), triggers each workload
@@ -192,8 +192,17 @@ def main() -> int:
     parser.add_argument("--slots", type=int, default=16, help="executors.local.slots for the daemon")
     parser.add_argument(
         "--only",
-        default="chain-bash,chain-python,fan-bash,new-dag,idle,durable-commit,webhook",
+        default="chain-bash,chain-python,fan-bash,new-dag,idle,durable-commit,webhook,replicas",
         help="comma-separated workloads",
+    )
+    parser.add_argument(
+        "--takeovers", type=int, default=5, help="replicas: SIGKILL rounds (median is reported)"
+    )
+    parser.add_argument(
+        "--takeover-after",
+        type=float,
+        default=5.0,
+        help="replicas: the replicas' daemon.takeover_after, seconds",
     )
     parser.add_argument("--dsn", default=None, help="use this PostgreSQL instead of the embedded one")
     args = parser.parse_args()
@@ -281,6 +290,18 @@ def main() -> int:
         import webhook  # bench/webhook.py: a daemon of its own, with webhooks configured
 
         figures.extend(webhook.measure(args.dsn, slots=args.slots))
+    if "replicas" in wanted:
+        import replicas  # bench/replicas.py: a lone daemon and three replicas on one PostgreSQL
+
+        figures.extend(
+            replicas.measure(
+                args.dsn,
+                slots=args.slots,
+                runs=args.runs,
+                takeovers=args.takeovers,
+                takeover_after=args.takeover_after,
+            )
+        )
     if "idle" in wanted:
         rss = idle_rss_mb(args.dsn)
         figures.append(emit({"workload": "idle", "rss_mb": round(rss, 1), "bar": "< 100", "pass": rss < 100}))
@@ -315,6 +336,10 @@ def _print_table(figures: list[dict[str, Any]]) -> None:
             import webhook
 
             row = webhook.table_row(f)
+        elif f["workload"] == "replicas":
+            import replicas
+
+            row = replicas.table_row(f)
         elif f["workload"] == "idle":
             row = (f"{f['rss_mb']} MB RSS, 100 DAGs", "-", f["bar"], f["pass"])
         else:

@@ -6,6 +6,7 @@ condition holds or the deadline passes), never a fixed sleep.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -18,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+import asyncpg
 
 T = TypeVar("T")
 
@@ -65,6 +68,14 @@ class Daemon:
     #: the API token requests send; "" (the default): the admin token the daemon generates into
     #: its state dir when no api.tokens are configured, read once it answers
     token: str = ""
+    #: a replica's name: its config, state dir and output live in root/<replica>/, while the DAG
+    #: folder root/dags is shared by every replica of `root` ("": a lone daemon, all in root)
+    replica: str = ""
+
+    @property
+    def home(self) -> Path:
+        """Where this daemon's own files live: root, or root/<replica>."""
+        return self.root / self.replica if self.replica else self.root
 
     @property
     def dags_dir(self) -> Path:
@@ -72,23 +83,26 @@ class Daemon:
 
     @property
     def state_dir(self) -> Path:
-        return self.root / "state"
+        return self.home / "state"
 
     @property
     def config_path(self) -> Path:
-        return self.root / "config.toml"
+        return self.home / "config.toml"
 
     @property
     def output_path(self) -> Path:
-        return self.root / "daemon.log"
+        return self.home / "daemon.log"
 
     def write_config(self) -> None:
         self.dags_dir.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(parents=True, exist_ok=True)
         dsn_line = f'dsn = "{self.database_dsn}"' if self.database_dsn else ""
+        # relative to the config file's directory
+        dags_folder = "../dags" if self.replica else "dags"
         self.config_path.write_text(
             f"""
 [daemon]
-dags_folder = "dags"
+dags_folder = "{dags_folder}"
 state_dir = "state"
 shutdown_grace = 10
 
@@ -251,3 +265,16 @@ def _response(status: int, raw: bytes) -> Response:
     except ValueError:
         body = None
     return Response(status, body, text)
+
+
+def db_fetch(dsn: str, query: str, *args: Any) -> list[dict[str, Any]]:
+    """Rows of one query on `dsn`, on a connection of its own (for checks the API does not answer)."""
+
+    async def fetch() -> list[dict[str, Any]]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return [dict(row) for row in await conn.fetch(query, *args)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
