@@ -402,6 +402,16 @@ class StateStore(ScheduleStore, AssetStore, WebhookStore, ActionStore, ListingSt
         """`create_run` for many (run, task instances, source hash) at once, in one transaction;
         the answers in the order of `items` (a run repeated in `items` is created once)."""
 
+    async def create_and_admit_runs(
+        self,
+        items: Sequence[tuple[NewRun, Sequence[NewTaskInstance], str | None]],
+        limit: int,
+        exclude: Sequence[int] = (),
+    ) -> tuple[list[tuple[RunRecord, bool]], list[ActiveRun]]:
+        """`create_runs`, then, in the same transaction, `admit_queued_runs` for each DAG that got
+        a new run: the answers, and the runs this store's owner now drives (one commit for a
+        trigger whose DAG has room)."""
+
     async def get_run(self, dag_id: str, run_id: str) -> RunRecord | None: ...
 
     async def set_run_note(self, dag_id: str, run_id: str, note: str) -> RunRecord | None:

@@ -477,54 +477,82 @@ class PostgresStateStore(
         once: its later copies answer the run and False)."""
         if not items:
             return []
-        runs = [run for run, _, _ in items]
         async with self._pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                QUERIES["insert_runs"],
-                [r.dag_id for r in runs],
-                [r.run_id for r in runs],
-                [r.run_type for r in runs],
-                [_json_text(r.conf) for r in runs],
-                [r.logical_date for r in runs],
-                [r.data_interval_start for r in runs],
-                [r.data_interval_end for r in runs],
-                [r.queued_at for r in runs],
-                [r.external_trigger for r in runs],
-                [r.note for r in runs],
-                [r.backfill_id for r in runs],
+            return await self._insert_runs(conn, items)
+
+    async def create_and_admit_runs(
+        self,
+        items: Sequence[tuple[NewRun, Sequence[NewTaskInstance], str | None]],
+        limit: int,
+        exclude: Sequence[int] = (),
+    ) -> tuple[list[tuple[RunRecord, bool]], list[ActiveRun]]:
+        """`create_runs`, then in the same transaction what `admit_queued_runs` does for each of
+        their DAGs: one transaction, one commit, for a trigger whose DAG has room."""
+        if not items:
+            return [], []
+        me = self._me()
+        async with self._pool.acquire() as conn, conn.transaction():
+            answers = await self._insert_runs(conn, items)
+            admitted: list[int] = []
+            for dag_id in sorted({record.dag_id for record, created in answers if created}):
+                dag = await conn.fetchrow(QUERIES["lock_dag_for_admission"], dag_id)
+                if dag is None or dag["is_paused"]:
+                    continue
+                query = QUERIES["admit_queued_runs"]
+                rows = await conn.fetch(query, dag_id, me, limit, list(exclude), dag["max_active_runs"])
+                admitted.extend(row[0] for row in rows)
+            return answers, (await self._load_runs_by_pk(conn, admitted) if admitted else [])
+
+    async def _insert_runs(
+        self, conn: asyncpg.Connection, items: Sequence[tuple[NewRun, Sequence[NewTaskInstance], str | None]]
+    ) -> list[tuple[RunRecord, bool]]:
+        runs = [run for run, _, _ in items]
+        rows = await conn.fetch(
+            QUERIES["insert_runs"],
+            [r.dag_id for r in runs],
+            [r.run_id for r in runs],
+            [r.run_type for r in runs],
+            [_json_text(r.conf) for r in runs],
+            [r.logical_date for r in runs],
+            [r.data_interval_start for r in runs],
+            [r.data_interval_end for r in runs],
+            [r.queued_at for r in runs],
+            [r.external_trigger for r in runs],
+            [r.note for r in runs],
+            [r.backfill_id for r in runs],
+        )
+        created = {(row["dag_id"], row["run_id"]): _run(row) for row in rows}
+        missing = [(r.dag_id, r.run_id) for r in runs if (r.dag_id, r.run_id) not in created]
+        existing: dict[tuple[str, str], RunRecord] = {}
+        if missing:
+            found = await conn.fetch(
+                QUERIES["get_runs_by_ids"], [key[0] for key in missing], [key[1] for key in missing]
             )
-            created = {(row["dag_id"], row["run_id"]): _run(row) for row in rows}
-            missing = [(r.dag_id, r.run_id) for r in runs if (r.dag_id, r.run_id) not in created]
-            existing: dict[tuple[str, str], RunRecord] = {}
-            if missing:
-                found = await conn.fetch(
-                    QUERIES["get_runs_by_ids"], [key[0] for key in missing], [key[1] for key in missing]
-                )
-                existing = {(row["dag_id"], row["run_id"]): _run(row) for row in found}
-            ti_columns: list[list[Any]] = [[], [], [], [], [], [], []]
-            versions: list[list[Any]] = [[], [], []]
-            filled: set[tuple[str, str]] = set()
-            for run, tasks, source_hash in items:
-                key = (run.dag_id, run.run_id)
-                record = created.get(key)
-                if record is None or key in filled:
-                    continue  # it existed, or an earlier copy in the batch created it
-                filled.add(key)
-                for t in tasks:
-                    for column, value in zip(
-                        ti_columns,
-                        (record.pk, run.dag_id, run.run_id, t.task_id, t.map_index, t.max_tries, t.operator),
-                        strict=True,
-                    ):
-                        column.append(value)
-                if source_hash:
-                    versions[0].append(record.pk)
-                    versions[1].append(record.dag_id)
-                    versions[2].append(source_hash)
-            if ti_columns[0]:
-                await conn.execute(QUERIES["insert_task_instances_of_runs"], *ti_columns)
-            if versions[0]:
-                await conn.execute(QUERIES["insert_run_versions"], *versions)
+            existing = {(row["dag_id"], row["run_id"]): _run(row) for row in found}
+        ti_columns: list[list[Any]] = [[], [], [], [], [], [], []]
+        versions: list[list[Any]] = [[], [], []]
+        filled: set[tuple[str, str]] = set()
+        for run, tasks, source_hash in items:
+            key = (run.dag_id, run.run_id)
+            record = created.get(key)
+            if record is None or key in filled:
+                continue  # it existed, or an earlier copy in the batch created it
+            filled.add(key)
+            for t in tasks:
+                for column, value in zip(
+                    ti_columns,
+                    (record.pk, run.dag_id, run.run_id, t.task_id, t.map_index, t.max_tries, t.operator),
+                    strict=True,
+                ):
+                    column.append(value)
+            if source_hash:
+                versions[0].append(record.pk)
+                versions[1].append(record.dag_id)
+                versions[2].append(source_hash)
+        if ti_columns[0]:
+            await conn.execute(QUERIES["insert_task_instances_of_runs"], *ti_columns)
+        if versions[0]:
+            await conn.execute(QUERIES["insert_run_versions"], *versions)
         answers: list[tuple[RunRecord, bool]] = []
         seen: set[tuple[str, str]] = set()
         for run in runs:

@@ -123,21 +123,31 @@ class Admission:
         progress = self._progress
         if progress.draining or not self._can_run(dag_id):
             return
-        admitted = await self._store.admit_queued_runs(dag_id, MAX_READ_PER_FILL, tuple(self._held))
+        admitted = await self._store.admit_queued_runs(dag_id, MAX_READ_PER_FILL, self.held())
+        self.start_admitted(admitted)
+        if len(admitted) >= MAX_READ_PER_FILL:
+            self.fill_from_store(dag_id)  # more may wait: another pass, after this one
+
+    def held(self) -> tuple[int, ...]:
+        """The waiting runs a user is changing: no claim may start them now."""
+        return tuple(self._held)
+
+    def start_admitted(self, admitted: list[ActiveRun]) -> None:
+        """Drive runs the store just admitted for this replica (running and owned: committed)."""
         batch = Batch()
         for item in admitted:
             if self.events is not None:  # committed by the claim: told before its tasks' changes
                 self.events.publish(RunChanged(item.run))
             loaded = self._dag_of_run(item)
-            if loaded is None:  # checked by _can_run; its stored version went meanwhile
-                log.error("run %s of %s cannot start: its DAG is not loaded", item.run.run_id, dag_id)
+            if loaded is None:  # its DAG is neither loaded nor stored: it cannot be driven here
+                log.error(
+                    "run %s of %s cannot start: its DAG is not loaded", item.run.run_id, item.run.dag_id
+                )
                 continue
             self.start_run(
                 item.run, fit_to_instances(loaded, item.task_instances), item.task_instances, batch
             )
-        progress.commit(batch)
-        if len(admitted) >= MAX_READ_PER_FILL:
-            self.fill_from_store(dag_id)  # more may wait: another pass, after this one
+        self._progress.commit(batch)
 
     def _can_run(self, dag_id: str) -> bool:
         """Whether this replica knows the DAG (loaded, or stored): else it leaves its runs waiting."""

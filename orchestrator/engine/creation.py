@@ -10,9 +10,10 @@ written at once, as alone; under load, the batch grows with it. Each run is stil
 store, or a lost connection) is written again one run at a time, so only the request at fault
 fails.
 
-Once a batch is committed, every created run is published on the event bus (as `queued`) and an
-admission pass runs for each of its DAGs (it claims the runs if the DAG has room, see
-`admission`) before its caller hears back.
+Once a batch is committed, every created run is published on the event bus (as `queued`), and
+the runs its DAGs have room for are admitted in the same transaction (the store claims them, as
+an admission pass would, see `admission`) and started before the callers hear back: a trigger
+costs one commit. A batch written one run at a time (after a refusal) is admitted by a pass.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from orchestrator.core.records import NewRun, NewTaskInstance, RunRecord
-from orchestrator.engine.admission import Admission
+from orchestrator.engine.admission import MAX_READ_PER_FILL, Admission
 from orchestrator.engine.registry import LoadedDag
 from orchestrator.engine.supervision import Supervisor
-from orchestrator.ports import Events, RunChanged, StateStore
+from orchestrator.ports import ActiveRun, Events, RunChanged, StateStore
 
 log = logging.getLogger("orchestrator.engine.creation")
 
@@ -82,8 +83,10 @@ class RunCreator:
     async def _write(self, batch: list[_Request]) -> None:
         try:
             try:
-                results = await self._store.create_runs(
-                    [(r.run, r.tasks, r.loaded.spec.source_hash) for r in batch]
+                results, admitted = await self._store.create_and_admit_runs(
+                    [(r.run, r.tasks, r.loaded.spec.source_hash) for r in batch],
+                    MAX_READ_PER_FILL,
+                    self._admission.held(),
                 )
             except Exception:
                 if len(batch) == 1:
@@ -91,7 +94,7 @@ class RunCreator:
                 # one request may hold what the database refuses: each then gets its own answer
                 await self._write_one_by_one(batch)
                 return
-            await self._started(batch, results)
+            self._started(batch, results, admitted)
         except BaseException as exc:
             for request in batch:
                 if not request.answer.done():
@@ -107,9 +110,16 @@ class RunCreator:
             except Exception as exc:
                 request.answer.set_exception(exc)
                 continue
-            await self._started([request], [result])
+            self._started([request], [result], None)
 
-    async def _started(self, batch: list[_Request], results: list[tuple[RunRecord, bool]]) -> None:
+    def _started(
+        self,
+        batch: list[_Request],
+        results: list[tuple[RunRecord, bool]],
+        admitted: list[ActiveRun] | None,
+    ) -> None:
+        """Tell of the created runs, drive those admitted with them (`admitted`; None: they were
+        written without admission, which a pass does now), then answer the callers."""
         created = [(request, record) for request, (record, made) in zip(batch, results, strict=True) if made]
         if created and self._events is not None:
             # committed: told before the run's start (its `running`) can be published
@@ -118,6 +128,10 @@ class RunCreator:
         for _, record in created:
             log.info("run %s of %s created (%s)", record.run_id, record.dag_id, record.run_type)
         dag_ids = list(dict.fromkeys(record.dag_id for _, record in created))
+        if admitted is not None:
+            self._admission.start_admitted(admitted)
+            _answer(batch, results)
+            return
         if not dag_ids:
             _answer(batch, results)
             return

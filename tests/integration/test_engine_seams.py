@@ -567,13 +567,13 @@ async def test_runs_asked_for_at_once_are_created_once_each_and_a_refused_one_fa
         dags, "flooded", 'with DAG("flooded", max_active_runs=4):\n    Bash("t", "true")\n', work
     )
     batches: list[int] = []
-    create_runs = store.create_runs
+    create_runs = store.create_and_admit_runs
 
-    async def counted(items):  # type: ignore[no-untyped-def]
+    async def counted(items, *args):  # type: ignore[no-untyped-def]
         batches.append(len(items))
-        return await create_runs(items)
+        return await create_runs(items, *args)
 
-    store.create_runs = counted  # type: ignore[method-assign]
+    store.create_and_admit_runs = counted  # type: ignore[method-assign]
     async with running_engine(store, logs, [dag_file]) as engine:
         answers: list[tuple[str, object]] = []
 
