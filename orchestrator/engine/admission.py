@@ -136,6 +136,10 @@ class Admission:
         """Drive runs the store just admitted for this replica (running and owned: committed)."""
         batch = Batch()
         for item in admitted:
+            if item.run.pk in self._progress.runs:
+                # a takeover pass saw it committed (ours, not held) before this answer came back,
+                # and resumed it already: it is driven once
+                continue
             if self.events is not None:  # committed by the claim: told before its tasks' changes
                 self.events.publish(RunChanged(item.run))
             loaded = self._dag_of_run(item)

@@ -107,3 +107,5 @@ class Batch:
     #: task instances whose work is stopped once the changes are committed (a user marked or
     #: cleared them), before the launches: a new try of one of them starts once the old one ended
     stops: list[TaskKey] = field(default_factory=list)
+    #: runs settled by these changes (held as `settling` until they are committed)
+    settled: list[int] = field(default_factory=list)

@@ -110,6 +110,8 @@ class RunProgress:
         #: the `triggering_asset_events` of asset-triggered runs, by run pk (set by the asset
         #: trigger when it creates a run, and at recovery; dropped when the run settles)
         self.triggering_asset_events: dict[int, Mapping[str, Any]] = {}
+        #: runs settled in memory whose outcome is not committed yet (see `held_runs`)
+        self.settling: set[int] = set()
         #: runs this replica let go (another one owns them now): their pending launches are dropped
         self._dropped: OrderedDict[int, None] = OrderedDict()
         #: told when a run of a DAG finishes, so that admission can start the next one
@@ -536,6 +538,9 @@ class RunProgress:
         finished = replace(live.record, state=outcome, end_date=self._clock.now())
         batch.changes.runs.append(finished)
         del self.runs[live.pk]
+        # not in memory any more, not committed yet: no takeover pass may take it for unheld
+        self.settling.add(live.pk)
+        batch.settled.append(live.pk)
         if self.triggering_asset_events:
             self.triggering_asset_events.pop(live.pk, None)
         self._settled[live.pk] = finished
@@ -592,7 +597,19 @@ class RunProgress:
         """Call `callback` once everything submitted to the writer so far is committed."""
         self._writer.submit(ChangeSet(), callback)
 
+    def held_runs(self) -> list[int]:
+        """The runs this replica drives: in memory, or settled with the outcome on its way."""
+        return [*self.runs, *self.settling]
+
+    def _committed_settles(self, runs: list[int]) -> None:
+        for pk in runs:
+            self.settling.discard(pk)
+
     def commit(self, batch: Batch) -> None:
+        if batch.settled:
+            self._writer.submit(batch.changes, partial(self._after_settles, batch))
+            self._prepare_logs(batch.launches)
+            return
         if batch.stops:
             self._writer.submit(batch.changes, partial(self._stop_and_dispatch, batch.stops, batch.launches))
             self._prepare_logs(batch.launches)
@@ -610,6 +627,10 @@ class RunProgress:
             asyncio.get_running_loop().call_soon(
                 self._task_logs.prepare, [request for _, request in launches]
             )
+
+    def _after_settles(self, batch: Batch) -> None:
+        self._committed_settles(batch.settled)
+        self._stop_and_dispatch(batch.stops, batch.launches)
 
     def _stop_and_dispatch(self, stops: list[TaskKey], launches: list[tuple[str, LaunchRequest]]) -> None:
         """After the commit that marked or cleared them: stop these tries' work, then launch."""

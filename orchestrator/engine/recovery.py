@@ -85,7 +85,7 @@ class Recovery:
         total = 0
         async with self._passes:
             while not self._progress.draining:
-                held = list(self._progress.runs)
+                held = self._progress.held_runs()
                 claimed = await self._store.claim_orphaned_runs(CLAIM_BATCH, held, take_expired=take_expired)
                 for item in claimed:
                     await self._resume(item, now)

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
 import asyncpg
 import pytest
 
+from orchestrator.core.records import NewRun
 from orchestrator.core.states import RunState, TaskState
 from storage.embedded import EmbeddedPostgres
 from storage.migrate import migrate_dsn
@@ -40,6 +42,11 @@ with DAG("chain", default_args={"cwd": W, "retries": 1, "retry_delay": 0}):
     t3 = Bash("t3", "echo t3 >> t3_ran")
     t1 >> t2 >> t3
 """
+
+
+def new_run(dag_id: str, run_id: str) -> NewRun:
+    now = datetime.now(UTC)
+    return NewRun(dag_id, run_id, "manual", {}, now, now, now, now)
 
 
 async def owner_of(dsn: str, run_pk: int) -> str | None:
@@ -173,3 +180,57 @@ async def test_a_postgresql_restart_mid_run_is_carried_through(work: Path, dags:
         "t3": (TaskState.SUCCESS, 1),
     }
     assert [(work / f"t{i}_ran").read_text().split() for i in (1, 2, 3)] == [["t1"], ["t2-1"], ["t3"]]
+
+
+async def test_a_run_admitted_while_a_takeover_pass_resumed_it_is_driven_once(
+    store: PostgresStateStore, work: Path, dags: Path, logs: Path
+) -> None:
+    # the window: the admission's commit is done on the server, its answer not yet back, and a
+    # takeover pass reads the run as this replica's own that it does not hold
+    dag_file = write_dag(dags, "chain", CHAIN.replace("GATE", "true"), work)
+    async with running_engine(store, logs, [dag_file]) as engine:
+        loaded = engine.engine.loaded_dag("chain")
+        created, admitted = await store.create_and_admit_runs(
+            [(new_run("chain", "r1"), engine.engine.new_task_instances(loaded), loaded.spec.source_hash)], 64
+        )
+        assert [item.run.pk for item in admitted] == [created[0][0].pk]
+        assert await engine.engine.take_over(take_expired=True) == 1  # resumed by the pass first
+        engine.engine.admission.start_admitted(admitted)  # then the admission's answer arrives
+        run = await wait_run(store, "chain", "r1")
+        tis = await task_instances(store, created[0][0].pk)
+
+    assert run.state == RunState.SUCCESS
+    assert {task_id: ti.try_number for task_id, ti in tis.items()} == {"t1": 1, "t2": 1, "t3": 1}
+    assert [(work / f"t{i}_ran").read_text().split() for i in (1, 3)] == [["t1"], ["t3"]]
+
+
+async def test_a_run_settled_in_memory_but_not_yet_committed_is_not_taken_for_unheld(
+    store: PostgresStateStore, work: Path, dags: Path, logs: Path
+) -> None:
+    dag_file = write_dag(dags, "chain", CHAIN.replace("GATE", "true"), work)
+    outcome_held = asyncio.Event()
+    release = asyncio.Event()
+    commit = store.commit
+
+    async def slow_outcome(changes):  # type: ignore[no-untyped-def]
+        if any(run.state == RunState.SUCCESS for run in changes.runs):
+            outcome_held.set()
+            await release.wait()  # the run's outcome is on its way to the database
+        return await commit(changes)
+
+    store.commit = slow_outcome  # type: ignore[method-assign]
+    async with running_engine(store, logs, [dag_file]) as engine:
+        record, _ = await engine.trigger("chain")
+        try:
+            await asyncio.wait_for(outcome_held.wait(), 15)
+            assert record.pk not in engine.engine.progress.runs  # settled in memory
+            taken = await engine.engine.take_over(take_expired=True)
+        finally:
+            release.set()  # else the drain waits for the held commit forever
+        assert taken == 0
+        run = await wait_run(store, "chain", "r1")
+        tis = await task_instances(store, record.pk)
+
+    assert run.state == RunState.SUCCESS
+    assert {task_id: ti.try_number for task_id, ti in tis.items()} == {"t1": 1, "t2": 1, "t3": 1}
+    assert (work / "t3_ran").read_text().split() == ["t3"]
