@@ -198,6 +198,12 @@ _DATA_ERRORS = (
 )
 
 
+#: Change sets of task rows only, up to this many, are written as a pipelined batch of fenced
+#: one-row UPDATEs (update_task_instance), which PostgreSQL runs in about two thirds of the time of
+#: the whole-change-set statement (commit_changes); larger ones and mixed ones use the latter.
+SMALL_TASK_BATCH = 32
+
+
 def _run_pks(changes: ChangeSet) -> set[int]:
     """The runs a change set writes rows of (its fence)."""
     runs = {t.run_pk for t in changes.tasks}
@@ -657,8 +663,16 @@ class PostgresStateStore(
         return frozenset(runs.difference(owned))
 
     async def _write(self, conn: asyncpg.Connection, changes: ChangeSet, runs: set[int]) -> set[int]:
-        """One statement (one transaction, one round trip) for the whole change set, fenced on
-        the runs this store's owner owns; returns those whose rows were written."""
+        """One round trip (one transaction) for the whole change set, fenced on the runs this
+        store's owner owns; returns those whose rows were written."""
+        if (
+            changes.tasks
+            and not changes.runs
+            and not changes.xcoms
+            and len(changes.tasks) <= SMALL_TASK_BATCH
+        ):
+            rows = [(*_task_row(t), self._owner) for t in _unique_tasks(changes.tasks)]
+            return {row[0] for row in await conn.fetchmany(QUERIES["update_task_instance"], rows)}
         args = [
             *_task_columns(changes.tasks),
             *_run_columns(changes.runs),

@@ -265,6 +265,36 @@ WITH owned AS (
 )
 SELECT array(SELECT pk FROM owned);
 
+-- name: update_task_instance
+-- The small change sets of task rows only (a chain's success and its child's queueing): one whole
+-- row, FENCED as commit_changes is (the run's row locked, written only if $20 owns it), sent as a
+-- pipelined batch of these in one transaction (asyncpg's fetchmany: one round trip), which
+-- PostgreSQL runs in about two thirds of commit_changes's time. A refused row returns nothing.
+UPDATE task_instance AS t SET
+    state = $4,
+    try_number = $5,
+    max_tries = $6,
+    operator = $7,
+    queued_at = $8,
+    start_date = $9,
+    end_date = $10,
+    duration = $11,
+    next_retry_at = $12,
+    external_id = $13,
+    daemon_id = $14,
+    hostname = $15,
+    exit_code = $16,
+    trigger_classpath = $17,
+    trigger_kwargs = $18::jsonb,
+    next_wakeup = $19
+WHERE t.run_pk = $1 AND t.task_id = $2 AND t.map_index = $3
+  AND t.run_pk IN (
+      SELECT r.pk FROM dag_run AS r
+      WHERE r.pk = $1 AND r.owner IS NOT DISTINCT FROM $20::text
+      FOR NO KEY UPDATE
+  )
+RETURNING t.run_pk;
+
 -- name: legacy_daemon_lock_holder
 -- Daemons from before replicas held this session advisory lock ("orchestr") while they ran: one
 -- that still holds it does not know about run ownership, and no replica may start beside it.

@@ -387,15 +387,19 @@ def test_a_second_daemon_on_the_same_database_starts_beside_the_first_as_a_repli
     second_root.mkdir()
     second = Daemon(root=second_root, database_dsn=database_dsn)
     second.write_dag("etl.py", ETL)
-    second.start(timeout=30)
-    assert first.get("/health").status == 200  # the first one is untouched
-    second.wait_dag("etl")
-    second.trigger("etl", dag_run_id="on-the-second")
-    assert first.wait_run("etl", "on-the-second")["state"] == "success"  # either one serves it
-    assert first.stop(signal.SIGTERM) == 0
-    second.trigger("etl", dag_run_id="after-the-first-left")
-    assert second.wait_run("etl", "after-the-first-left")["state"] == "success"
-    assert second.stop(signal.SIGTERM) == 0
+    try:
+        second.start(timeout=30)
+        assert first.get("/health").status == 200  # the first one is untouched
+        second.wait_dag("etl")
+        second.trigger("etl", dag_run_id="on-the-second")
+        assert first.wait_run("etl", "on-the-second")["state"] == "success"  # either one serves it
+        assert first.stop(signal.SIGTERM) == 0
+        second.trigger("etl", dag_run_id="after-the-first-left")
+        assert second.wait_run("etl", "after-the-first-left")["state"] == "success"
+        assert second.stop(signal.SIGTERM) == 0
+    finally:
+        if second.process is not None and second.process.poll() is None:
+            second.kill()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the postgres user only matters when running as root")

@@ -185,8 +185,21 @@ async def test_a_commit_for_a_run_another_replica_took_is_refused(replicas, data
 
         assert refused == {taken_run.pk}
         assert (await new.list_task_instances(taken_run.pk))[0].state == TaskState.NONE
+        # task rows alone take the pipelined path: fenced the same way
+        refused = await old.commit(
+            ChangeSet(
+                tasks=[
+                    dataclasses.replace(taken_ti, state=TaskState.RUNNING, try_number=1),
+                    dataclasses.replace(kept_ti, state=TaskState.RUNNING, try_number=1),
+                ]
+            )
+        )
+        assert refused == {taken_run.pk}
+        assert (await new.list_task_instances(taken_run.pk))[0].state == TaskState.NONE
+        assert (await new.list_task_instances(kept_run.pk))[0].state == TaskState.RUNNING
+        kept_ti = (await new.list_task_instances(kept_run.pk))[0]
         assert (await new.get_run("etl", "a")).state == RunState.RUNNING  # type: ignore[union-attr]
-        assert (await new.list_task_instances(kept_run.pk))[0].state == TaskState.QUEUED  # its own: written
+        assert kept_ti.state == TaskState.RUNNING  # its own: written
     finally:
         await conn.close()
 

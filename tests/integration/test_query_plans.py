@@ -18,7 +18,7 @@ import pytest
 
 from orchestrator.core.records import RunRecord, TaskInstanceRecord, XComRecord
 from orchestrator.core.states import RunState, TaskState
-from storage.postgres import _init_connection, _run_columns, _task_columns, _xcom_columns
+from storage.postgres import _init_connection, _run_columns, _task_columns, _task_row, _xcom_columns
 from storage.sql import QUERIES
 from tests.pgserver import TEMPLATE_DATABASE, PgServer, run_in_fresh_loop
 
@@ -109,6 +109,11 @@ async def commit_args(conn: asyncpg.Connection, tasks: int, runs: int, xcoms: in
     return [*_task_columns(tis[:tasks]), *_run_columns(run_rows[:runs]), *_xcom_columns(values), fence, None]
 
 
+async def one_task_row(conn: asyncpg.Connection) -> list[Any]:
+    tis, _ = await sample(conn, 1)
+    return [*_task_row(tis[0]), None]
+
+
 def commit_of(tasks: int, runs: int, xcoms: int) -> Callable[[asyncpg.Connection], Any]:
     async def make(conn: asyncpg.Connection) -> list[Any]:
         return await commit_args(conn, tasks, runs, xcoms)
@@ -140,6 +145,7 @@ HOT_QUERIES: dict[str, Callable[[asyncpg.Connection], Any]] = {
     "commit_changes[one task]": commit_of(1, 0, 0),
     "commit_changes[tasks]": commit_of(5, 0, 0),
     "commit_changes[runs]": commit_of(0, 5, 0),
+    "update_task_instance": one_task_row,
     "admit_queued_runs": constant("dag_7", "me", 64, [], 16),
     "claim_own_runs": constant("me", []),
     "claim_orphaned_runs": constant("me", 100, True),

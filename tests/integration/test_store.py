@@ -20,7 +20,7 @@ from orchestrator.core.records import (
 )
 from orchestrator.core.serialization import spec_to_dict
 from orchestrator.core.states import RunState, TaskState
-from storage.postgres import PostgresStateStore
+from storage.postgres import SMALL_TASK_BATCH, PostgresStateStore
 
 pytestmark = pytest.mark.anyio
 
@@ -229,11 +229,11 @@ async def test_commit_applies_the_last_row_of_a_key(store: PostgresStateStore) -
     assert [x.value for x in await store.list_xcoms(run.pk)] == [2]
 
 
-@pytest.mark.parametrize("count", [1, 32, 300])
+@pytest.mark.parametrize("count", [1, SMALL_TASK_BATCH, SMALL_TASK_BATCH + 1, 300])
 async def test_task_only_commits_of_any_size_keep_the_last_row_per_key(
     store: PostgresStateStore, count: int
 ) -> None:
-    # one statement whatever the size: the last row per key wins
+    # small change sets are pipelined fenced one-row UPDATEs, large ones one statement
     run, _ = await store.create_run(
         new_run(), [NewTaskInstance(f"t{i:03d}", "BashOperator", 0) for i in range(count)]
     )
