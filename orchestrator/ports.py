@@ -432,10 +432,6 @@ class StateStore(ScheduleStore, AssetStore, WebhookStore, ActionStore, ListingSt
     async def load_active_runs(self) -> list[ActiveRun]:
         """Every queued or running run with its task instances and XComs, oldest first."""
 
-    async def load_queued_runs(self, dag_id: str, limit: int, exclude: Sequence[int] = ()) -> list[ActiveRun]:
-        """Up to `limit` of a DAG's runs still `queued`, oldest first, leaving out the run pks in
-        `exclude` (runs being started whose new state is not committed yet)."""
-
     async def commit(self, changes: ChangeSet) -> frozenset[int]:
         """Write whole task-instance rows, whole run rows, new XComs and the asset events of
         task outlets (with their consumer queue rows, see AssetStore) in one transaction.

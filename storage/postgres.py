@@ -71,8 +71,8 @@ def _json_text(value: Any) -> str:
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """The pool's reset: nothing to reset. No query through the pool leaves session state behind
-    (the advisory locks of migrations and of the daemon, and any LISTEN, are on connections of
-    their own), so a released connection skips asyncpg's reset query (`pg_advisory_unlock_all`,
+    (the advisory lock of migrations, and the replicas' LISTEN, are on connections of their
+    own), so a released connection skips asyncpg's reset query (`pg_advisory_unlock_all`,
     `CLOSE ALL`, `UNLISTEN *`, `RESET ALL`): one round trip less per use of the pool. asyncpg still
     rolls back a transaction left open and drops listeners before calling this."""
 
@@ -496,17 +496,11 @@ class PostgresStateStore(
         their DAGs: one transaction, one commit, for a trigger whose DAG has room."""
         if not items:
             return [], []
-        me = self._me()
         async with self._pool.acquire() as conn, conn.transaction():
             answers = await self._insert_runs(conn, items)
             admitted: list[int] = []
             for dag_id in sorted({record.dag_id for record, created in answers if created}):
-                dag = await conn.fetchrow(QUERIES["lock_dag_for_admission"], dag_id)
-                if dag is None or dag["is_paused"]:
-                    continue
-                query = QUERIES["admit_queued_runs"]
-                rows = await conn.fetch(query, dag_id, me, limit, list(exclude), dag["max_active_runs"])
-                admitted.extend(row[0] for row in rows)
+                admitted += await self._admit_waiting(conn, dag_id, limit, exclude)
             return answers, (await self._load_runs_by_pk(conn, admitted) if admitted else [])
 
     async def _insert_runs(
@@ -603,9 +597,6 @@ class PostgresStateStore(
 
     async def load_active_runs(self) -> list[ActiveRun]:
         return await self._load_runs(QUERIES["list_active_runs"])
-
-    async def load_queued_runs(self, dag_id: str, limit: int, exclude: Sequence[int] = ()) -> list[ActiveRun]:
-        return await self._load_runs(QUERIES["list_queued_runs_of_dag"], dag_id, list(exclude), limit)
 
     async def _load_runs(self, query: str, *args: Any) -> list[ActiveRun]:
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):

@@ -102,15 +102,21 @@ class PostgresOwnershipStore:
     async def admit_queued_runs(
         self, dag_id: str, limit: int, exclude: Sequence[int] = ()
     ) -> list[ActiveRun]:
-        me = self._me()
         async with self._pool.acquire() as conn, conn.transaction():
-            dag = await conn.fetchrow(QUERIES["lock_dag_for_admission"], dag_id)
-            if dag is None or dag["is_paused"]:
-                return []
-            query = QUERIES["admit_queued_runs"]
-            rows = await conn.fetch(query, dag_id, me, limit, list(exclude), dag["max_active_runs"])
-            pks = [row[0] for row in rows]
+            pks = await self._admit_waiting(conn, dag_id, limit, exclude)
             return await self._load_runs_by_pk(conn, pks) if pks else []
+
+    async def _admit_waiting(
+        self, conn: asyncpg.Connection, dag_id: str, limit: int, exclude: Sequence[int]
+    ) -> list[int]:
+        """Inside the caller's transaction: lock the DAG's row, then start and own up to `limit`
+        of its waiting runs as far as its room and pause allow; their pks."""
+        dag = await conn.fetchrow(QUERIES["lock_dag_for_admission"], dag_id)
+        if dag is None or dag["is_paused"]:
+            return []
+        query = QUERIES["admit_queued_runs"]
+        rows = await conn.fetch(query, dag_id, self._me(), limit, list(exclude), dag["max_active_runs"])
+        return [row[0] for row in rows]
 
     async def dags_with_waiting_runs(self) -> list[str]:
         return [row[0] for row in await self._pool.fetch(QUERIES["dags_with_waiting_runs"], self._me())]

@@ -64,10 +64,6 @@ class Admission:
         #: whether this replica can run a DAG's runs (set by the engine: loaded or stored)
         self.knows_dag: Callable[[str], bool] = lambda dag_id: True
 
-    def admit_new(self, record: RunRecord, loaded: LoadedDag | None = None) -> None:
-        """A run was just created: start it (and any other that waits) if its DAG has room."""
-        self.fill_from_store(record.dag_id)
-
     def start_run(
         self, record: RunRecord, loaded: LoadedDag, tis: list[TaskInstanceRecord] | None, batch: Batch
     ) -> None:
@@ -99,9 +95,6 @@ class Admission:
                 self._held[record.pk] = count
 
         self._progress.after_commits(release)
-
-    def forget_dag(self, dag_id: str) -> None:
-        """The DAG's records were deleted (nothing to forget: admission holds no waiting runs)."""
 
     def run_finished(self, finished: RunRecord, batch: Batch) -> None:
         """A run settled: once that is committed its slot is free, for any replica's runs."""

@@ -293,6 +293,7 @@ class Engine:
     async def recover(self, stored_specs: Mapping[str, DagSpec]) -> None:
         """Resume every active run from the store, then take new work."""
         count = await self._recovery.recover(stored_specs, self._clock.now())
+        await self.fill_waiting()
         self._ready = True
         log.info("recovered %d active runs", count)
 

@@ -465,7 +465,6 @@ class Operations:
         loaded = self._registry.get(dag_id)
         if not existed and loaded is None:
             raise DagNotFound(f"DAG {dag_id!r} not found: list the DAGs with `orchestrator dags list`")
-        self._admission.forget_dag(dag_id)
         log.info("DAG %s deleted: its runs and records", dag_id)
         if loaded is not None:
             # its file is still loaded: it is recorded again, as Airflow's next parse would

@@ -71,13 +71,10 @@ class Recovery:
         return LoadedDag.of(stored) if stored is not None else None
 
     async def recover(self, stored_specs: Mapping[str, DagSpec], now: datetime) -> int:
-        """Resume the runs this replica claims and admit the waiting ones; returns how many
-        runs it resumed."""
+        """Resume the runs this replica claims; returns how many (the engine then admits the
+        waiting ones)."""
         self.stored_specs = stored_specs
-        count = await self.take_over(now, take_expired=True)
-        for dag_id in await self._store.dags_with_waiting_runs():
-            self._admission.fill_from_store(dag_id)
-        return count
+        return await self.take_over(now, take_expired=True)
 
     async def take_over(self, now: datetime, *, take_expired: bool) -> int:
         """Claim and resume the running runs nobody drives (see `StateStore.claim_orphaned_runs`),

@@ -28,6 +28,9 @@ UPDATE daemon SET lease_until = now() WHERE daemon_id = $1;
 -- A replica leaving hands its runs over (the triggers of migration 0009 wake the survivors).
 UPDATE dag_run SET owner = NULL WHERE owner = $1 AND state IN ('queued', 'running');
 
+-- name: deregister_daemon
+DELETE FROM daemon WHERE daemon_id = $1;
+
 -- name: list_daemons
 SELECT d.daemon_id, d.hostname, d.pid, d.started_at, d.heartbeat_at, d.version, d.api_url,
        d.lease_until, d.lease_until > now() AS alive,

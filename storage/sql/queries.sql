@@ -146,15 +146,6 @@ FROM dag_run
 WHERE state IN ('queued', 'running')
 ORDER BY queued_at, pk;
 
--- name: list_queued_runs_of_dag
--- Runs waiting for max_active_runs or an unpaused DAG, oldest first (admitted from here, not memory).
-SELECT pk, dag_id, run_id, state, run_type, conf, logical_date, data_interval_start,
-       data_interval_end, queued_at, start_date, end_date, external_trigger, note
-FROM dag_run
-WHERE state = 'queued' AND dag_id = $1 AND pk <> ALL($2::bigint[])
-ORDER BY queued_at, pk
-LIMIT $3;
-
 -- name: list_task_instances_of_runs
 SELECT run_pk, dag_id, run_id, task_id, map_index, state, try_number, max_tries, operator,
        queued_at, start_date, end_date, duration, next_retry_at, external_id, daemon_id, hostname,
@@ -189,9 +180,6 @@ SELECT run_pk, task_id, map_index, key, value
 FROM xcom
 WHERE run_pk = $1
 ORDER BY task_id, map_index, key;
-
--- name: deregister_daemon
-DELETE FROM daemon WHERE daemon_id = $1;
 
 -- name: commit_changes
 -- The hot path: a whole change set (task instances, runs, XComs) as ONE statement, one round trip,
